@@ -1,0 +1,28 @@
+"""fastlt: fast self-supervised contrastive learning on long-tailed image data."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fastlt",
+    version="0.1.0",
+    description="Fast, faithful contrastive self-supervised learning on long-tailed image data",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fastlt", "fastlt.*"]),
+    install_requires=[
+        "torch==2.14.1",
+        "torchvision==0.29.1",
+        "numpy>=1.24",
+        "scikit-learn>=1.3",
+        "click>=8.1",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "dali": ["nvidia-dali-cuda130==2.4.0"],
+        "ffcv": ["ffcv==1.0.2"],
+        "test": ["pytest>=7", "pillow>=9"],
+    },
+    entry_points={"console_scripts": ["fastlt=fastlt.cli:main"]},
+)
