@@ -1,1 +1,1 @@
-"""models"""
+"""Backbones and heads: ResNets with CIFAR/ImageNet stems and the SimCLR projector."""

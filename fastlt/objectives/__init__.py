@@ -1,1 +1,1 @@
-"""objectives"""
+"""Contrastive objectives; they see embeddings only, never data or labels' origin."""

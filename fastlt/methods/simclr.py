@@ -1,0 +1,36 @@
+"""SimCLR: one encoder, both views in one batch, NT-Xent."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fastlt.augment.views import SimCLRViews
+from fastlt.data.loader import Batch
+from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
+from fastlt.objectives.infonce import info_nce
+
+
+class SimCLR(ContrastiveMethod):
+    """Backbone + projector trained with InfoNCE at a fixed temperature.
+
+    Both views go through the network as one batch of 2B, so batch-norm statistics are
+    taken over both views, as in the reference implementations.
+    """
+
+    def __init__(self, views: SimCLRViews, backbone: nn.Module, head: nn.Module, temperature: float):
+        super().__init__(views)
+        self.backbone = backbone
+        self.head = head
+        self.temperature = temperature
+
+    def forward(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
+        embeddings = self.head(self.backbone(torch.cat([view1, view2])))
+        z1, z2 = embeddings.chunk(2)
+        return info_nce(z1, z2, self.temperature)
+
+    def train_step(self, batch: Batch, generator: torch.Generator, context: StepContext) -> StepOutput:
+        view1, view2 = self.make_views(batch, generator)
+        with context.autocast():
+            loss, per_sample = self._forward(view1, view2)
+        context.backward(loss)
+        return StepOutput(loss.detach(), per_sample.detach())

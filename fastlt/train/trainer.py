@@ -1,0 +1,219 @@
+"""The pretraining loop: resident data, device-side views, AMP, channels_last, checkpoints, logs.
+
+One run = one folder: config.json (the resolved recipe), run.json (seed, commit,
+versions, device), metrics.jsonl (one line per epoch) and checkpoints/last.pt,
+rewritten atomically at the end of every epoch. ``resume`` continues a run exactly:
+model, optimiser, loss scaler, method state (e.g. BCL memory) and every RNG come back.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from fastlt.data.loader import NativeLoader
+from fastlt.data.splits import load_split
+from fastlt.data.store import NativeStore
+from fastlt.errors import FastltError
+from fastlt.methods import ContrastiveMethod, StepContext, build_method
+from fastlt.recipe import Recipe
+from fastlt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from fastlt.train.device import resolve_compile, resolve_device, resolve_precision
+from fastlt.train.runinfo import run_record, write_json_atomic
+from fastlt.train.schedule import warmup_cosine_lr
+
+CHECKPOINT_NAME = "checkpoints/last.pt"
+
+
+@dataclass
+class RunState:
+    """Everything that moves during training and must survive a resume."""
+
+    method: ContrastiveMethod
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    data_generator: torch.Generator
+    view_generator: torch.Generator
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+
+
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict[str, Any]]:
+    """One group, or two when BN parameters and biases (all 1-D tensors) are excluded from decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_bn_bias:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decayed = [p for p in params if p.ndim > 1]
+    undecayed = [p for p in params if p.ndim <= 1]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
+
+
+def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator) -> tuple[NativeLoader, int]:
+    """Open the store, apply the split, and put the training images on the device once.
+
+    Returns the loader and the size of the store part (per-sample state is indexed by it).
+    """
+    store = NativeStore.open(Path(recipe.data.store))
+    part = store.part(recipe.data.part)
+    indices = load_split(Path(recipe.data.split), len(part.labels)) if recipe.data.split else None
+    loader = NativeLoader(
+        part, indices, recipe.train.batch_size, device, generator, shuffle=True, drop_last=recipe.train.drop_last
+    )
+    return loader, len(part.labels)
+
+
+def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
+    """runs/<name>, by default the recipe's stem and a timestamp; never an existing folder."""
+    name = recipe.train.name or f"{Path(recipe_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    run_dir = Path(recipe.train.out_dir) / name
+    if run_dir.exists():
+        raise FastltError(f"{run_dir}: run folder exists already (use --resume to continue it, or another name)")
+    return run_dir
+
+
+def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", resume: Path | None = None) -> Path:
+    """Train the recipe's method; with ``resume`` (a run folder) continue that run. Returns the run folder."""
+    device = resolve_device(recipe.train.device)
+    precision = resolve_precision(recipe.train.precision, device)
+    seed = recipe.train.seed
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    data_generator = torch.Generator(device).manual_seed(seed)
+    view_generator = torch.Generator(device).manual_seed(seed + 1)
+
+    loader, part_size = load_training_data(recipe, device, data_generator)
+    images_per_epoch = len(loader) * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
+    method = build_method(recipe, num_samples=part_size).to(device)
+    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    method = method.to(memory_format=memory_format)
+    o = recipe.optim
+    optimizer = torch.optim.SGD(
+        parameter_groups(method, o.weight_decay, o.exclude_bn_bias), lr=o.lr, momentum=o.momentum,
+        foreach=device.type == "cuda" or None,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_loss)
+    state = RunState(method, optimizer, scaler, data_generator, view_generator)
+
+    if resume is not None:
+        run_dir = resume
+        restore(state, run_dir / CHECKPOINT_NAME)
+    else:
+        run_dir = new_run_dir(recipe, recipe_path)
+        run_dir.mkdir(parents=True)
+        write_json_atomic(run_dir / "config.json", recipe.to_dict())
+        write_json_atomic(run_dir / "run.json", run_record(device, seed, recipe_path))
+
+    if resolve_compile(recipe.train.compile, device):
+        method.enable_compile()
+    context = StepContext(autocast=precision.autocast(device), backward=lambda loss: scaler.scale(loss).backward())
+    total_steps = recipe.train.epochs * len(loader)
+    warmup_steps = round(o.warmup_epochs * len(loader))
+    metrics_path = run_dir / "metrics.jsonl"
+
+    for epoch in range(state.epoch + 1, recipe.train.epochs + 1):
+        method.train()
+        method.on_epoch_start(epoch)
+        loss_sum = torch.zeros((), device=device)
+        started = time.perf_counter()
+        bar = tqdm(
+            total=len(loader), desc=f"epoch {epoch}/{recipe.train.epochs}", unit="step",
+            disable=not recipe.train.progress, leave=False, dynamic_ncols=True,
+        )
+        for batch_index, batch in enumerate(loader):
+            lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, o.lr, o.final_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            output = method.train_step(batch, view_generator, context)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += output.loss
+            state.step += 1
+            bar.update(1)
+            if (batch_index + 1) % recipe.train.log_every == 0:
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(loss=f"{loss_sum.item() / (batch_index + 1):.4f}",
+                                img_s=f"{(batch_index + 1) * recipe.train.batch_size / elapsed:.0f}")
+        bar.close()
+        mean_loss = loss_sum.item() / max(len(loader), 1)  # one sync per epoch
+        elapsed = time.perf_counter() - started
+        state.epoch = epoch
+        record = {
+            "epoch": epoch,
+            "step": state.step,
+            "loss": mean_loss,
+            "lr": optimizer.param_groups[0]["lr"],
+            "epoch_seconds": round(elapsed, 3),
+            "images_per_second": round(images_per_epoch / elapsed, 1),
+            **method.on_epoch_end(epoch),
+        }
+        save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_payload(state, recipe))
+        with metrics_path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+        if recipe.train.progress:
+            tqdm.write(
+                f"epoch {epoch}: loss {mean_loss:.4f}  {record['images_per_second']:.0f} img/s  lr {record['lr']:.4g}"
+            )
+    return run_dir
+
+
+def checkpoint_payload(state: RunState, recipe: Recipe) -> dict[str, Any]:
+    """Model, optimiser, scaler, counters and every RNG state, so a resume continues exactly."""
+    rng = {
+        "data": state.data_generator.get_state(),
+        "views": state.view_generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "recipe": recipe.to_dict(),
+        "epoch": state.epoch,
+        "step": state.step,
+        "model": state.method.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "scaler": state.scaler.state_dict(),
+        "rng": rng,
+    }
+
+
+def restore(state: RunState, path: Path) -> None:
+    """Load a checkpoint written by ``checkpoint_payload`` into a freshly built run state."""
+    payload = load_checkpoint(path)
+    load_model_state(state.method, payload["model"], path)
+    state.optimizer.load_state_dict(payload["optimizer"])
+    state.scaler.load_state_dict(payload["scaler"])
+    rng = payload["rng"]
+    state.data_generator.set_state(rng["data"])
+    state.view_generator.set_state(rng["views"])
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    state.epoch = payload["epoch"]
+    state.step = payload["step"]
+
+
+def load_run_config(run_dir: Path) -> dict[str, Any]:
+    """The resolved recipe a run was started with (its config.json), as a raw dict."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        raise FastltError(f"{run_dir}: not a fastlt run folder (no config.json)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise FastltError(f"{path}: unreadable run config ({error})") from None
+    if not isinstance(raw, dict):
+        raise FastltError(f"{path}: run config is not a table")
+    return raw
+
+
