@@ -1,0 +1,59 @@
+"""Frozen features: the backbone run once over a set of uint8 images, with no augmentation.
+
+Linear probes and kNN train on these features many times over, so they are computed once,
+kept on the device as float32 [N, D], and everything after works on that matrix.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from fastlt.errors import FastltError
+
+
+def extract_features(
+    backbone: nn.Module,
+    images: np.ndarray | Tensor,
+    device: torch.device | str,
+    batch_size: int = 512,
+    autocast_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Features of uint8 NHWC images as float32 [N, D] on ``device``, backbone in eval mode.
+
+    Each batch moves to the device as uint8 (4x less traffic than float), becomes float in
+    [0, 1] there, and is fed as NCHW in channels_last memory (a permute of NHWC is exactly
+    that layout, so no copy). The backbone normalises inside itself. ``autocast_dtype``
+    (e.g. torch.bfloat16) runs the forward under autocast; the result is float32 either way.
+    Every module's train/eval flag is restored afterwards, so a caller mid-training can
+    evaluate without side effects. torch.no_grad rather than inference_mode: inference
+    tensors cannot be saved for backward, and the linear probe trains on these features.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise FastltError(f"images: expected uint8 [N, H, W, 3], got shape {tuple(images.shape)}")
+    if images.dtype not in (np.uint8, torch.uint8):
+        raise FastltError(f"images: expected dtype uint8, got {images.dtype}")
+    if len(images) == 0:
+        raise FastltError("images: no images to extract features from")
+    if batch_size < 1:
+        raise FastltError(f"batch_size: must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    pinned = device.type == "cuda"
+    modes = [(module, module.training) for module in backbone.modules()]
+    backbone.eval()
+    chunks = []
+    try:
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            for start in range(0, len(images), batch_size):
+                batch = images[start : start + batch_size]
+                # np.array copies the slice: a read-only memory map cannot back a tensor.
+                batch = torch.from_numpy(np.array(batch)) if isinstance(batch, np.ndarray) else batch
+                if pinned and batch.device.type == "cpu":
+                    batch = batch.pin_memory()
+                batch = batch.to(device, non_blocking=pinned).permute(0, 3, 1, 2)
+                pixels = batch.float().div_(255).contiguous(memory_format=torch.channels_last)
+                chunks.append(backbone(pixels).float())
+    finally:
+        for module, training in modes:
+            module.training = training
+    return torch.cat(chunks)

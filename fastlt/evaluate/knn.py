@@ -1,0 +1,51 @@
+"""k-nearest-neighbour classification of frozen features by cosine similarity.
+
+A parameter-free check of the representation (REFERENCE.md section 4 reports kNN@1 and
+kNN@10): it needs no training, so it also shows whether a linear probe's result comes
+from the features or from the probe.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastlt.errors import FastltError
+
+
+def knn_predict(
+    train_features: Tensor,
+    train_labels: Tensor,
+    test_features: Tensor,
+    k: int,
+    num_classes: int,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Class ids (int64, on the test features' device) by a majority vote of the k most similar training samples.
+
+    Similarity is the dot product of L2-normalised features (cosine). A class with more
+    votes wins; among classes with the same number of votes, the one whose voters have
+    the larger summed similarity wins (so k=1 is the nearest neighbour, and a tie does
+    not fall to the lowest class id as in the Temperature-Schedules notebook); an exact
+    tie of both goes to the lowest class id. Which samples count as the k nearest when
+    the k-th similarity is shared by several is up to torch.topk. Test samples are
+    processed ``chunk_size`` at a time, so memory is chunk_size x N_train, not N_test x N_train.
+    """
+    if not 1 <= k <= len(train_features):
+        raise FastltError(f"knn k: must be in [1, {len(train_features)}] (the training set size), got {k}")
+    if chunk_size < 1:
+        raise FastltError(f"knn chunk_size: must be >= 1, got {chunk_size}")
+    train = F.normalize(train_features.float(), dim=1)
+    train_labels = train_labels.to(device=train.device, dtype=torch.long)
+    predictions = []
+    for chunk in test_features.split(chunk_size):
+        query = F.normalize(chunk.to(train.device, torch.float32), dim=1)
+        similarity, neighbours = (query @ train.t()).topk(k, dim=1)
+        neighbour_labels = train_labels[neighbours]
+        votes = torch.zeros(len(query), num_classes, device=train.device)
+        votes.scatter_add_(1, neighbour_labels, torch.ones_like(similarity))
+        summed = torch.zeros_like(votes).scatter_add_(1, neighbour_labels, similarity)
+        # Among the classes with the most votes, the largest summed similarity wins.
+        leading = votes == votes.max(dim=1, keepdim=True).values
+        predictions.append(summed.masked_fill(~leading, float("-inf")).argmax(dim=1))
+    return torch.cat(predictions).to(test_features.device)
