@@ -116,8 +116,9 @@ def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
 @click.argument("recipe", type=click.Path(path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe value.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint.")
+@click.option("--until-epoch", type=int, help="Stop after this epoch (the schedule still spans train.epochs).")
 @user_errors
-def pretrain(recipe: Path | None, overrides: tuple[str, ...], resume: Path | None) -> None:
+def pretrain(recipe: Path | None, overrides: tuple[str, ...], resume: Path | None, until_epoch: int | None) -> None:
     """Self-supervised pretraining from a TOML recipe (see pipelines/). Prints the run folder last."""
     from fastlt.recipe import load_recipe, recipe_with_overrides
     from fastlt.train.trainer import load_run_config, pretrain as run_pretraining
@@ -127,11 +128,11 @@ def pretrain(recipe: Path | None, overrides: tuple[str, ...], resume: Path | Non
             raise FastltError("pretrain: give a RECIPE or --resume RUN_DIR, not both")
         config_path = str(resume / "config.json")
         resumed = recipe_with_overrides(load_run_config(resume), overrides, config_path)
-        run_dir = run_pretraining(resumed, config_path, resume=resume)
+        run_dir = run_pretraining(resumed, config_path, resume=resume, until_epoch=until_epoch)
     else:
         if recipe is None:
             raise FastltError("pretrain: missing RECIPE (a TOML file, e.g. pipelines/digits_lt/simclr.toml)")
-        run_dir = run_pretraining(load_recipe(recipe, overrides), str(recipe))
+        run_dir = run_pretraining(load_recipe(recipe, overrides), str(recipe), until_epoch=until_epoch)
     click.echo(str(run_dir))
 
 

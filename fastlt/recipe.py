@@ -57,10 +57,19 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The method preset and its settings."""
+    """A method preset, optionally changed on any axis, and the settings of each axis.
+
+    Presets: simclr = plain + fixed, sdclr = self-damaging + fixed, bcl-i = plain + bcl-i,
+    bcl-d = self-damaging + bcl-d. Setting ``encoder`` or ``view_strength`` overrides the
+    preset's choice on that axis, so e.g. SDCLR with BCL-I views is one line.
+    """
 
     name: str = "simclr"
+    encoder: str = ""  # plain | self-damaging ("" = the preset's)
+    view_strength: str = ""  # fixed | bcl-i | bcl-d ("" = the preset's)
     temperature: float = 0.2
+    pruning_ratio: float = 0.9  # self-damaging: fraction of convolution weights pruned
+    boost_momentum: float = 0.97  # memorisation boost: beta of the per-sample momentum loss
 
 
 @dataclass

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
 from fastlt.data.loader import Batch
+from fastlt.methods.boost import MemorisationBoost
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,17 @@ class ContrastiveMethod(nn.Module):
     """Base class: two views per image, a loss, one or more backward passes per step.
 
     Subclasses set ``self.backbone`` (images -> features, what linear evaluation keeps)
-    and implement ``forward`` (the compilable part) and ``train_step``.
+    and implement ``forward`` (the compilable part) and ``step`` (forwards and backwards
+    on a pair of views). The view-strength axis lives here: with a MemorisationBoost the
+    views get per-sample RandAugment strength and every step's per-sample losses feed it.
     """
 
     backbone: nn.Module
 
-    def __init__(self, views: SimCLRViews):
+    def __init__(self, views: SimCLRViews, boost: MemorisationBoost | None = None):
         super().__init__()
         self.views = views
+        self.boost = boost
         self._forward = self.forward
 
     def enable_compile(self) -> None:
@@ -47,10 +51,25 @@ class ContrastiveMethod(nn.Module):
         self._forward = torch.compile(self.forward)
 
     def make_views(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Two independent augmentations of the batch (float [B, 3, S, S] in [0, 1])."""
-        return self.views(batch.images, generator), self.views(batch.images, generator)
+        """Two independent augmentations of the batch (float [B, 3, S, S] in [0, 1]).
+
+        Per-sample boost strengths are drawn once and shared by both views.
+        """
+        strength = self.boost.strengths(batch.indices, generator) if self.boost is not None else None
+        return (
+            self.views(batch.images, generator, strength),
+            self.views(batch.images, generator, strength),
+        )
 
     def train_step(self, batch: Batch, generator: torch.Generator, context: StepContext) -> StepOutput:
+        """Views, the method's forwards and backwards, the boost memory update; the trainer then steps."""
+        view1, view2 = self.make_views(batch, generator)
+        output = self.step(view1, view2, context)
+        if self.boost is not None:
+            self.boost.observe(batch.indices, output.per_sample)
+        return output
+
+    def step(self, view1: Tensor, view2: Tensor, context: StepContext) -> StepOutput:
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -58,7 +77,7 @@ class ContrastiveMethod(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Called after the last step of each epoch; returns extra metrics to log."""
-        return {}
+        return self.boost.end_epoch() if self.boost is not None else {}
 
     def feature_extractor(self) -> nn.Module:
         """The module linear evaluation freezes: float images in [0, 1] -> features."""

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
-from fastlt.data.loader import Batch
+from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
 from fastlt.objectives.infonce import info_nce
 
@@ -17,8 +17,15 @@ class SimCLR(ContrastiveMethod):
     taken over both views, as in the reference implementations.
     """
 
-    def __init__(self, views: SimCLRViews, backbone: nn.Module, head: nn.Module, temperature: float):
-        super().__init__(views)
+    def __init__(
+        self,
+        views: SimCLRViews,
+        backbone: nn.Module,
+        head: nn.Module,
+        temperature: float,
+        boost: MemorisationBoost | None = None,
+    ):
+        super().__init__(views, boost)
         self.backbone = backbone
         self.head = head
         self.temperature = temperature
@@ -28,8 +35,7 @@ class SimCLR(ContrastiveMethod):
         z1, z2 = embeddings.chunk(2)
         return info_nce(z1, z2, self.temperature)
 
-    def train_step(self, batch: Batch, generator: torch.Generator, context: StepContext) -> StepOutput:
-        view1, view2 = self.make_views(batch, generator)
+    def step(self, view1: Tensor, view2: Tensor, context: StepContext) -> StepOutput:
         with context.autocast():
             loss, per_sample = self._forward(view1, view2)
         context.backward(loss)

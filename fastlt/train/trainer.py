@@ -20,10 +20,11 @@ from torch import nn
 from tqdm import tqdm
 
 from fastlt.data.loader import NativeLoader
-from fastlt.data.splits import load_split
+from fastlt.data.splits import class_counts, class_groups, load_split
 from fastlt.data.store import NativeStore
 from fastlt.errors import FastltError
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
+from fastlt.methods.boost import GROUP_NAMES
 from fastlt.recipe import Recipe
 from fastlt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from fastlt.train.device import resolve_compile, resolve_device, resolve_precision
@@ -56,18 +57,31 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: boo
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
 
 
-def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator) -> tuple[NativeLoader, int]:
-    """Open the store, apply the split, and put the training images on the device once.
+@dataclass(frozen=True)
+class TrainingData:
+    """The resident loader, the size of the store part, and each sample's class group (diagnostics)."""
 
-    Returns the loader and the size of the store part (per-sample state is indexed by it).
-    """
+    loader: NativeLoader
+    part_size: int
+    sample_groups: torch.Tensor  # [part_size] int8: 0 many, 1 medium, 2 few, -1 not in the split
+
+
+def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator) -> TrainingData:
+    """Open the store, apply the split, and put the training images on the device once."""
     store = NativeStore.open(Path(recipe.data.store))
     part = store.part(recipe.data.part)
-    indices = load_split(Path(recipe.data.split), len(part.labels)) if recipe.data.split else None
+    labels = np.asarray(part.labels)
+    indices = load_split(Path(recipe.data.split), len(labels)) if recipe.data.split else np.arange(len(labels))
     loader = NativeLoader(
         part, indices, recipe.train.batch_size, device, generator, shuffle=True, drop_last=recipe.train.drop_last
     )
-    return loader, len(part.labels)
+    groups = class_groups(class_counts(indices, labels, store.num_classes), recipe.eval.groups)
+    group_of_class = np.full(store.num_classes, -1, dtype=np.int8)
+    for code, name in enumerate(GROUP_NAMES):
+        group_of_class[groups[name]] = code
+    sample_groups = np.full(len(labels), -1, dtype=np.int8)
+    sample_groups[indices] = group_of_class[labels[indices]]
+    return TrainingData(loader, len(labels), torch.from_numpy(sample_groups).to(device))
 
 
 def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
@@ -79,8 +93,14 @@ def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
     return run_dir
 
 
-def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", resume: Path | None = None) -> Path:
-    """Train the recipe's method; with ``resume`` (a run folder) continue that run. Returns the run folder."""
+def pretrain(
+    recipe: Recipe, recipe_path: str = "<recipe>", resume: Path | None = None, until_epoch: int | None = None
+) -> Path:
+    """Train the recipe's method; with ``resume`` (a run folder) continue that run. Returns the run folder.
+
+    until_epoch stops early after that epoch (the schedule still spans train.epochs), for
+    time-limited jobs: ``resume`` later continues exactly where it stopped.
+    """
     device = resolve_device(recipe.train.device)
     precision = resolve_precision(recipe.train.precision, device)
     seed = recipe.train.seed
@@ -89,9 +109,10 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", resume: Path | None 
     data_generator = torch.Generator(device).manual_seed(seed)
     view_generator = torch.Generator(device).manual_seed(seed + 1)
 
-    loader, part_size = load_training_data(recipe, device, data_generator)
+    data = load_training_data(recipe, device, data_generator)
+    loader = data.loader
     images_per_epoch = len(loader) * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
-    method = build_method(recipe, num_samples=part_size).to(device)
+    method = build_method(recipe, data.part_size, data.sample_groups).to(device)
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     method = method.to(memory_format=memory_format)
     o = recipe.optim
@@ -105,6 +126,7 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", resume: Path | None 
     if resume is not None:
         run_dir = resume
         restore(state, run_dir / CHECKPOINT_NAME)
+        write_json_atomic(run_dir / "config.json", recipe.to_dict())  # overrides such as a longer schedule
     else:
         run_dir = new_run_dir(recipe, recipe_path)
         run_dir.mkdir(parents=True)
@@ -118,7 +140,8 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", resume: Path | None 
     warmup_steps = round(o.warmup_epochs * len(loader))
     metrics_path = run_dir / "metrics.jsonl"
 
-    for epoch in range(state.epoch + 1, recipe.train.epochs + 1):
+    last_epoch = min(recipe.train.epochs, until_epoch or recipe.train.epochs)
+    for epoch in range(state.epoch + 1, last_epoch + 1):
         method.train()
         method.on_epoch_start(epoch)
         loss_sum = torch.zeros((), device=device)

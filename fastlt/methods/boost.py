@@ -1,0 +1,99 @@
+"""BCL's memorisation boost: per-sample momentum losses -> per-sample RandAugment strength.
+
+A sample the network has memorised has a low loss; BCL augments the samples whose
+momentum loss is high (typically tail classes) more strongly. The memory lives on
+the device, indexed by the store's sample index, and is updated every step without a
+host sync; at the end of an epoch it becomes weights in [0, 1] used for the whole
+next epoch (REFERENCE.md section 3).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fastlt.augment.randaugment import BoostedRandAugment, bcl_d_magnitude, bcl_i_magnitude
+
+GROUP_NAMES = ("many", "medium", "few")
+MAPPINGS = {"bcl-i": 1, "bcl-d": 2}  # magnitude mapping -> number of RandAugment ops per view
+
+
+class BoostStage:
+    """The extra stage of SimCLRViews: RandAugment driven by per-sample (weight, magnitude) pairs."""
+
+    def __init__(self, randaugment: BoostedRandAugment):
+        self.randaugment = randaugment
+
+    def __call__(self, images: Tensor, generator: torch.Generator, strength: Tensor | None) -> Tensor:
+        if strength is None:
+            return images
+        return self.randaugment(images, generator, strength[:, 0], strength[:, 1])
+
+
+class MemorisationBoost(nn.Module):
+    """Momentum loss per sample, the weights derived from it, and the view strengths they give.
+
+    mapping "bcl-i": one op per view, magnitude 10 + 20 w.
+    mapping "bcl-d": two ops per view, magnitude 5 + 25 w U with U ~ U(0, 1) drawn once per
+    sample per step and shared by both views.
+    A sample's first observed loss initialises its memory (the reference's "epoch 1 = raw
+    loss"; identical whenever epoch 1 visits every sample). Only visited samples enter the
+    end-of-epoch statistics, so the z-score is over the training split, not the whole store.
+    """
+
+    def __init__(self, num_samples: int, mapping: str, beta: float = 0.97, sample_groups: Tensor | None = None):
+        super().__init__()
+        if mapping not in MAPPINGS:
+            raise ValueError(f"unknown boost mapping {mapping!r}")
+        self.mapping = mapping
+        self.beta = beta
+        self.stage = BoostStage(BoostedRandAugment(num_ops=MAPPINGS[mapping]))
+        self.register_buffer("momentum_loss", torch.zeros(num_samples))
+        self.register_buffer("seen", torch.zeros(num_samples, dtype=torch.bool))
+        self.register_buffer("weights", torch.zeros(num_samples))
+        groups = sample_groups if sample_groups is not None else torch.full((num_samples,), -1)
+        self.register_buffer("sample_groups", groups.to(torch.int8), persistent=False)
+
+    def strengths(self, indices: Tensor, generator: torch.Generator) -> Tensor:
+        """[B, 2] (firing probability w, magnitude M) for a batch; pass the same tensor to both views."""
+        weights = self.weights[indices]
+        if self.mapping == "bcl-i":
+            magnitudes = bcl_i_magnitude(weights)
+        else:
+            shared = torch.rand(weights.shape, generator=generator, device=weights.device)
+            magnitudes = bcl_d_magnitude(weights, shared)
+        return torch.stack([weights, magnitudes], dim=1)
+
+    @torch.no_grad()
+    def observe(self, indices: Tensor, losses: Tensor) -> None:
+        """m_i = L_i on a sample's first visit, else (1 - beta) L_i + beta m_i."""
+        losses = losses.detach().float()
+        previous = self.momentum_loss[indices]
+        updated = (1 - self.beta) * losses + self.beta * previous
+        self.momentum_loss[indices] = torch.where(self.seen[indices], updated, losses)
+        self.seen[indices] = True
+
+    @torch.no_grad()
+    def end_epoch(self) -> dict[str, float]:
+        """Turn momentum losses into next epoch's weights; return weight statistics for the log.
+
+        z = (m - mean m) / std m (unbiased), w = z / max|z| / 2 + 1/2, over visited samples.
+        """
+        visited = self.seen
+        losses = self.momentum_loss[visited]
+        z = (losses - losses.mean()) / losses.std().clamp_min(1e-12)
+        weights = z / z.abs().max().clamp_min(1e-12) / 2 + 0.5
+        self.weights[visited] = weights
+        quantiles = torch.quantile(weights, torch.tensor([0.1, 0.5, 0.9], device=weights.device))
+        stats = {
+            "weight_mean": weights.mean(),
+            "weight_q10": quantiles[0],
+            "weight_q50": quantiles[1],
+            "weight_q90": quantiles[2],
+            "momentum_loss_mean": losses.mean(),
+        }
+        groups = self.sample_groups[visited]
+        for code, name in enumerate(GROUP_NAMES):
+            members = groups == code
+            if bool(members.any()):
+                stats[f"weight_mean_{name}"] = weights[members].mean()
+        return {key: round(float(value), 6) for key, value in stats.items()}

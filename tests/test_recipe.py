@@ -1,0 +1,66 @@
+"""Recipes: defaults, overrides, and one-line errors that name the file and the key."""
+from pathlib import Path
+
+import pytest
+
+from fastlt.errors import FastltError
+from fastlt.recipe import Recipe, load_recipe, recipe_from_dict
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_recipe_loads():
+    recipes = sorted(PIPELINES.rglob("*.toml"))
+    assert len(recipes) >= 3
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.data.store and recipe.method.name
+
+
+def test_values_and_overrides(tmp_path):
+    path = write(tmp_path, '[optim]\nlr = 1\n[views]\nscale = [0.2, 1]\n')
+    recipe = load_recipe(path, ["train.epochs=3", "method.name=simclr", "optim.exclude_bn_bias=true", "eval.knn=[5]"])
+    assert recipe.optim.lr == 1.0 and isinstance(recipe.optim.lr, float)
+    assert recipe.views.scale == (0.2, 1.0)
+    assert recipe.train.epochs == 3 and recipe.optim.exclude_bn_bias is True and recipe.eval.knn == (5,)
+    assert recipe_from_dict(recipe.to_dict(), "round trip") == recipe
+
+
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        ("[optim]\nlrr = 1\n", [], "optim.lrr: unknown key"),
+        ("[optimizer]\nlr = 1\n", [], "unknown section"),
+        ("[train]\nepochs = 'ten'\n", [], "train.epochs: expected int"),
+        ("[train]\nepochs = 1.5\n", [], "train.epochs: expected int"),
+        ("[views]\nscale = [0.1]\n", [], "views.scale: expected a list of 2"),
+        ("[train\n", [], "not valid TOML"),
+        ("", ["train.epochs"], "expected section.key=value"),
+        ("", ["train.nope=1"], "train.nope: unknown key"),
+    ],
+)
+def test_errors_name_file_and_key(tmp_path, text, overrides, message):
+    path = write(tmp_path, text)
+    with pytest.raises(FastltError, match=message) as error:
+        load_recipe(path, overrides)
+    if not message.startswith("expected section"):
+        assert str(path) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FastltError, match="recipe file not found"):
+        load_recipe(tmp_path / "none.toml")
+
+
+def test_defaults_are_the_reference_cifar_settings():
+    recipe = Recipe()
+    assert recipe.optim.lr == 0.5 and recipe.optim.momentum == 0.9 and recipe.train.batch_size == 512
+    assert recipe.views.scale == (0.1, 1.0) and recipe.views.jitter == (0.4, 0.4, 0.4, 0.1)
+    assert recipe.eval.epochs == 500 and recipe.eval.lr == 1e-2 and recipe.eval.batch_size == 1000
