@@ -1,0 +1,333 @@
+"""BCL's memorisation-boosted RandAugment, batched on the device (REFERENCE.md section 3).
+
+Each sample of a batch gets ``num_ops`` stages; in each stage it draws one of the 15
+ops below (uniformly, with replacement), the op fires with the sample's probability
+``w`` and runs at the sample's magnitude ``M`` in [0, 30], mapped per op as
+``min + M / 30 * (max - min)``. The whole batch is processed at once: per stage, the
+geometric ops (shear, translate, rotate) are one batched ``affine_grid`` /
+``grid_sample`` with a per-sample matrix, and every other op is computed on the whole
+batch and kept only where a per-sample mask says so (``torch.where``). There is no loop
+over samples and no host synchronisation, so the augmentation can be compiled with the
+training step.
+
+Conventions (chosen to match torchvision's RandAugment, the tests' reference):
+
+* Geometry works in pixel units about the image centre, like torchvision's tensor
+  ``affine``. Shears pivot on the top-left corner (torchvision RandAugment's
+  ``center=[0, 0]``, also PIL's ``AFFINE`` convention that BCL uses); rotation pivots on
+  the centre, positive angles counter-clockwise; translations are whole pixels,
+  truncated towards zero (torchvision's ``int(magnitude)``).
+* Pixels a geometric op uncovers take ``fill``, black by default: BCL's PIL geometric
+  ops pass no fill colour, so PIL fills 0, as torchvision's RandAugment does. Cutout
+  paints its square with the CIFAR mean grey (125, 123, 114), as BCL's Cutout does.
+* Interpolation is nearest by default (PIL's and torchvision RandAugment's default), so
+  a geometric op moves pixels without blurring them; "bilinear" is available.
+* Autocontrast, equalize, posterize and the solarize threshold are defined on uint8
+  images. They see ``round(x * 255)``, exactly as torchvision treats a uint8 image;
+  autocontrast, equalize and posterize return values on the 1/255 grid, solarize
+  inverts the float value ``1 - x`` where the rounded value reaches the threshold. On
+  inputs already on the 1/255 grid they equal torchvision's uint8 ops exactly; on
+  continuous inputs they differ from torchvision's float ops by the rounding of the
+  input (half a level, stretched by autocontrast's gain) plus, for autocontrast, the
+  truncation to a whole level, and solarize can differ on pixels within half a level
+  of the threshold.
+* Per stage there is one resample, and a sample's geometric ops of different stages
+  are NOT folded into one matrix: stage order then means what it means in the
+  reference (a colour op or a cutout drawn between two geometric ops applies between
+  them, and later ops see the fill), and folding would not save a ``grid_sample``
+  call anyway, because the other samples of the batch still need each stage's
+  resample.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fastlt.errors import FastltError
+
+OPS: tuple[str, ...] = (
+    "shear_x", "shear_y", "translate_x", "translate_y", "rotate",
+    "auto_contrast", "invert", "equalize", "solarize", "posterize",
+    "contrast", "color", "brightness", "sharpness", "cutout",
+)
+MAX_MAGNITUDE = 30.0
+INTERPOLATIONS = ("nearest", "bilinear")
+GEOMETRIC_FILL = (0, 0, 0)  # BCL's PIL transforms leave uncovered pixels black
+CUTOUT_FILL = (125, 123, 114)  # BCL's Cutout colour
+
+# (value at M = 0, value at M = 30); translate and cutout are fractions of the image size.
+_RANGES: dict[str, tuple[float, float]] = {
+    "shear_x": (0.0, 0.6), "shear_y": (0.0, 0.6),
+    "translate_x": (0.0, 0.66), "translate_y": (0.0, 0.66),
+    "rotate": (0.0, 60.0),
+    "solarize": (0.0, 110.0),
+    "posterize": (4.0, 8.0),
+    "contrast": (0.1, 1.9), "color": (0.1, 1.9), "brightness": (0.1, 1.9), "sharpness": (0.1, 1.9),
+    "cutout": (0.0, 0.4),
+}
+_GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as PIL's and torchvision's grayscale
+_SMOOTH_KERNEL = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))  # PIL's SMOOTH filter, /13
+
+
+def bcl_i_magnitude(weights: Tensor) -> Tensor:
+    """BCL-I's magnitude 10 + 20 w: every sample is augmented at least moderately when its op fires."""
+    return 10.0 + 20.0 * weights
+
+
+def bcl_d_magnitude(weights: Tensor, shared_uniform: Tensor) -> Tensor:
+    """BCL-D's magnitude 5 + 25 w U; U ~ U(0, 1) is drawn once per sample and shared by its two views."""
+    return 5.0 + 25.0 * weights * shared_uniform
+
+
+def _op_value(op: str, magnitudes: Tensor) -> Tensor:
+    """The op's parameter for each sample's magnitude: min + M / 30 * (max - min)."""
+    low, high = _RANGES[op]
+    return low + magnitudes / MAX_MAGNITUDE * (high - low)
+
+
+def _op_mask(op_index: Tensor, op: str) -> Tensor:
+    """[B] bool: which samples run ``op`` in this stage."""
+    return op_index == OPS.index(op)
+
+
+def _as_image_mask(mask: Tensor) -> Tensor:
+    """[B] -> [B, 1, 1, 1], to select whole images with ``torch.where``."""
+    return mask.view(-1, 1, 1, 1)
+
+
+def _source_matrices(op_index: Tensor, magnitudes: Tensor, signs: Tensor, height: int, width: int) -> Tensor:
+    """[B, 2, 3] map from an output pixel to the input point it samples, in pixels about the centre.
+
+    The identity for samples whose op is not geometric; one matrix per sample so that one
+    ``grid_sample`` serves the whole batch.
+    """
+    shear = signs * _op_value("shear_x", magnitudes)  # shear_x and shear_y share the range
+    shift_x = torch.trunc(signs * _op_value("translate_x", magnitudes) * width)
+    shift_y = torch.trunc(signs * _op_value("translate_y", magnitudes) * height)
+    angle = torch.deg2rad(signs * _op_value("rotate", magnitudes))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero, one = torch.zeros_like(magnitudes), torch.ones_like(magnitudes)
+
+    is_shear_x, is_shear_y = _op_mask(op_index, "shear_x"), _op_mask(op_index, "shear_y")
+    is_rotate = _op_mask(op_index, "rotate")
+    diagonal = torch.where(is_rotate, cos, one)
+    # A shear pivoting on the top-left corner: x_src = x + s * (y + H / 2) about the centre.
+    row0 = (
+        diagonal,
+        torch.where(is_rotate, -sin, torch.where(is_shear_x, shear, zero)),
+        torch.where(is_shear_x, shear * height / 2,
+                    torch.where(_op_mask(op_index, "translate_x"), -shift_x, zero)),
+    )
+    row1 = (
+        torch.where(is_rotate, sin, torch.where(is_shear_y, shear, zero)),
+        diagonal,
+        torch.where(is_shear_y, shear * width / 2,
+                    torch.where(_op_mask(op_index, "translate_y"), -shift_y, zero)),
+    )
+    return torch.stack((torch.stack(row0, dim=-1), torch.stack(row1, dim=-1)), dim=1)
+
+
+def _warp(images: Tensor, op_index: Tensor, magnitudes: Tensor, signs: Tensor, fill: Tensor,
+          interpolation: str) -> Tensor:
+    """All geometric ops of a stage as one batched resample; other samples pass through unchanged."""
+    batch, channels, height, width = images.shape
+    matrices = _source_matrices(op_index, magnitudes, signs, height, width)
+    # affine_grid works in [-1, 1] coordinates per axis (align_corners=False: the image edges).
+    to_unit = images.new_tensor([[1.0, height / width, 2.0 / width], [width / height, 1.0, 2.0 / height]])
+    grid = F.affine_grid(matrices * to_unit, [batch, channels, height, width], align_corners=False)
+    # Sampling (image - fill) with zero padding and adding fill back gives fill outside the
+    # image; for bilinear, a border pixel blends towards fill by the fraction it is uncovered.
+    offset = fill.view(1, -1, 1, 1)
+    warped = F.grid_sample(images - offset, grid, mode=interpolation, padding_mode="zeros",
+                           align_corners=False) + offset
+    is_geometric = op_index < OPS.index("auto_contrast")
+    return torch.where(_as_image_mask(is_geometric & (op_index >= 0)), warped, images)
+
+
+def _auto_contrast_levels(levels: Tensor) -> Tensor:
+    """Stretch each channel's [min, max] to [0, 255], truncated like PIL and torchvision's uint8 op."""
+    low = levels.amin(dim=(-2, -1), keepdim=True)
+    span = levels.amax(dim=(-2, -1), keepdim=True) - low
+    stretched = torch.floor((levels - low) * 255.0 / span.clamp(min=1.0))
+    return torch.where(span > 0, stretched, levels)
+
+
+def _equalize_levels(levels: Tensor) -> Tensor:
+    """PIL's histogram equalisation per image and channel, from one batched histogram.
+
+    The lookup table maps level k to round(#pixels below k / step) with step = #pixels
+    not at the channel's top level // 255; a channel with step 0 is left as it is.
+    """
+    batch, channels, height, width = levels.shape
+    flat = levels.reshape(batch, channels, height * width).long()
+    histogram = torch.zeros(batch, channels, 256, dtype=torch.long, device=levels.device)
+    histogram.scatter_add_(-1, flat, torch.ones_like(flat))
+    below = histogram.cumsum(-1) - histogram
+    at_top = histogram.gather(-1, flat.amax(-1, keepdim=True))
+    step = (height * width - at_top) // 255
+    table = ((below + step // 2) // step.clamp(min=1)).clamp(max=255)
+    equalized = table.gather(-1, flat).reshape(levels.shape).to(levels.dtype)
+    return torch.where((step > 0).unsqueeze(-1), equalized, levels)
+
+
+def _posterize_levels(levels: Tensor, bits: Tensor) -> Tensor:
+    """Keep the top ``bits`` bits of each 8-bit level (bits per sample, 4..8)."""
+    dropped = (8 - bits).view(-1, 1, 1, 1)
+    whole = levels.to(torch.int32)
+    return ((whole >> dropped) << dropped).to(levels.dtype)
+
+
+def _blend_degenerate(images: Tensor, op_index: Tensor) -> Tensor:
+    """The image each enhance op blends away from: black, grey, mean grey or blurred.
+
+    One blend ``f * x + (1 - f) * degenerate`` then serves brightness, color, contrast
+    and sharpness for the whole batch.
+    """
+    red, green, blue = images.unbind(dim=1)
+    grey = (_GREY_WEIGHTS[0] * red + _GREY_WEIGHTS[1] * green + _GREY_WEIGHTS[2] * blue).unsqueeze(1)
+    mean_grey = grey.mean(dim=(-2, -1), keepdim=True)
+    channels = images.shape[1]
+    kernel = images.new_tensor(_SMOOTH_KERNEL).div(13.0).expand(channels, 1, 3, 3)
+    blurred = images.clone()  # the one-pixel border keeps its values, as in PIL and torchvision
+    blurred[..., 1:-1, 1:-1] = F.conv2d(images, kernel, groups=channels)
+    is_mean = _as_image_mask(_op_mask(op_index, "contrast"))
+    is_grey = _as_image_mask(_op_mask(op_index, "color"))
+    is_black = _as_image_mask(_op_mask(op_index, "brightness"))
+    return torch.where(is_black, torch.zeros_like(images),
+                       torch.where(is_grey, grey, torch.where(is_mean, mean_grey, blurred)))
+
+
+def _cutout_box(images: Tensor, magnitudes: Tensor, centres: Tensor) -> Tensor:
+    """[B, 1, H, W] bool: pixels whose centre lies in the square [c - s/2, c + s/2) per axis."""
+    _, _, height, width = images.shape
+    half_side = (_op_value("cutout", magnitudes) * width / 2).view(-1, 1)
+    centre_x = (centres[:, 0] * width).view(-1, 1)
+    centre_y = (centres[:, 1] * height).view(-1, 1)
+    columns = torch.arange(width, device=images.device, dtype=images.dtype) + 0.5
+    rows = torch.arange(height, device=images.device, dtype=images.dtype) + 0.5
+    in_columns = (columns >= centre_x - half_side) & (columns < centre_x + half_side)
+    in_rows = (rows >= centre_y - half_side) & (rows < centre_y + half_side)
+    return (in_rows.unsqueeze(-1) & in_columns.unsqueeze(-2)).unsqueeze(1)
+
+
+def _pointwise_and_regional(images: Tensor, op_index: Tensor, magnitudes: Tensor, centres: Tensor) -> Tensor:
+    """All non-geometric ops of a stage, each on the whole batch, kept where a sample chose it."""
+    def chose(op: str) -> Tensor:
+        return _as_image_mask(_op_mask(op_index, op))
+
+    levels = torch.round(images.float() * 255.0)  # the uint8 image torchvision would see
+    enhance_factor = _as_image_mask(_op_value("contrast", magnitudes))  # the four enhance ops share the range
+    enhanced = (enhance_factor * images + (1 - enhance_factor) * _blend_degenerate(images, op_index)).clamp(0, 1)
+    solarized = torch.where(levels >= _as_image_mask(_op_value("solarize", magnitudes)), 1 - images, images)
+    bits = torch.floor(_op_value("posterize", magnitudes)).clamp(4, 8).to(torch.int32)
+
+    out = images
+    out = torch.where(chose("auto_contrast"), (_auto_contrast_levels(levels) / 255.0).to(images.dtype), out)
+    out = torch.where(chose("invert"), 1 - images, out)
+    out = torch.where(chose("equalize"), (_equalize_levels(levels) / 255.0).to(images.dtype), out)
+    out = torch.where(chose("solarize"), solarized, out)
+    out = torch.where(chose("posterize"), (_posterize_levels(levels, bits) / 255.0).to(images.dtype), out)
+    is_enhance = (chose("contrast") | chose("color") | chose("brightness") | chose("sharpness"))
+    out = torch.where(is_enhance, enhanced, out)
+    is_cut = chose("cutout") & _cutout_box(images, magnitudes, centres)
+    return torch.where(is_cut, _fill_tensor(CUTOUT_FILL, images).view(1, -1, 1, 1), out)
+
+
+def _augment_stage(images: Tensor, op_index: Tensor, magnitudes: Tensor, signs: Tensor, centres: Tensor,
+                   fill: Tensor, interpolation: str) -> Tensor:
+    """One RandAugment stage: sample b runs OPS[op_index[b]], or nothing where op_index is -1."""
+    magnitudes = magnitudes.to(images.dtype)
+    signs = signs.to(images.dtype)
+    warped = _warp(images, op_index, magnitudes, signs, fill, interpolation)
+    return _pointwise_and_regional(warped, op_index, magnitudes, centres.to(images.dtype))
+
+
+def _check_images(images: Tensor, where: str) -> None:
+    """Shapes and dtype are static, so checking them costs no host synchronisation."""
+    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
+        raise FastltError(f"{where} images: expected a float tensor [B, 3, H, W] in [0, 1], "
+                          f"got {images.dtype} {tuple(images.shape)}")
+
+
+def _check_per_sample(values: Tensor, name: str, batch: int, where: str) -> None:
+    if values.shape != (batch,):
+        raise FastltError(f"{where} {name}: expected shape ({batch},), got {tuple(values.shape)}")
+
+
+def _fill_tensor(fill: tuple[int, int, int], like: Tensor) -> Tensor:
+    """The 0..255 fill colour on the [0, 1] scale of the images, on their device."""
+    return torch.tensor(fill, dtype=like.dtype, device=like.device) / 255.0
+
+
+def _check_settings(fill: tuple[int, int, int], interpolation: str, where: str) -> None:
+    if len(fill) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in fill):
+        raise FastltError(f"{where} fill: expected three integers in 0..255, got {fill!r}")
+    if interpolation not in INTERPOLATIONS:
+        raise FastltError(f"{where} interpolation: expected one of {INTERPOLATIONS}, got {interpolation!r}")
+
+
+def apply_op(images: Tensor, op: str, magnitudes: Tensor, signs: Tensor | None = None,
+             generator: torch.Generator | None = None, *, fill: tuple[int, int, int] = GEOMETRIC_FILL,
+             interpolation: str = "nearest") -> Tensor:
+    """Apply one op to every image of a batch, at per-sample magnitudes M in [0, 30].
+
+    The unit that is checked against torchvision per image; it runs the same batched
+    stage as BoostedRandAugment with every sample choosing ``op``. ``fill`` colours the
+    pixels a geometric op uncovers (0..255 per channel). ``signs`` (+-1 per
+    sample, default +1) orient shear, translate and rotate. Cutout draws its centres as
+    ``torch.rand(B, 2, generator=generator)`` scaled by (W, H), so it needs a generator.
+    """
+    where = f"apply_op {op}"
+    if op not in OPS:
+        raise FastltError(f"apply_op op: unknown op {op!r}, expected one of {OPS}")
+    _check_images(images, where)
+    _check_settings(fill, interpolation, where)
+    batch = images.shape[0]
+    _check_per_sample(magnitudes, "magnitudes", batch, where)
+    if signs is None:
+        signs = torch.ones(batch, device=images.device)
+    _check_per_sample(signs, "signs", batch, where)
+    if op == "cutout":
+        if generator is None:
+            raise FastltError("apply_op cutout: needs a generator to draw the cutout centres")
+        centres = torch.rand(batch, 2, generator=generator, device=images.device)
+    else:
+        centres = torch.zeros(batch, 2, device=images.device)
+    op_index = torch.full((batch,), OPS.index(op), dtype=torch.long, device=images.device)
+    return _augment_stage(images, op_index, magnitudes, signs, centres, _fill_tensor(fill, images), interpolation)
+
+
+class BoostedRandAugment:
+    """RandAugment whose per-sample firing probability and magnitude come from BCL's memory.
+
+    ``num_ops`` stages per view (BCL-I 1, BCL-D 2). Per stage the generator draws, in
+    this order: op index uniform over OPS [B], fire ~ Bernoulli(w) [B], sign +-1 [B],
+    cutout centre [B, 2]; all draws happen whatever the outcome, so the amount of
+    randomness consumed never depends on tensor values.
+    """
+
+    def __init__(self, num_ops: int, fill: tuple[int, int, int] = GEOMETRIC_FILL, interpolation: str = "nearest"):
+        if not isinstance(num_ops, int) or num_ops < 1:
+            raise FastltError(f"BoostedRandAugment num_ops: expected a positive integer, got {num_ops!r}")
+        _check_settings(tuple(fill), interpolation, "BoostedRandAugment")
+        self.num_ops = num_ops
+        self.fill = tuple(fill)
+        self.interpolation = interpolation
+
+    def __call__(self, images: Tensor, generator: torch.Generator, weights: Tensor, magnitudes: Tensor) -> Tensor:
+        """Augment [B, 3, H, W] images in [0, 1]; weights [B] fire the ops, magnitudes [B] in [0, 30] scale them."""
+        where = "BoostedRandAugment"
+        _check_images(images, where)
+        batch, device = images.shape[0], images.device
+        _check_per_sample(weights, "weights", batch, where)
+        _check_per_sample(magnitudes, "magnitudes", batch, where)
+        fill = _fill_tensor(self.fill, images)
+        for _ in range(self.num_ops):
+            drawn = torch.randint(len(OPS), (batch,), generator=generator, device=device)
+            fires = torch.rand(batch, generator=generator, device=device) < weights
+            signs = torch.randint(2, (batch,), generator=generator, device=device) * 2 - 1
+            centres = torch.rand(batch, 2, generator=generator, device=device)
+            op_index = torch.where(fires, drawn, torch.full_like(drawn, -1))
+            images = _augment_stage(images, op_index, magnitudes, signs, centres, fill, self.interpolation)
+        return images
