@@ -100,16 +100,11 @@ def splits_cifar(dataset: str, store_path: Path, out: Path, split_ids: str, val_
 @user_errors
 def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
     """A long-tailed split of the digits train part with any imbalance ratio."""
-    from fastlt.data.splits import class_counts, make_digits_lt_split, save_split
+    from fastlt.data.splits import write_digits_lt_split
     from fastlt.data.store import NativeStore
 
-    store = NativeStore.open(store_path)
-    labels = store.part("train").labels
-    indices = make_digits_lt_split(labels, ratio, seed)
-    counts = class_counts(indices, labels, store.num_classes)
-    save_split(out, indices, {"dataset": "digits", "ratio": ratio, "seed": seed, "class_counts": counts.tolist(),
-                              "total": int(len(indices))})
-    click.echo(f"wrote {out} ({len(indices)} samples, per class {counts.tolist()})")
+    labels = NativeStore.open(store_path).part("train").labels
+    click.echo(f"wrote {write_digits_lt_split(labels, ratio, seed, out)}")
 
 
 @main.command()

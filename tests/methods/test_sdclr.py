@@ -74,7 +74,7 @@ def reference_gradients(method, view1, view2, summed_shortcut=False):
         dense_loss = info_nce(z1, z2, TAU)[0]
         dense_loss.backward()
         info_nce(z1.detach(), pruned(view2), TAU)[0].backward()
-    return {name: p.grad for name, p in params.items()}, float(dense_loss)
+    return {name: p.grad for name, p in params.items()}, float(dense_loss.detach())
 
 
 def test_iteration_gradients_equal_the_two_backward_definition():

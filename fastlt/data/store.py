@@ -1,0 +1,249 @@
+"""The native store: a folder of plain .npy arrays plus meta.json, written once, read memory-mapped.
+
+Layout (``version`` 1)::
+
+    out/{part}_images.npy   uint8 [N, H, W, 3] (NHWC, so one part is one contiguous block)
+    out/{part}_labels.npy   int64 [N]
+    out/meta.json           format, version, name, class_names, num_classes, image_shape,
+                            parts: {part: {count, class_counts, sha256: {images, labels}}}, source
+
+A store is built in a hidden sibling folder and renamed into place only when every file
+is written and synced, so a folder at ``out`` is always a complete store; an existing
+folder is never touched unless the caller asks to overwrite it, and even then the old
+store is only removed after the new one is in place.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fastlt.errors import FastltError
+
+STORE_FORMAT = "fastlt-native"
+STORE_VERSION = 1
+META_FILE = "meta.json"
+
+
+@dataclass(frozen=True)
+class StorePart:
+    """One part of a data set (train or test): images and their labels, in store order."""
+
+    images: np.ndarray  # [N, H, W, 3] uint8
+    labels: np.ndarray  # [N] int64
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks so multi-GB stores do not need the memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename or a new file inside ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _save_synced(path: Path, array: np.ndarray) -> None:
+    """np.save followed by fsync, so the bytes are on disk before the folder is renamed into place."""
+    with open(path, "wb") as handle:
+        np.save(handle, array, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _check_parts(name: str, class_names: list[str], parts: dict[str, StorePart]) -> tuple[int, int]:
+    """Reject parts that would make a store the readers cannot trust; returns the image (H, W)."""
+    if not parts:
+        raise FastltError(f"store {name!r}: no parts to write")
+    shapes = set()
+    for part_name, part in parts.items():
+        where = f"store {name!r} part {part_name!r}"
+        if not part_name.isidentifier():
+            raise FastltError(f"{where}: part names must be plain identifiers")
+        images, labels = part.images, part.labels
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+            raise FastltError(f"{where}: images must be uint8 [N,H,W,3], got {images.dtype} {list(images.shape)}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0] or not np.issubdtype(labels.dtype, np.integer):
+            found = f"{labels.dtype} {list(labels.shape)}"
+            raise FastltError(f"{where}: labels must be integer [{images.shape[0]}], got {found}")
+        if labels.size and (labels.min() < 0 or labels.max() >= len(class_names)):
+            raise FastltError(f"{where}: labels must lie in [0, {len(class_names)})")
+        shapes.add(images.shape[1:3])
+    if len(shapes) != 1:
+        raise FastltError(f"store {name!r}: parts have different image sizes {sorted(shapes)}")
+    return shapes.pop()
+
+
+def _is_store(path: Path) -> bool:
+    """True when ``path`` holds a meta.json of this format (any version), i.e. something we wrote."""
+    try:
+        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == STORE_FORMAT
+
+
+def write_native_store(
+    out: Path,
+    name: str,
+    class_names: list[str],
+    parts: dict[str, StorePart],
+    source: dict,
+    overwrite: bool = False,
+) -> Path:
+    """Write a native store atomically and return its path.
+
+    Refuses an existing ``out`` unless ``overwrite``; with ``overwrite`` it still refuses a
+    non-empty folder that is not a fastlt store (a user's folder is never deleted), and
+    swaps the old store out only after the new one is complete.
+    """
+    out = Path(out)
+    height, width = _check_parts(name, class_names, parts)
+    if out.exists():
+        if not overwrite:
+            raise FastltError(f"{out}: exists already (pass overwrite to replace the store)")
+        if not out.is_dir() or (any(out.iterdir()) and not _is_store(out)):
+            raise FastltError(f"{out}: exists and is not a fastlt store; refusing to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tag = uuid.uuid4().hex[:8]
+    staging = out.parent / f".{out.name}.partial-{tag}"
+    retired = out.parent / f".{out.name}.old-{tag}"
+    try:
+        staging.mkdir()
+        meta_parts = {}
+        for part_name, part in parts.items():
+            labels = np.asarray(part.labels, dtype=np.int64)
+            images_file, labels_file = staging / f"{part_name}_images.npy", staging / f"{part_name}_labels.npy"
+            _save_synced(images_file, np.ascontiguousarray(part.images))
+            _save_synced(labels_file, labels)
+            meta_parts[part_name] = {
+                "count": int(labels.shape[0]),
+                "class_counts": np.bincount(labels, minlength=len(class_names)).tolist(),
+                "sha256": {"images": file_sha256(images_file), "labels": file_sha256(labels_file)},
+            }
+        meta = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "name": name,
+            "class_names": list(class_names),
+            "num_classes": len(class_names),
+            "image_shape": [int(height), int(width), 3],
+            "parts": meta_parts,
+            "source": source,
+        }
+        with open(staging / META_FILE, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(staging)
+        if out.exists():
+            os.replace(out, retired)
+        try:
+            os.replace(staging, out)
+        except BaseException:
+            if retired.exists():
+                os.replace(retired, out)
+            raise
+        _fsync_dir(out.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(retired, ignore_errors=True)
+    return out
+
+
+class NativeStore:
+    """A native store opened for reading: its meta.json and memory-mapped parts."""
+
+    def __init__(self, path: Path, meta: dict) -> None:
+        self._path = path
+        self._meta = meta
+
+    @classmethod
+    def open(cls, path: Path) -> NativeStore:
+        """Open ``path``, checking that it is a complete store of a version this code reads."""
+        path = Path(path)
+        meta_file = path / META_FILE
+        if not path.is_dir():
+            raise FastltError(f"{path}: no such store folder (create one with `fastlt convert`)")
+        try:
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FastltError(f"{path}: not a fastlt store (no {META_FILE})") from None
+        except (OSError, ValueError) as exc:
+            raise FastltError(f"{meta_file}: unreadable ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+            raise FastltError(f"{meta_file}: not a fastlt store (format is not {STORE_FORMAT!r})")
+        if meta.get("version") != STORE_VERSION:
+            version = meta.get("version")
+            raise FastltError(f"{meta_file}: store version {version!r} unknown (this fastlt reads {STORE_VERSION})")
+        return cls(path, meta)
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def name(self) -> str:
+        return self._meta["name"]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._meta["class_names"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self._meta["num_classes"])
+
+    @property
+    def parts(self) -> list[str]:
+        return list(self._meta["parts"])
+
+    @property
+    def meta(self) -> dict:
+        """The parsed meta.json (counts, checksums, source), for reports and run records."""
+        return self._meta
+
+    def part(self, name: str, verify: bool = False) -> StorePart:
+        """Load one part: images memory-mapped (read-only, paged in on use), labels read into memory.
+
+        verify=True re-hashes both files against meta.json first, to catch a damaged copy
+        before days of training on it.
+        """
+        if name not in self._meta["parts"]:
+            raise FastltError(f"{self._path}: no part {name!r} (the store has {', '.join(self.parts)})")
+        entry = self._meta["parts"][name]
+        files = {kind: self._path / f"{name}_{kind}.npy" for kind in ("images", "labels")}
+        for kind, file in files.items():
+            if not file.is_file():
+                raise FastltError(f"{file}: missing from the store")
+            if verify and file_sha256(file) != entry["sha256"][kind]:
+                raise FastltError(f"{file}: checksum does not match meta.json (the file is damaged)")
+        try:
+            images = np.load(files["images"], mmap_mode="r", allow_pickle=False)
+            labels = np.load(files["labels"], allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise FastltError(f"{self._path}: part {name!r} unreadable ({exc})") from None
+        expected = (entry["count"], *self._meta["image_shape"])
+        for kind, array, dtype, shape in (("images", images, np.uint8, expected),
+                                          ("labels", labels, np.int64, (entry["count"],))):
+            if array.dtype != dtype or array.shape != shape:
+                found = f"{array.dtype} {list(array.shape)}"
+                raise FastltError(f"{files[kind]}: expected {np.dtype(dtype)} {list(shape)}, found {found}")
+        return StorePart(images=images, labels=labels)

@@ -1,0 +1,113 @@
+"""Shared fixtures: tiny CIFAR tarballs in the real pickle format, the coloured-digits store, the reference splits.
+
+Each tarball fixture also writes ``expected.npz`` beside the tarball: the NHWC images and
+labels that were packed (train in pickle order, then test) and the class names, built
+before packing so readers can be checked against them.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastlt.data.sources import make_coloured_digits
+from fastlt.data.store import write_native_store
+
+
+def _cifar_rows(images: np.ndarray) -> np.ndarray:
+    """NHWC uint8 -> CIFAR's [N, 3072] rows: the 1024 R values (row-major), then G, then B."""
+    return np.concatenate([images[..., channel].reshape(len(images), -1) for channel in range(3)], axis=1)
+
+
+def _add_member(archive: tarfile.TarFile, name: str, payload: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(payload)
+    archive.addfile(info, io.BytesIO(payload))
+
+
+def _add_folder(archive: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    archive.addfile(info)
+
+
+def _pickled(content: dict) -> bytes:
+    """Protocol 2, bytes keys: as close to the Python-2 originals as Python 3 gets."""
+    return pickle.dumps(content, protocol=2)
+
+
+def build_cifar_tarball(folder: Path, variant: str, train_batches: list[int], test_size: int, seed: int) -> Path:
+    """A real-format CIFAR tarball with random images; labels shuffled so pickle order matters.
+
+    train_batches: number of images in each train pickle (CIFAR-10: 5 batches; CIFAR-100: 1 file).
+    """
+    rng = np.random.default_rng(seed)
+    num_classes = 10 if variant == "cifar10" else 100
+    class_names = [f"{variant}-class-{c}" for c in range(num_classes)]
+    sizes = [*train_batches, test_size]
+    images = [rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8) for n in sizes]
+    labels = [rng.permutation(np.arange(n) % num_classes) for n in sizes]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ("cifar-10-python.tar.gz" if variant == "cifar10" else "cifar-100-python.tar.gz")
+    with tarfile.open(path, "w:gz") as archive:
+        if variant == "cifar10":
+            root = "cifar-10-batches-py"
+            _add_folder(archive, root)
+            names = [f"data_batch_{k}" for k in range(1, len(train_batches) + 1)] + ["test_batch"]
+            for name, batch_images, batch_labels in zip(names, images, labels):
+                _add_member(archive, f"{root}/{name}", _pickled({
+                    b"batch_label": name.encode(), b"labels": [int(x) for x in batch_labels],
+                    b"data": _cifar_rows(batch_images), b"filenames": [b"x.png"] * len(batch_labels)}))
+            _add_member(archive, f"{root}/batches.meta", _pickled({
+                b"label_names": [n.encode() for n in class_names], b"num_cases_per_batch": 10000, b"num_vis": 3072}))
+            _add_member(archive, f"{root}/readme.html", b"<html></html>")
+        else:
+            root = "cifar-100-python"
+            _add_folder(archive, root)
+            for name, batch_images, batch_labels in zip(["train", "test"], images, labels):
+                _add_member(archive, f"{root}/{name}", _pickled({
+                    b"filenames": [b"x.png"] * len(batch_labels), b"batch_label": name.encode(),
+                    b"fine_labels": [int(x) for x in batch_labels],
+                    b"coarse_labels": [int(x) // 5 for x in batch_labels],
+                    b"data": _cifar_rows(batch_images)}))
+            _add_member(archive, f"{root}/meta", _pickled({
+                b"fine_label_names": [n.encode() for n in class_names],
+                b"coarse_label_names": [f"coarse-{c}".encode() for c in range(20)]}))
+    np.savez(folder / "expected.npz",
+             train_images=np.concatenate(images[:-1]), train_labels=np.concatenate(labels[:-1]),
+             test_images=images[-1], test_labels=labels[-1], class_names=np.array(class_names))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar10_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 train batches of 100 (10/class), a test batch of 50; expected.npz beside it."""
+    return build_cifar_tarball(tmp_path_factory.mktemp("cifar10"), "cifar10", [100] * 5, 50, seed=10)
+
+
+@pytest.fixture(scope="session")
+def cifar100_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """500 train images (5/class), 100 test (1/class); expected.npz beside it."""
+    return build_cifar_tarball(tmp_path_factory.mktemp("cifar100"), "cifar100", [500], 100, seed=100)
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The coloured-digits native store, seed 0 (what `fastlt convert digits` writes)."""
+    parts, class_names = make_coloured_digits(0)
+    out = tmp_path_factory.mktemp("stores") / "digits"
+    return write_native_store(out, "digits", class_names, parts, {"dataset": "coloured-digits", "seed": 0})
+
+
+@pytest.fixture(scope="session")
+def reference_splits() -> Path:
+    """The published SDCLR/BCL split files, next to the repo in shared/ (CI clones the repo beside it)."""
+    path = Path(__file__).resolve().parents[2] / "shared" / "reference-splits"
+    if not (path / "cifar_train_labels.npz").is_file():
+        pytest.fail(f"{path}: reference splits missing; the data tests need them (clone the repo next to shared/)")
+    return path
