@@ -1,0 +1,79 @@
+"""Every preset trains on the built-in digits; BCL's strength reaches the views; BCL state survives resume."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fastlt.data.loader import Batch
+from fastlt.data.store import NativeStore
+from fastlt.methods import PRESETS, build_method, resolve_axes
+from fastlt.recipe import recipe_from_dict
+from fastlt.train.checkpoint import load_checkpoint
+from fastlt.train.trainer import CHECKPOINT_NAME, pretrain
+
+
+def recipe(store, out_dir, name, **train):
+    return recipe_from_dict(
+        {
+            "data": {"store": str(store)},
+            "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
+            "method": {"name": name, "pruning_ratio": 0.5},
+            "optim": {"lr": 0.1, "warmup_epochs": 1},
+            "train": {"epochs": 5, "batch_size": 128, "out_dir": str(out_dir), "progress": False,
+                      "precision": "bf16", "name": name, **train},
+        },
+        "test",
+    )
+
+
+def epochs_of(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_trains_and_logs_its_diagnostics(digits_store, tmp_path, name):
+    run = pretrain(recipe(digits_store, tmp_path, name))
+    epochs = epochs_of(run)
+    assert min(e["loss"] for e in epochs[1:]) < epochs[0]["loss"]
+    encoder, strength = resolve_axes(recipe(digits_store, tmp_path, name))
+    if encoder == "self-damaging":
+        assert all(abs(e["sparsity"] - 0.5) < 1e-3 for e in epochs)
+    if strength != "fixed":
+        for key in ("weight_mean", "weight_q10", "weight_q50", "weight_q90",
+                    "weight_mean_many", "weight_mean_medium", "weight_mean_few"):
+            assert key in epochs[-1], key
+        assert 0.0 <= epochs[-1]["weight_q10"] <= epochs[-1]["weight_q90"] <= 1.0
+
+
+def test_axes_compose_beyond_the_presets(digits_store, tmp_path):
+    mixed = recipe_from_dict({"data": {"store": str(digits_store)},
+                              "method": {"name": "sdclr", "view_strength": "bcl-i"}}, "test")
+    assert resolve_axes(mixed) == ("self-damaging", "bcl-i")
+
+
+def test_resume_restores_bcl_state_bit_for_bit(digits_store, tmp_path):
+    full = pretrain(recipe(digits_store, tmp_path / "a", "bcl-d", epochs=3))
+    half = pretrain(recipe(digits_store, tmp_path / "b", "bcl-d", epochs=3), until_epoch=2)
+    pretrain(recipe(digits_store, tmp_path / "b", "bcl-d", epochs=3), resume=half)
+    a, b = load_checkpoint(full / CHECKPOINT_NAME)["model"], load_checkpoint(half / CHECKPOINT_NAME)["model"]
+    for key in ("boost.momentum_loss", "boost.seen", "boost.weights"):
+        assert key in a and torch.equal(a[key], b[key]), key
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert epochs_of(full) == [dict(e, epoch_seconds=f["epoch_seconds"], images_per_second=f["images_per_second"])
+                               for e, f in zip(epochs_of(half), epochs_of(full))]
+
+
+def test_higher_weight_gives_stronger_views(digits_store):
+    part = NativeStore.open(digits_store).part("train")
+    images = torch.from_numpy(np.array(part.images[:256])).permute(0, 3, 1, 2)
+    batch = Batch(images, torch.zeros(256, dtype=torch.long), torch.arange(256))
+    method = build_method(recipe_from_dict({"method": {"name": "bcl-i"}}, "test"), num_samples=256)
+    baseline = method.views(images, torch.Generator().manual_seed(0))  # no boost stage input
+    changes = []
+    for weight in (0.0, 0.3, 1.0):
+        method.boost.weights.fill_(weight)
+        view, _ = method.make_views(batch, torch.Generator().manual_seed(0))
+        changes.append(float((view - baseline).abs().mean()))
+    assert changes[0] == 0.0  # w = 0: no op fires, the SimCLR view is untouched
+    assert 0.0 < changes[1] < changes[2]
