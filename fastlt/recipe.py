@@ -144,8 +144,19 @@ def json_ready(value: Any) -> Any:
 
 
 def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a TOML recipe and apply ``section.key=value`` overrides; every error names the file."""
+    """Read a TOML recipe (following ``extends``) and apply ``section.key=value`` overrides.
+
+    Every error names the file it comes from.
+    """
     path = Path(path)
+    return recipe_with_overrides(read_recipe_tables(path), overrides, str(path))
+
+
+def read_recipe_tables(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw tables of a recipe; ``extends = "other.toml"`` (relative to this file) is read
+    first and this file's tables are laid over it, key by key."""
+    if path.resolve() in _seen:
+        raise FastltError(f"{path}: 'extends' forms a cycle")
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -154,7 +165,18 @@ def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
         raise FastltError(f"{path}: cannot read recipe ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise FastltError(f"{path}: not valid TOML ({error})") from None
-    return recipe_with_overrides(raw, overrides, str(path))
+    base_name = raw.pop("extends", None)
+    if base_name is None:
+        return raw
+    if not isinstance(base_name, str):
+        raise FastltError(f"{path}: 'extends' must be a file name")
+    merged = read_recipe_tables(path.parent / base_name, (*_seen, path.resolve()))
+    for section, table in raw.items():
+        if isinstance(table, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **table}
+        else:
+            merged[section] = table
+    return merged
 
 
 def recipe_with_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> Recipe:

@@ -64,3 +64,21 @@ def test_defaults_are_the_reference_cifar_settings():
     assert recipe.optim.lr == 0.5 and recipe.optim.momentum == 0.9 and recipe.train.batch_size == 512
     assert recipe.views.scale == (0.1, 1.0) and recipe.views.jitter == (0.4, 0.4, 0.4, 0.1)
     assert recipe.eval.epochs == 500 and recipe.eval.lr == 1e-2 and recipe.eval.batch_size == 1000
+
+
+def test_extends_lays_a_recipe_over_its_base(tmp_path):
+    (tmp_path / "base.toml").write_text('[optim]\nlr = 0.5\nmomentum = 0.8\n[train]\nepochs = 7\n')
+    child = tmp_path / "child.toml"
+    child.write_text('extends = "base.toml"\n[optim]\nlr = 0.1\n[method]\nname = "sdclr"\n')
+    recipe = load_recipe(child)
+    assert (recipe.optim.lr, recipe.optim.momentum, recipe.train.epochs) == (0.1, 0.8, 7)
+    assert recipe.method.name == "sdclr"
+    (tmp_path / "base.toml").write_text('extends = "child.toml"\n')
+    with pytest.raises(FastltError, match="cycle"):
+        load_recipe(child)
+
+
+def test_shipped_presets_keep_reference_weight_decays():
+    decay = {path.stem: load_recipe(path).optim.weight_decay for path in (PIPELINES / "cifar100_lt").glob("*.toml")}
+    assert decay == {"simclr": 5e-4, "bcl-i": 5e-4, "sdclr": 1e-4, "bcl-d": 1e-4}
+    assert load_recipe(PIPELINES / "cifar100_lt" / "bcl-d.toml").train.epochs == 2000
