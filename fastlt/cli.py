@@ -116,7 +116,8 @@ def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
 def pretrain(recipe: Path | None, overrides: tuple[str, ...], resume: Path | None, until_epoch: int | None) -> None:
     """Self-supervised pretraining from a TOML recipe (see pipelines/). Prints the run folder last."""
     from fastlt.recipe import load_recipe, recipe_with_overrides
-    from fastlt.train.trainer import load_run_config, pretrain as run_pretraining
+    from fastlt.train.trainer import load_run_config
+    from fastlt.train.trainer import pretrain as run_pretraining
 
     if resume is not None:
         if recipe is not None:

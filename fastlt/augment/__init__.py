@@ -6,6 +6,11 @@ views        the SimCLR view pipeline (ViewConfig, SimCLRViews) and its batched
              RandomResizedCrop sampler; all randomness from a caller's torch.Generator
 randaugment  BCL's per-sample boosted RandAugment, plugged into SimCLRViews as its extra stage
 """
-from fastlt.augment.views import SimCLRViews, ViewConfig, ViewParams, sample_resized_crop_boxes
+from fastlt.augment.views import (
+    SimCLRViews,
+    ViewConfig,
+    ViewParams,
+    sample_resized_crop_boxes,
+)
 
 __all__ = ["SimCLRViews", "ViewConfig", "ViewParams", "sample_resized_crop_boxes"]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from fastlt.data.store import StorePart
 from fastlt.errors import FastltError
+from fastlt.files import file_digest
 
 CIFAR_SIDE = 32
 CIFAR_PIXELS = 3 * CIFAR_SIDE * CIFAR_SIDE
@@ -179,14 +180,6 @@ def read_cifar(source: Path, variant: str) -> tuple[dict[str, StorePart], list[s
     return parts, class_names
 
 
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_cifar(variant: str, dest_dir: Path, url: str | None = None, md5: str | None = None) -> Path:
     """Download the official CIFAR tarball into ``dest_dir`` and return its path.
 
@@ -203,7 +196,7 @@ def download_cifar(variant: str, dest_dir: Path, url: str | None = None, md5: st
     dest_dir = Path(dest_dir)
     target = dest_dir / official_url.rsplit("/", 1)[1]
     if target.exists():
-        if _md5(target) == md5:
+        if file_digest(target, "md5") == md5:
             return target
         raise FastltError(f"{target}: exists but its MD5 is not {md5} (remove it to download again)")
     dest_dir.mkdir(parents=True, exist_ok=True)

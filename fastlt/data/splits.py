@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 
 from fastlt.errors import FastltError
+from fastlt.files import replace_atomically
 
 
 @dataclass(frozen=True)
@@ -263,19 +261,6 @@ def write_digits_lt_split(labels: np.ndarray, ratio: float, seed: int, path: Pat
     return Path(path)
 
 
-def _replace_atomically(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write via ``write(handle)`` to a hidden temporary file beside ``path``, sync, then rename over it."""
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    finally:
-        Path(handle.name).unlink(missing_ok=True)
-
-
 def save_split(path: Path, indices: np.ndarray, manifest: dict) -> None:
     """Save indices as int64 .npy and ``manifest`` as .json of the same stem, each replaced atomically."""
     path = Path(path)
@@ -284,10 +269,10 @@ def save_split(path: Path, indices: np.ndarray, manifest: dict) -> None:
         found = f"{indices.dtype} {list(indices.shape)}"
         raise FastltError(f"{path}: split indices must be a 1-D integer array, found {found}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_atomically(path, lambda handle: np.save(handle, indices.astype(np.int64), allow_pickle=False))
+    replace_atomically(path, lambda handle: np.save(handle, indices.astype(np.int64), allow_pickle=False))
     lines = [f" {json.dumps(key)}: {json.dumps(value)}" for key, value in manifest.items()]  # one key a line
     text = "{\n" + ",\n".join(lines) + "\n}\n"
-    _replace_atomically(path.with_suffix(".json"), lambda handle: handle.write(text.encode("utf-8")))
+    replace_atomically(path.with_suffix(".json"), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def load_split(path: Path, num_samples: int) -> np.ndarray:

@@ -14,7 +14,6 @@ store is only removed after the new one is in place.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from fastlt.errors import FastltError
+from fastlt.files import file_digest
 
 STORE_FORMAT = "fastlt-native"
 STORE_VERSION = 1
@@ -37,15 +37,6 @@ class StorePart:
 
     images: np.ndarray  # [N, H, W, 3] uint8
     labels: np.ndarray  # [N] int64
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks so multi-GB stores do not need the memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -136,7 +127,7 @@ def write_native_store(
             meta_parts[part_name] = {
                 "count": int(labels.shape[0]),
                 "class_counts": np.bincount(labels, minlength=len(class_names)).tolist(),
-                "sha256": {"images": file_sha256(images_file), "labels": file_sha256(labels_file)},
+                "sha256": {"images": file_digest(images_file), "labels": file_digest(labels_file)},
             }
         meta = {
             "format": STORE_FORMAT,
@@ -233,7 +224,7 @@ class NativeStore:
         for kind, file in files.items():
             if not file.is_file():
                 raise FastltError(f"{file}: missing from the store")
-            if verify and file_sha256(file) != entry["sha256"][kind]:
+            if verify and file_digest(file) != entry["sha256"][kind]:
                 raise FastltError(f"{file}: checksum does not match meta.json (the file is damaged)")
         try:
             images = np.load(files["images"], mmap_mode="r", allow_pickle=False)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +18,7 @@ import numpy as np
 from torch import Tensor
 
 from fastlt.errors import FastltError
+from fastlt.files import write_text_atomic
 
 GROUP_NAMES = ("many", "medium", "few")
 COLUMNS = (("overall", "overall"), ("many", "many"), ("medium", "medium"), ("few", "few"), ("class_std", "class std"))
@@ -99,20 +98,6 @@ def markdown_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
 def write_report(out_dir: Path, reports: dict[str, dict], extra: dict) -> tuple[Path, Path]:
     """Write eval.json ({"reports": ..., **extra}) and eval.md (the table) into out_dir, each atomically.
 
@@ -126,12 +111,12 @@ def write_report(out_dir: Path, reports: dict[str, dict], extra: dict) -> tuple[
     json_path, markdown_path = out_dir / "eval.json", out_dir / "eval.md"
     document = {"reports": reports, **extra}
     text = json.dumps(document, indent=2, allow_nan=False, default=_numpy_to_builtin)
-    _write_atomic(json_path, text + "\n")
+    write_text_atomic(json_path, text + "\n")
     caption = (
         "Test accuracy in percent. many / medium / few: mean per-class accuracy over each group's classes; "
         "class std: standard deviation of per-class accuracy.\n\n"
     )
-    _write_atomic(markdown_path, "# Evaluation\n\n" + caption + markdown_table(reports))
+    write_text_atomic(markdown_path, "# Evaluation\n\n" + caption + markdown_table(reports))
     return json_path, markdown_path
 
 

@@ -10,12 +10,16 @@ from torch import Tensor, nn
 from fastlt.augment.views import SimCLRViews, ViewConfig
 from fastlt.errors import FastltError
 from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
-from fastlt.methods.boost import MAPPINGS, BoostStage, MemorisationBoost
+from fastlt.methods.boost import MAPPINGS, MemorisationBoost
 from fastlt.methods.sdclr import SDCLR
 from fastlt.methods.simclr import SimCLR
 from fastlt.models.heads import projector
 from fastlt.models.resnet import build_resnet
-from fastlt.models.self_damaging import BranchSwitch, dual_norm_factory, masked_conv_factory
+from fastlt.models.self_damaging import (
+    BranchSwitch,
+    dual_norm_factory,
+    masked_conv_factory,
+)
 from fastlt.recipe import Recipe
 
 __all__ = ["ContrastiveMethod", "StepContext", "StepOutput", "PRESETS", "build_method", "build_views", "resolve_axes"]

@@ -11,7 +11,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastlt.augment.randaugment import BoostedRandAugment, bcl_d_magnitude, bcl_i_magnitude
+from fastlt.augment.randaugment import (
+    BoostedRandAugment,
+    bcl_d_magnitude,
+    bcl_i_magnitude,
+)
 
 GROUP_NAMES = ("many", "medium", "few")
 MAPPINGS = {"bcl-i": 1, "bcl-d": 2}  # magnitude mapping -> number of RandAugment ops per view

@@ -5,9 +5,15 @@ import torch
 from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
-from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
-from fastlt.models.self_damaging import DENSE, PRUNED, BranchSwitch, prunable_convolutions, update_masks
+from fastlt.methods.boost import MemorisationBoost
+from fastlt.models.self_damaging import (
+    DENSE,
+    PRUNED,
+    BranchSwitch,
+    prunable_convolutions,
+    update_masks,
+)
 from fastlt.objectives.infonce import info_nce
 
 

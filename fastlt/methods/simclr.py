@@ -5,8 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
-from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
+from fastlt.methods.boost import MemorisationBoost
 from fastlt.objectives.infonce import info_nce
 
 

@@ -1,8 +1,6 @@
 """Checkpoints: atomic writes, a format tag, and loading that explains mismatches in one line."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -10,27 +8,15 @@ import torch
 from torch import nn
 
 from fastlt.errors import FastltError
+from fastlt.files import replace_atomically
 
 FORMAT = "fastlt-checkpoint"
 VERSION = 1
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write payload (plus the format tag) to a temporary file in the same folder, then rename.
-
-    A crash mid-write leaves the previous checkpoint intact, never a truncated one.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    """Write payload (plus the format tag) atomically: a crash mid-write keeps the previous checkpoint."""
+    replace_atomically(path, lambda handle: torch.save({"format": FORMAT, "version": VERSION, **payload}, handle))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

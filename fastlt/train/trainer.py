@@ -23,12 +23,13 @@ from fastlt.data.loader import NativeLoader
 from fastlt.data.splits import class_counts, class_groups, load_split
 from fastlt.data.store import NativeStore
 from fastlt.errors import FastltError
+from fastlt.files import write_json_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
 from fastlt.recipe import Recipe
 from fastlt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from fastlt.train.device import resolve_compile, resolve_device, resolve_precision
-from fastlt.train.runinfo import run_record, write_json_atomic
+from fastlt.train.runinfo import run_record
 from fastlt.train.schedule import warmup_cosine_lr
 
 CHECKPOINT_NAME = "checkpoints/last.pt"

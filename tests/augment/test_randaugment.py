@@ -11,7 +11,11 @@ from PIL import Image, ImageOps
 from torchvision.transforms import InterpolationMode
 
 from fastlt.augment.randaugment import (
-    OPS, BoostedRandAugment, apply_op, bcl_d_magnitude, bcl_i_magnitude,
+    OPS,
+    BoostedRandAugment,
+    apply_op,
+    bcl_d_magnitude,
+    bcl_i_magnitude,
 )
 from fastlt.errors import FastltError
 
