@@ -9,7 +9,7 @@ setup(
     description="Fast, faithful contrastive self-supervised learning on long-tailed image data",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=find_packages(include=["fastlt", "fastlt.*"]),
     install_requires=[
         "torch==2.14.1",
@@ -22,7 +22,7 @@ setup(
     extras_require={
         "dali": ["nvidia-dali-cuda130==2.4.0"],
         "ffcv": ["ffcv==1.0.2"],
-        "test": ["pytest>=7", "pillow>=9"],
+        "test": ["pytest>=7", "pillow>=9", "scipy>=1.10"],
     },
     entry_points={"console_scripts": ["fastlt=fastlt.cli:main"]},
 )

@@ -1,1 +1,1 @@
-"""Backbones and heads: ResNets with CIFAR/ImageNet stems and the SimCLR projector."""
+"""Backbones and heads: ResNets with CIFAR/ImageNet stems, the SimCLR projector, the self-damaging encoder."""

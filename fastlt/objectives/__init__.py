@@ -1,1 +1,1 @@
-"""Contrastive objectives; they see embeddings only, never data or labels' origin."""
+"""Contrastive objectives: they see embeddings and a temperature, never data."""
