@@ -33,4 +33,7 @@ def test_compiled_sdclr_step_equals_eager():
         assert torch.allclose(result.loss, expected.loss, atol=1e-5)
         assert torch.allclose(result.per_sample, expected.per_sample, atol=1e-5)
     for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
-        assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-3), name
+        # Fused kernels sum in another order: agree to 1e-4 of the gradient's own scale (plus 1e-5 for
+        # gradients that are zero in exact arithmetic, such as a bias followed by batch norm).
+        scale = float(a.grad.abs().max())
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4 * scale + 1e-5, msg=name)
