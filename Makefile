@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fastlt-installed
 DEMO   ?= demo
 
-.PHONY: install test demo clean-demo
+.PHONY: install test demo bench
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,7 @@ demo: $(STAMP)
 	run=$$($(BIN)/fastlt pretrain pipelines/digits_lt/simclr.toml \
 	      --set data.store=$(DEMO)/digits --set train.out_dir=$(DEMO)/runs | tail -n 1) && \
 	$(BIN)/fastlt linear-eval $$run --random-init
+
+# Where a step's time goes, and batched views vs the per-image torchvision pipeline (JSON).
+bench: $(STAMP)
+	$(BIN)/python tools/bench.py --out bench.json

@@ -63,6 +63,7 @@ class TrainingData:
     """The resident loader, the size of the store part, and each sample's class group (diagnostics)."""
 
     loader: NativeLoader
+    generator: torch.Generator  # the loader's: batch order
     part_size: int
     sample_groups: torch.Tensor  # [part_size] int8: 0 many, 1 medium, 2 few, -1 not in the split
 
@@ -82,7 +83,7 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
         group_of_class[groups[name]] = code
     sample_groups = np.full(len(labels), -1, dtype=np.int8)
     sample_groups[indices] = group_of_class[labels[indices]]
-    return TrainingData(loader, len(labels), torch.from_numpy(sample_groups).to(device))
+    return TrainingData(loader, generator, len(labels), torch.from_numpy(sample_groups).to(device))
 
 
 def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
@@ -92,6 +93,23 @@ def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
     if run_dir.exists():
         raise FastltError(f"{run_dir}: run folder exists already (use --resume to continue it, or another name)")
     return run_dir
+
+
+def build_run_state(recipe: Recipe, device: torch.device, data: TrainingData, scale_loss: bool) -> RunState:
+    """Seeded model (channels_last), SGD optimiser, loss scaler and the run's two generators."""
+    seed = recipe.train.seed
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    method = build_method(recipe, data.part_size, data.sample_groups).to(device)
+    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    method = method.to(memory_format=memory_format)
+    o = recipe.optim
+    optimizer = torch.optim.SGD(
+        parameter_groups(method, o.weight_decay, o.exclude_bn_bias), lr=o.lr, momentum=o.momentum,
+        foreach=device.type == "cuda" or None,
+    )
+    scaler = torch.amp.GradScaler(device.type, enabled=scale_loss)
+    return RunState(method, optimizer, scaler, data.generator, torch.Generator(device).manual_seed(seed + 1))
 
 
 def pretrain(
@@ -104,26 +122,8 @@ def pretrain(
     """
     device = resolve_device(recipe.train.device)
     precision = resolve_precision(recipe.train.precision, device)
-    seed = recipe.train.seed
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    data_generator = torch.Generator(device).manual_seed(seed)
-    view_generator = torch.Generator(device).manual_seed(seed + 1)
-
-    data = load_training_data(recipe, device, data_generator)
-    loader = data.loader
-    images_per_epoch = len(loader) * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
-    method = build_method(recipe, data.part_size, data.sample_groups).to(device)
-    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
-    method = method.to(memory_format=memory_format)
-    o = recipe.optim
-    optimizer = torch.optim.SGD(
-        parameter_groups(method, o.weight_decay, o.exclude_bn_bias), lr=o.lr, momentum=o.momentum,
-        foreach=device.type == "cuda" or None,
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.scale_loss)
-    state = RunState(method, optimizer, scaler, data_generator, view_generator)
-
+    data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed))
+    state = build_run_state(recipe, device, data, precision.scale_loss)
     if resume is not None:
         run_dir = resume
         restore(state, run_dir / CHECKPOINT_NAME)
@@ -132,61 +132,69 @@ def pretrain(
         run_dir = new_run_dir(recipe, recipe_path)
         run_dir.mkdir(parents=True)
         write_json_atomic(run_dir / "config.json", recipe.to_dict())
-        write_json_atomic(run_dir / "run.json", run_record(device, seed, recipe_path))
-
+        write_json_atomic(run_dir / "run.json", run_record(device, recipe.train.seed, recipe_path))
     if resolve_compile(recipe.train.compile, device):
-        method.enable_compile()
-    context = StepContext(autocast=precision.autocast(device), backward=lambda loss: scaler.scale(loss).backward())
-    total_steps = recipe.train.epochs * len(loader)
-    warmup_steps = round(o.warmup_epochs * len(loader))
-    metrics_path = run_dir / "metrics.jsonl"
+        state.method.enable_compile()
 
+    scaler = state.scaler
+    context = StepContext(autocast=precision.autocast(device), backward=lambda loss: scaler.scale(loss).backward())
     last_epoch = min(recipe.train.epochs, until_epoch or recipe.train.epochs)
     for epoch in range(state.epoch + 1, last_epoch + 1):
-        method.train()
-        method.on_epoch_start(epoch)
-        loss_sum = torch.zeros((), device=device)
-        started = time.perf_counter()
-        bar = tqdm(
-            total=len(loader), desc=f"epoch {epoch}/{recipe.train.epochs}", unit="step",
-            disable=not recipe.train.progress, leave=False, dynamic_ncols=True,
-        )
-        for batch_index, batch in enumerate(loader):
-            lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, o.lr, o.final_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            output = method.train_step(batch, view_generator, context)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += output.loss
-            state.step += 1
-            bar.update(1)
-            if (batch_index + 1) % recipe.train.log_every == 0:
-                elapsed = time.perf_counter() - started
-                bar.set_postfix(loss=f"{loss_sum.item() / (batch_index + 1):.4f}",
-                                img_s=f"{(batch_index + 1) * recipe.train.batch_size / elapsed:.0f}")
-        bar.close()
-        mean_loss = loss_sum.item() / max(len(loader), 1)  # one sync per epoch
-        elapsed = time.perf_counter() - started
-        state.epoch = epoch
-        record = {
-            "epoch": epoch,
-            "step": state.step,
-            "loss": mean_loss,
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": round(elapsed, 3),
-            "images_per_second": round(images_per_epoch / elapsed, 1),
-            **method.on_epoch_end(epoch),
-        }
+        record = train_one_epoch(state, data.loader, context, recipe, epoch)
         save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_payload(state, recipe))
-        with metrics_path.open("a", encoding="utf-8") as file:
+        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")
         if recipe.train.progress:
-            tqdm.write(
-                f"epoch {epoch}: loss {mean_loss:.4f}  {record['images_per_second']:.0f} img/s  lr {record['lr']:.4g}"
-            )
+            tqdm.write(f"epoch {epoch}: loss {record['loss']:.4f}  {record['images_per_second']:.0f} img/s  "
+                       f"lr {record['lr']:.4g}")
     return run_dir
+
+
+def train_one_epoch(
+    state: RunState, loader: NativeLoader, context: StepContext, recipe: Recipe, epoch: int
+) -> dict[str, Any]:
+    """One pass over the loader; returns the epoch's metrics record.
+
+    The loss accumulates on the device and is read every ``train.log_every`` steps for the
+    progress bar and once at the end, so steps do not wait on the host.
+    """
+    method, optimizer, o = state.method, state.optimizer, recipe.optim
+    total_steps = recipe.train.epochs * len(loader)
+    warmup_steps = round(o.warmup_epochs * len(loader))
+    images_per_epoch = len(loader) * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
+    method.train()
+    method.on_epoch_start(epoch)
+    loss_sum = torch.zeros((), device=state.data_generator.device)
+    started = time.perf_counter()
+    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{recipe.train.epochs}", unit="step",
+               disable=not recipe.train.progress, leave=False, dynamic_ncols=True)
+    for batch_index, batch in enumerate(loader):
+        lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, o.lr, o.final_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        output = method.train_step(batch, state.view_generator, context)
+        state.scaler.step(optimizer)
+        state.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += output.loss
+        state.step += 1
+        bar.update(1)
+        if (batch_index + 1) % recipe.train.log_every == 0:
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{loss_sum.item() / (batch_index + 1):.4f}",
+                            img_s=f"{(batch_index + 1) * recipe.train.batch_size / elapsed:.0f}")
+    bar.close()
+    elapsed = time.perf_counter() - started
+    state.epoch = epoch
+    return {
+        "epoch": epoch,
+        "step": state.step,
+        "loss": loss_sum.item() / max(len(loader), 1),
+        "lr": optimizer.param_groups[0]["lr"],
+        "epoch_seconds": round(elapsed, 3),
+        "images_per_second": round(images_per_epoch / elapsed, 1),
+        **method.on_epoch_end(epoch),
+    }
 
 
 def checkpoint_payload(state: RunState, recipe: Recipe) -> dict[str, Any]:
