@@ -50,7 +50,18 @@ def device_description(device: torch.device) -> dict[str, Any]:
             "capability": list(torch.cuda.get_device_capability(index)),
             "cuda": torch.version.cuda,
         }
-    return {"type": device.type, "name": platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
+    return {"type": device.type, "name": cpu_name(), "threads": torch.get_num_threads()}
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo where there is one, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def run_record(device: torch.device, seed: int, recipe_path: str) -> dict[str, Any]:
