@@ -102,6 +102,15 @@ def test_linear_eval_writes_report_with_groups_and_random_baseline(tiny_run, tmp
     assert (tmp_path / "eval" / "eval.md").read_text().count("|") > 20
 
 
+def test_linear_eval_of_a_self_damaging_run(tmp_path, digits_store):
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "digits_lt" / "bcl-d.toml"
+    result = run("pretrain", recipe, "--set", f"data.store={digits_store}", "--set", f"train.out_dir={tmp_path}",
+                 "--set", "train.epochs=1", "--set", "train.name=bcl-d", *TINY)
+    run_dir = Path(result.output.strip().splitlines()[-1])
+    evaluation = run("linear-eval", run_dir, "--epochs", "2", "--knn", "")
+    assert "| linear |" in evaluation.output and (run_dir / "eval" / "eval.json").is_file()
+
+
 def test_linear_eval_refuses_other_architectures_and_non_checkpoints(tiny_run, tmp_path):
     import torch
 
@@ -125,3 +134,22 @@ def test_info_reports_backends():
     report = json.loads(run("info").output)
     assert {"versions", "devices", "compile", "dali", "ffcv", "bf16"} <= set(report)
     assert report["devices"][0] == "cpu"
+
+
+def test_splits_cifar_from_a_store_reproduces_the_shipped_files(tmp_path, reference_splits):
+    from fastlt.data.store import StorePart, write_native_store
+
+    # The true CIFAR-100 train labels with 1x1 images stand in for the converted data set:
+    # split generation reads only the labels.
+    labels = np.load(reference_splits / "cifar_train_labels.npz")["c100"].astype(np.int64)
+    images = np.zeros((len(labels), 1, 1, 3), dtype=np.uint8)
+    store = write_native_store(tmp_path / "c100", "cifar100", [str(c) for c in range(100)],
+                               {"train": StorePart(images, labels)}, {"dataset": "labels only"})
+    run("splits", "cifar", "cifar100", "--store", store, "--out", tmp_path / "splits", "--split-ids", "1")
+    shipped = Path(__file__).resolve().parents[1] / "splits" / "cifar100_lt"
+    for name in ("split1_D_i.npy", "split1_D_b.npy", "split1_S_b.npy", "train_idx.npy", "val_idx.npy"):
+        assert (tmp_path / "splits" / name).read_bytes() == (shipped / name).read_bytes(), name
+    published_val = reference_splits / "sdclr" / "cifar100" / "cifar100_valIdxList.npy"
+    run("splits", "cifar", "cifar100", "--store", store, "--out", tmp_path / "sdclr_pool", "--split-ids", "1",
+        "--val-list", published_val)
+    assert np.array_equal(np.load(tmp_path / "sdclr_pool" / "val_idx.npy"), np.load(published_val))

@@ -97,3 +97,24 @@ def test_iteration_gradients_equal_the_two_backward_definition():
         if shortcut[name] is not None and not torch.allclose(parameter.grad, shortcut[name], atol=1e-4):
             differs_from_shortcut = True
     assert differs_from_shortcut
+
+
+def test_feature_extractor_is_the_dense_branch_with_bn_copy_zero():
+    from fastlt.models.self_damaging import DENSE, PRUNED, DualBatchNorm
+
+    method = sdclr_method()
+    method.on_epoch_start(1)
+    x = torch.rand(4, 3, 8, 8)
+    method.switch.active = PRUNED
+    with torch.no_grad():
+        method.backbone(x * 2)  # give the pruned copies different running statistics
+    extractor = method.feature_extractor().eval()
+    method.switch.active = PRUNED  # whatever state training left behind
+    features = extractor(x)
+    assert method.switch.active == DENSE
+    plain = Plain().eval()
+    tensors = branch_tensors(method, 0, dict(method.named_parameters()))
+    expected = functional_call(plain.backbone, {k[len("backbone."):]: v for k, v in tensors.items()
+                                                if k.startswith("backbone.")}, (x,))
+    assert torch.allclose(features, expected, atol=1e-6)
+    assert any(isinstance(m, DualBatchNorm) for m in extractor.modules())
