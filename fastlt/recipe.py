@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fastlt.augment.views import ViewConfig
 from fastlt.errors import FastltError
 
 
@@ -25,22 +26,6 @@ class DataConfig:
     store: str = ""
     part: str = "train"
     split: str = ""  # SDCLR-format .npy of indices into the part; "" = every sample
-
-
-@dataclass
-class ViewsConfig:
-    """The SimCLR view pipeline (CIFAR defaults of REFERENCE.md section 1)."""
-
-    size: int = 32
-    scale: tuple[float, float] = (0.1, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bicubic"
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
 
 
 @dataclass
@@ -122,7 +107,7 @@ class Recipe:
     """A whole experiment."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    views: ViewsConfig = field(default_factory=ViewsConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)  # validated by the view pipeline itself
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -198,18 +183,23 @@ def recipe_from_dict(raw: dict[str, Any], source: str) -> Recipe:
     hints_of_recipe = typing.get_type_hints(Recipe)
     for name in sections:
         config_type = hints_of_recipe[name]
-        built[name] = _build_section(config_type, raw.get(name, {}), f"{source}: {name}")
+        built[name] = _build_section(config_type, raw.get(name, {}), source, name)
     return Recipe(**built)
 
 
-def _build_section(config_type: type, table: dict[str, Any], where: str) -> Any:
+def _build_section(config_type: type, table: dict[str, Any], source: str, section: str) -> Any:
+    """One table: keys checked against the dataclass, values against its type hints; the
+    dataclass's own checks (e.g. ViewConfig's ranges) are reported against the file too."""
     hints = typing.get_type_hints(config_type)
     values = {}
     for key, value in table.items():
         if key not in hints:
-            raise FastltError(f"{where}.{key}: unknown key (expected one of {sorted(hints)})")
-        values[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return config_type(**values)
+            raise FastltError(f"{source}: {section}.{key}: unknown key (expected one of {sorted(hints)})")
+        values[key] = _coerce(value, hints[key], f"{source}: {section}.{key}")
+    try:
+        return config_type(**values)
+    except FastltError as error:
+        raise FastltError(f"{source}: {error}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -40,6 +40,8 @@ def test_values_and_overrides(tmp_path):
         ("[train]\nepochs = 'ten'\n", [], "train.epochs: expected int"),
         ("[train]\nepochs = 1.5\n", [], "train.epochs: expected int"),
         ("[views]\nscale = [0.1]\n", [], "views.scale: expected a list of 2"),
+        ("[views]\nscale = [0.5, 0.1]\n", [], "views.scale"),
+        ("[views]\ninterpolation = 'lanczos'\n", [], "views.interpolation"),
         ("[train\n", [], "not valid TOML"),
         ("", ["train.epochs"], "expected section.key=value"),
         ("", ["train.nope=1"], "train.nope: unknown key"),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from fastlt.augment.views import SimCLRViews, ViewConfig
+from fastlt.augment.views import SimCLRViews
 from fastlt.errors import FastltError
 from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
 from fastlt.methods.boost import MAPPINGS, MemorisationBoost
@@ -56,12 +56,7 @@ def resolve_axes(recipe: Recipe) -> tuple[str, str]:
 
 def build_views(recipe: Recipe, boost: MemorisationBoost | None = None) -> SimCLRViews:
     """The SimCLR view pipeline of the recipe's [views] table, with the boost's RandAugment stage if any."""
-    v = recipe.views
-    config = ViewConfig(
-        size=v.size, scale=v.scale, ratio=v.ratio, interpolation=v.interpolation, flip_p=v.flip_p,
-        jitter=v.jitter, jitter_p=v.jitter_p, grayscale_p=v.grayscale_p, blur_p=v.blur_p, blur_sigma=v.blur_sigma,
-    )
-    return SimCLRViews(config, extra=boost.stage if boost is not None else None)
+    return SimCLRViews(recipe.views, extra=boost.stage if boost is not None else None)
 
 
 def build_method(recipe: Recipe, num_samples: int, sample_groups: Tensor | None = None) -> ContrastiveMethod:
