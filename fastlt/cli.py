@@ -111,10 +111,15 @@ def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
 @click.argument("recipe", type=click.Path(path_type=Path), required=False)
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe value.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint.")
+@click.option("--split", type=click.Path(path_type=Path),
+              help="Train on this split file (SDCLR format, e.g. a published one); same as --set data.split=FILE.")
 @click.option("--until-epoch", type=int, help="Stop after this epoch (the schedule still spans train.epochs).")
 @user_errors
-def pretrain(recipe: Path | None, overrides: tuple[str, ...], resume: Path | None, until_epoch: int | None) -> None:
+def pretrain(recipe: Path | None, overrides: tuple[str, ...], resume: Path | None, split: Path | None,
+             until_epoch: int | None) -> None:
     """Self-supervised pretraining from a TOML recipe (see pipelines/). Prints the run folder last."""
+    if split is not None:
+        overrides = (*overrides, f"data.split={json.dumps(str(split))}")
     from fastlt.recipe import load_recipe, recipe_with_overrides
     from fastlt.train.trainer import load_run_config
     from fastlt.train.trainer import pretrain as run_pretraining

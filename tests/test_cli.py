@@ -84,7 +84,7 @@ def test_pretrain_bad_split_file(tmp_path, digits_store, indices, problem):
     split = tmp_path / "bad.npy"
     np.save(split, np.array(indices, dtype=np.int64))
     result = run("pretrain", Path(__file__).resolve().parents[1] / "pipelines" / "digits_lt" / "simclr.toml",
-                 "--set", f"data.store={digits_store}", "--set", f"data.split={split}",
+                 "--set", f"data.store={digits_store}", "--split", split,
                  "--set", f"train.out_dir={tmp_path / 'runs'}", ok=False)
     assert_one_line_error(result, str(split), problem)
     assert not (tmp_path / "runs").exists()

@@ -67,3 +67,16 @@ def test_loss_decreases_over_a_short_run(digits_store, tmp_path):
     run = pretrain(tiny_recipe(digits_store, tmp_path, name="long", epochs=6, precision="bf16"))
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
+
+
+def test_parameter_groups_exclude_bn_and_bias_on_request():
+    from torch import nn
+
+    from fastlt.train.trainer import parameter_groups
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
+    (single,) = parameter_groups(model, 5e-4, exclude_bn_bias=False)
+    assert single["weight_decay"] == 5e-4 and len(single["params"]) == 6
+    decayed, undecayed = parameter_groups(model, 5e-4, exclude_bn_bias=True)
+    assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert undecayed["weight_decay"] == 0.0 and len(undecayed["params"]) == 4
