@@ -31,12 +31,12 @@ Conventions (chosen to match torchvision's RandAugment, the tests' reference):
   input (half a level, stretched by autocontrast's gain) plus, for autocontrast, the
   truncation to a whole level, and solarize can differ on pixels within half a level
   of the threshold.
-* Per stage there is one resample, and a sample's geometric ops of different stages
-  are NOT folded into one matrix: stage order then means what it means in the
-  reference (a colour op or a cutout drawn between two geometric ops applies between
-  them, and later ops see the fill), and folding would not save a ``grid_sample``
-  call anyway, because the other samples of the batch still need each stage's
-  resample.
+* One affine resample serves all of a sample's consecutive geometric ops: their matrices
+  are multiplied and applied once, at the last of them, so two shears or rotations in a
+  row do not compound nearest-neighbour rounding. A non-geometric op between two
+  geometric ones keeps its place (it is applied between two resamples), so the order of
+  the ops still means what it means in the reference. Each stage is one batched
+  ``grid_sample`` (identity for the samples that do not resample in it).
 """
 from __future__ import annotations
 
@@ -128,11 +128,14 @@ def _source_matrices(op_index: Tensor, magnitudes: Tensor, signs: Tensor, height
     return torch.stack((torch.stack(row0, dim=-1), torch.stack(row1, dim=-1)), dim=1)
 
 
-def _warp(images: Tensor, op_index: Tensor, magnitudes: Tensor, signs: Tensor, fill: Tensor,
-          interpolation: str) -> Tensor:
-    """All geometric ops of a stage as one batched resample; other samples pass through unchanged."""
+def _is_geometric(op_index: Tensor) -> Tensor:
+    """[B] bool: the sample's op in this stage is shear, translate or rotate (index -1 = none)."""
+    return (op_index >= 0) & (op_index < OPS.index("auto_contrast"))
+
+
+def _resample(images: Tensor, matrices: Tensor, apply: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    """One batched affine resample with [B, 2, 3] source matrices, kept where ``apply`` [B] is set."""
     batch, channels, height, width = images.shape
-    matrices = _source_matrices(op_index, magnitudes, signs, height, width)
     # affine_grid works in [-1, 1] coordinates per axis (align_corners=False: the image edges).
     to_unit = images.new_tensor([[1.0, height / width, 2.0 / width], [width / height, 1.0, 2.0 / height]])
     grid = F.affine_grid(matrices * to_unit, [batch, channels, height, width], align_corners=False)
@@ -141,8 +144,13 @@ def _warp(images: Tensor, op_index: Tensor, magnitudes: Tensor, signs: Tensor, f
     offset = fill.view(1, -1, 1, 1)
     warped = F.grid_sample(images - offset, grid, mode=interpolation, padding_mode="zeros",
                            align_corners=False) + offset
-    is_geometric = op_index < OPS.index("auto_contrast")
-    return torch.where(_as_image_mask(is_geometric & (op_index >= 0)), warped, images)
+    return torch.where(_as_image_mask(apply), warped, images)
+
+
+def _homogeneous(matrices: Tensor) -> Tensor:
+    """[B, 2, 3] affine maps -> [B, 3, 3], so that maps compose by matrix product."""
+    last_row = matrices.new_tensor([0.0, 0.0, 1.0]).expand(matrices.shape[0], 1, 3)
+    return torch.cat([matrices, last_row], dim=1)
 
 
 def _auto_contrast_levels(levels: Tensor) -> Tensor:
@@ -235,12 +243,27 @@ def _pointwise_and_regional(images: Tensor, op_index: Tensor, magnitudes: Tensor
 
 
 def _augment_stage(images: Tensor, op_index: Tensor, magnitudes: Tensor, signs: Tensor, centres: Tensor,
-                   fill: Tensor, interpolation: str) -> Tensor:
-    """One RandAugment stage: sample b runs OPS[op_index[b]], or nothing where op_index is -1."""
+                   fill: Tensor, interpolation: str, pending: Tensor, next_is_geometric: Tensor) -> tuple[Tensor, Tensor]:
+    """One RandAugment stage: sample b runs OPS[op_index[b]], or nothing where op_index is -1.
+
+    ``pending`` [B, 3, 3] holds each sample's geometric ops not yet resampled; this stage's
+    geometric op joins it, and the product is applied now unless the sample's next stage is
+    geometric too. Returns the images and the still-pending maps.
+    """
     magnitudes = magnitudes.to(images.dtype)
-    signs = signs.to(images.dtype)
-    warped = _warp(images, op_index, magnitudes, signs, fill, interpolation)
-    return _pointwise_and_regional(warped, op_index, magnitudes, centres.to(images.dtype))
+    geometric = _is_geometric(op_index)
+    stage = _homogeneous(_source_matrices(op_index, magnitudes, signs.to(images.dtype), *images.shape[-2:]))
+    pending = torch.where(geometric.view(-1, 1, 1), pending @ stage, pending)
+    resample_now = geometric & ~next_is_geometric
+    images = _resample(images, pending[:, :2], resample_now, fill, interpolation)
+    pending = torch.where(resample_now.view(-1, 1, 1), torch.eye(3, dtype=pending.dtype, device=pending.device),
+                          pending)
+    return _pointwise_and_regional(images, op_index, magnitudes, centres.to(images.dtype)), pending
+
+
+def _identity_maps(images: Tensor) -> Tensor:
+    """[B, 3, 3] identity: no geometric op pending."""
+    return torch.eye(3, dtype=images.dtype, device=images.device).expand(images.shape[0], 3, 3)
 
 
 def _check_images(images: Tensor, where: str) -> None:
@@ -295,7 +318,10 @@ def apply_op(images: Tensor, op: str, magnitudes: Tensor, signs: Tensor | None =
     else:
         centres = torch.zeros(batch, 2, device=images.device)
     op_index = torch.full((batch,), OPS.index(op), dtype=torch.long, device=images.device)
-    return _augment_stage(images, op_index, magnitudes, signs, centres, _fill_tensor(fill, images), interpolation)
+    nothing_next = torch.zeros(batch, dtype=torch.bool, device=images.device)
+    images, _ = _augment_stage(images, op_index, magnitudes, signs, centres, _fill_tensor(fill, images),
+                               interpolation, _identity_maps(images), nothing_next)
+    return images
 
 
 class BoostedRandAugment:
@@ -323,11 +349,17 @@ class BoostedRandAugment:
         _check_per_sample(weights, "weights", batch, where)
         _check_per_sample(magnitudes, "magnitudes", batch, where)
         fill = _fill_tensor(self.fill, images)
+        stages = []
         for _ in range(self.num_ops):
             drawn = torch.randint(len(OPS), (batch,), generator=generator, device=device)
             fires = torch.rand(batch, generator=generator, device=device) < weights
             signs = torch.randint(2, (batch,), generator=generator, device=device) * 2 - 1
             centres = torch.rand(batch, 2, generator=generator, device=device)
-            op_index = torch.where(fires, drawn, torch.full_like(drawn, -1))
-            images = _augment_stage(images, op_index, magnitudes, signs, centres, fill, self.interpolation)
+            stages.append((torch.where(fires, drawn, torch.full_like(drawn, -1)), signs, centres))
+        pending = _identity_maps(images)
+        for index, (op_index, signs, centres) in enumerate(stages):
+            next_is_geometric = (_is_geometric(stages[index + 1][0]) if index + 1 < len(stages)
+                                 else torch.zeros_like(op_index, dtype=torch.bool))
+            images, pending = _augment_stage(images, op_index, magnitudes, signs, centres, fill,
+                                             self.interpolation, pending, next_is_geometric)
         return images

@@ -308,3 +308,42 @@ def test_invalid_settings_raise_one_line_errors() -> None:
         BoostedRandAugment(1)(images[:, :1], torch.Generator(), torch.zeros(2), torch.zeros(2))
     with pytest.raises(FastltError, match="weights"):
         BoostedRandAugment(1)(images, torch.Generator(), torch.zeros(3), torch.zeros(2))
+
+
+def test_consecutive_geometric_ops_of_a_sample_are_one_resample() -> None:
+    # Reproduce the documented draw order to know each sample's ops, then check samples whose
+    # two stages were both geometric against ONE torchvision call with the combined transform.
+    batch = 3000
+    images = random_images(21, batch, quantised=True)
+    weights = torch.ones(batch)
+    magnitudes = torch.full((batch,), 20.0)
+    out = BoostedRandAugment(2)(images, torch.Generator().manual_seed(5), weights, magnitudes)
+    replay = torch.Generator().manual_seed(5)
+    draws = []
+    for _ in range(2):
+        op = torch.randint(len(OPS), (batch,), generator=replay)
+        torch.rand(batch, generator=replay)  # fire: always, w = 1
+        sign = torch.randint(2, (batch,), generator=replay) * 2 - 1
+        torch.rand(batch, 2, generator=replay)  # cutout centres
+        draws.append((op, sign))
+    (op1, sign1), (op2, sign2) = draws
+    tx, ty = OPS.index("translate_x"), OPS.index("translate_y")
+    rot = OPS.index("rotate")
+    shifts = [b for b in range(batch) if {int(op1[b]), int(op2[b])} == {tx, ty}]
+    rotations = [b for b in range(batch) if int(op1[b]) == rot == int(op2[b])]
+    assert len(shifts) >= 5 and len(rotations) >= 5
+    step = int(20 / 30 * 0.66 * WIDTH), int(20 / 30 * 0.66 * HEIGHT)
+    for b in shifts:
+        sx = int(sign1[b] if int(op1[b]) == tx else sign2[b]) * step[0]
+        sy = int(sign1[b] if int(op1[b]) == ty else sign2[b]) * step[1]
+        expected = TF.affine(images[b], angle=0.0, translate=[sx, sy], scale=1.0, shear=[0.0, 0.0],
+                             interpolation=InterpolationMode.NEAREST, fill=0.0)
+        torch.testing.assert_close(out[b], expected, atol=1e-6, rtol=0)
+    # Two rotations are one rotation by the summed angle, resampled once: nearest rounding may
+    # differ from torchvision's on pixels at exact ties of the float matrix (allow 2%).
+    agree = []
+    for b in rotations:
+        angle = float(sign1[b] + sign2[b]) * 40.0
+        expected = TF.rotate(images[b], angle=angle, interpolation=InterpolationMode.NEAREST, fill=0.0)
+        agree.append(float((out[b] - expected).abs().amax(dim=0).lt(1e-6).float().mean()))
+    assert min(agree) > 0.98
