@@ -275,6 +275,11 @@ def save_split(path: Path, indices: np.ndarray, manifest: dict) -> None:
     replace_atomically(path.with_suffix(".json"), lambda handle: handle.write(text.encode("utf-8")))
 
 
+def split_or_all(split: str | Path, num_samples: int) -> np.ndarray:
+    """The indices of a split file, or every sample of the part when ``split`` is empty (recipes' "")."""
+    return load_split(Path(split), num_samples) if split else np.arange(num_samples, dtype=np.int64)
+
+
 def load_split(path: Path, num_samples: int) -> np.ndarray:
     """Load and validate a split file (fastlt's or SDCLR's) for a part of ``num_samples`` images.
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastlt.data.splits import class_counts, class_groups, load_split
+from fastlt.data.splits import class_counts, class_groups, split_or_all
 from fastlt.data.store import NativeStore
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
@@ -87,23 +87,15 @@ def linear_eval(
     num_samples = len(train_part.labels)
     backbone = pretrained_backbone(payload, recipe, num_samples, checkpoint)
     test_part = store.part(settings.test_part)
-    probe_indices = (
-        load_split(Path(settings.train_split), len(train_part.labels))
-        if settings.train_split
-        else np.arange(len(train_part.labels))
-    )
-    pretrain_indices = (
-        load_split(Path(recipe.data.split), len(train_part.labels))
-        if recipe.data.split
-        else np.arange(len(train_part.labels))
-    )
+    probe_indices = np.sort(split_or_all(settings.train_split, num_samples))
+    pretrain_indices = split_or_all(recipe.data.split, num_samples)
     groups = class_groups(class_counts(pretrain_indices, train_part.labels, store.num_classes), settings.groups)
     probe_config = LinearProbeConfig(
         epochs=settings.epochs, lr=settings.lr, final_lr=settings.final_lr,
         weight_decay=settings.weight_decay, batch_size=settings.batch_size, seed=recipe.train.seed,
     )
-    train_images = np.ascontiguousarray(train_part.images[np.sort(probe_indices)])
-    train_labels = torch.as_tensor(train_part.labels[np.sort(probe_indices)], device=device)
+    train_images = np.ascontiguousarray(train_part.images[probe_indices])
+    train_labels = torch.as_tensor(train_part.labels[probe_indices], device=device)
     test_labels = torch.as_tensor(np.asarray(test_part.labels), device=device)
 
     backbones = {"": backbone}

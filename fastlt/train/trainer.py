@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fastlt.data.loader import NativeLoader
-from fastlt.data.splits import class_counts, class_groups, load_split
+from fastlt.data.splits import class_counts, class_groups, split_or_all
 from fastlt.data.store import NativeStore
 from fastlt.errors import FastltError
 from fastlt.files import write_json_atomic
@@ -73,7 +73,7 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
     store = NativeStore.open(Path(recipe.data.store))
     part = store.part(recipe.data.part)
     labels = np.asarray(part.labels)
-    indices = load_split(Path(recipe.data.split), len(labels)) if recipe.data.split else np.arange(len(labels))
+    indices = split_or_all(recipe.data.split, len(labels))
     loader = NativeLoader(
         part, indices, recipe.train.batch_size, device, generator, shuffle=True, drop_last=recipe.train.drop_last
     )
