@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny CIFAR tarballs in the real pickle format, the coloured-digits store, the reference splits.
+"""Shared fixtures: tiny CIFAR tarballs in the real pickle format, the coloured-digits store, the reference splits
+and the true CIFAR train labels.
 
 Each tarball fixture also writes ``expected.npz`` beside the tarball: the NHWC images and
 labels that were packed (train in pickle order, then test) and the class names, built
@@ -106,8 +107,19 @@ def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def reference_splits() -> Path:
-    """The published SDCLR/BCL split files, next to the repo in shared/ (CI clones the repo beside it)."""
-    path = Path(__file__).resolve().parents[2] / "shared" / "reference-splits"
-    if not (path / "cifar_train_labels.npz").is_file():
-        pytest.fail(f"{path}: reference splits missing; the data tests need them (clone the repo next to shared/)")
+    """The published SDCLR/BCL split files, kept in the project at splits/published (see its README)."""
+    path = Path(__file__).resolve().parents[1] / "splits" / "published"
+    if not (path / "derived_class_counts.json").is_file():
+        pytest.fail(f"{path}: the published split files are missing; they are part of the project "
+                    "(splits/published), restore them from version control")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_train_labels() -> Path:
+    """The 50,000 true CIFAR train labels in pickle order (int16 arrays c10, c100); see tests/fixtures/README.md."""
+    path = Path(__file__).resolve().parent / "fixtures" / "cifar_train_labels.npz"
+    if not path.is_file():
+        pytest.fail(f"{path}: the CIFAR train-label fixture is missing; it is part of the project "
+                    "(tests/fixtures), restore it from version control")
     return path

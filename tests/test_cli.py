@@ -136,12 +136,12 @@ def test_info_reports_backends():
     assert report["devices"][0] == "cpu"
 
 
-def test_splits_cifar_from_a_store_reproduces_the_shipped_files(tmp_path, reference_splits):
+def test_splits_cifar_from_a_store_reproduces_the_shipped_files(tmp_path, reference_splits, cifar_train_labels):
     from fastlt.data.store import StorePart, write_native_store
 
     # The true CIFAR-100 train labels with 1x1 images stand in for the converted data set:
     # split generation reads only the labels.
-    labels = np.load(reference_splits / "cifar_train_labels.npz")["c100"].astype(np.int64)
+    labels = np.load(cifar_train_labels)["c100"].astype(np.int64)
     images = np.zeros((len(labels), 1, 1, 3), dtype=np.uint8)
     store = write_native_store(tmp_path / "c100", "cifar100", [str(c) for c in range(100)],
                                {"train": StorePart(images, labels)}, {"dataset": "labels only"})

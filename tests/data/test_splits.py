@@ -31,8 +31,8 @@ RULES = {"cifar10": (10, 11_165, 1116, 45, 500, 4500), "cifar100": (100, 9_754, 
 
 
 @pytest.fixture(scope="module")
-def cifar_labels(reference_splits) -> dict[str, np.ndarray]:
-    with np.load(reference_splits / "cifar_train_labels.npz") as data:
+def cifar_labels(cifar_train_labels) -> dict[str, np.ndarray]:
+    with np.load(cifar_train_labels) as data:
         return {"cifar10": data["c10"].astype(np.int64), "cifar100": data["c100"].astype(np.int64)}
 
 
