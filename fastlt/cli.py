@@ -1,6 +1,7 @@
 """The fastlt command line: convert, splits, pretrain, linear-eval, info.
 
-Every command turns a FastltError into ``error: <one line>`` on stderr and exit status 1.
+Every command turns a FastltError into ``error: <one line>`` on stderr and exit status 1,
+and a malformed command line into one such line and exit status 2.
 """
 from __future__ import annotations
 
@@ -30,7 +31,46 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group()
+class PositiveIntList(click.ParamType):
+    """Comma-separated integers >= 1, e.g. "1,10"; an empty string is the empty list."""
+
+    name = "list"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+        if isinstance(value, tuple):
+            return value
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        if not all(item.isdigit() and int(item) >= 1 for item in items):
+            self.fail(f"{value!r}: expected comma-separated integers >= 1, e.g. 1,10", param, ctx)
+        return tuple(int(item) for item in items)
+
+
+DEVICE_HELP = "auto (the first CUDA device, else the CPU), cpu, cuda or cuda:N."
+PRECISION_HELP = ("auto (bf16 where the device runs it natively, else fp16 with loss scaling on CUDA, "
+                  "else fp32), bf16, fp16 or fp32.")
+
+
+class OneLineErrors(click.Group):
+    """Report a bad command line as one ``error:`` line too (click would print the usage first)."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # a bare group: its help, as click would
+            click.echo(error.format_message(), err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            click.echo(f"error: {error.format_message()}", err=True)
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        if standalone_mode:
+            sys.exit(result if isinstance(result, int) else 0)
+        return result
+
+
+@click.group(cls=OneLineErrors)
 @click.version_option(package_name="fastlt")
 def main() -> None:
     """Fast contrastive self-supervised learning on long-tailed image data."""
@@ -41,7 +81,8 @@ def main() -> None:
 @click.option("--source", type=click.Path(path_type=Path), help="CIFAR python tarball or its extracted folder.")
 @click.option("--download", is_flag=True, help="Download the official CIFAR tarball (checksummed) first.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the native store.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the coloured digits (digits only).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the coloured digits (digits only).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (the new one is built fully first).")
 @user_errors
 def convert(dataset: str, source: Path | None, download: bool, out: Path, seed: int, overwrite: bool) -> None:
@@ -76,26 +117,30 @@ def splits() -> None:
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True,
               help="Native CIFAR store whose train labels define the classes.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the split files.")
-@click.option("--split-ids", default="1,2,3", show_default=True, help="Comma-separated split numbers.")
+@click.option("--split-ids", type=PositiveIntList(), default="1,2,3", show_default=True,
+              help="Comma-separated split numbers.")
 @click.option("--val-list", type=click.Path(path_type=Path), help="Use this val index file (e.g. SDCLR's) as the held-out set.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
 @user_errors
-def splits_cifar(dataset: str, store_path: Path, out: Path, split_ids: str, val_list: Path | None, seed: int) -> None:
+def splits_cifar(dataset: str, store_path: Path, out: Path, split_ids: tuple[int, ...], val_list: Path | None,
+                 seed: int) -> None:
     """CIFAR-10-LT / CIFAR-100-LT with the SDCLR profile and pool rules (D_i, D_b, S_b, eval lists)."""
     from fastlt.data.splits import load_split, write_cifar_lt_splits
     from fastlt.data.store import NativeStore
 
-    labels = NativeStore.open(store_path).part("train").labels
+    if not split_ids:
+        raise FastltError("--split-ids: give at least one split number")
+    labels = NativeStore.open(store_path, expect=dataset).part("train").labels
     val = load_split(val_list, len(labels)) if val_list else None
-    ids = [int(item) for item in split_ids.split(",") if item.strip()]
-    for path in write_cifar_lt_splits(dataset, labels, out, ids, val_list=val, seed=seed):
+    for path in write_cifar_lt_splits(dataset, labels, out, split_ids, val_list=val, seed=seed):
         click.echo(f"wrote {path}")
 
 
 @splits.command("digits")
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True, help="Native digits store.")
-@click.option("--ratio", type=float, default=10.0, show_default=True, help="Largest / smallest class count.")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--ratio", type=click.FloatRange(min=1.0), default=10.0, show_default=True,
+              help="Largest / smallest class count.")
+@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .npy (a .json manifest goes beside it).")
 @user_errors
 def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
@@ -103,92 +148,108 @@ def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
     from fastlt.data.splits import write_digits_lt_split
     from fastlt.data.store import NativeStore
 
-    labels = NativeStore.open(store_path).part("train").labels
+    labels = NativeStore.open(store_path, expect="digits").part("train").labels
     click.echo(f"wrote {write_digits_lt_split(labels, ratio, seed, out)}")
 
 
 @main.command()
-@click.argument("recipe", type=click.Path(path_type=Path), required=False)
+@click.argument("recipe", required=False)
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe value.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint.")
 @click.option("--split", type=click.Path(path_type=Path),
-              help="Train on this split file (SDCLR format, e.g. a published one); same as --set data.split=FILE.")
-@click.option("--until-epoch", type=int, help="Stop after this epoch (the schedule still spans train.epochs).")
+              help="Pretrain on this split file (SDCLR format, e.g. a published one); same as --set data.split=FILE.")
+@click.option("--device", help=DEVICE_HELP + " Same as --set train.device=...")
+@click.option("--precision", help=PRECISION_HELP + " Same as --set train.precision=...")
+@click.option("--until-epoch", type=click.IntRange(min=1), help="Stop after this epoch (the schedule still spans train.epochs).")
 @user_errors
-def pretrain(recipe: Path | None, overrides: tuple[str, ...], resume: Path | None, split: Path | None,
-             until_epoch: int | None) -> None:
-    """Self-supervised pretraining from a TOML recipe (see pipelines/). Prints the run folder last."""
-    if split is not None:
-        overrides = (*overrides, f"data.split={json.dumps(str(split))}")
-    from fastlt.recipe import load_recipe, recipe_with_overrides
-    from fastlt.train.trainer import load_run_config
+def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, split: Path | None,
+             device: str | None, precision: str | None, until_epoch: int | None) -> None:
+    """Self-supervised pretraining from a TOML recipe or a shipped recipe's name (e.g. cifar100_lt/bcl-d).
+
+    Progress goes to stderr; the run folder is printed last on stdout.
+    """
+    shortcuts = {"data.split": split and str(split.resolve()), "train.device": device, "train.precision": precision}
+    overrides = (*overrides, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value))
+    from fastlt.recipe import find_recipe, load_recipe
     from fastlt.train.trainer import pretrain as run_pretraining
+    from fastlt.train.trainer import resume_run
 
     if resume is not None:
         if recipe is not None:
             raise FastltError("pretrain: give a RECIPE or --resume RUN_DIR, not both")
-        config_path = str(resume / "config.json")
-        resumed = recipe_with_overrides(load_run_config(resume), overrides, config_path)
-        run_dir = run_pretraining(resumed, config_path, resume=resume, until_epoch=until_epoch)
+        run_dir = resume_run(resume, overrides, until_epoch=until_epoch)
     else:
         if recipe is None:
-            raise FastltError("pretrain: missing RECIPE (a TOML file, e.g. pipelines/digits_lt/simclr.toml)")
-        run_dir = run_pretraining(load_recipe(recipe, overrides), str(recipe), until_epoch=until_epoch)
+            raise FastltError("pretrain: missing RECIPE (a TOML file, or a shipped name such as digits_lt/simclr)")
+        path = find_recipe(recipe)
+        run_dir = run_pretraining(load_recipe(path, overrides), str(path), until_epoch=until_epoch)
     click.echo(str(run_dir))
 
 
 @main.command("linear-eval")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="Report folder (default: <run>/eval).")
-@click.option("--store", "store_path", type=click.Path(path_type=Path), help="Use this store instead of the recipe's.")
-@click.option("--train-split", type=click.Path(path_type=Path), help="Indices of the probe's training samples.")
-@click.option("--epochs", type=int, help="Probe epochs (default: the recipe's, 500 in the BCL protocol).")
-@click.option("--knn", help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
+@click.option("--store", "store_path", type=click.Path(path_type=Path),
+              help="Use this store instead of the recipe's (it must hold the data the run trained on).")
+@click.option("--probe-split", type=click.Path(path_type=Path),
+              help="Indices of the probe's training samples (default: the recipe's eval.train_split).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Probe epochs (default: the recipe's, 500 in the BCL protocol).")
+@click.option("--knn", type=PositiveIntList(), help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
 @click.option("--random-init", is_flag=True, help="Also evaluate a randomly initialised backbone of the same architecture.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precision", default="auto", show_default=True, help="Feature extraction: auto, bf16, fp32.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--precision", default="auto", show_default=True, help="Feature extraction: " + PRECISION_HELP)
 @user_errors
-def linear_eval(target: Path, out: Path | None, store_path: Path | None, train_split: Path | None, epochs: int | None,
-                knn: str | None, random_init: bool, device: str, precision: str) -> None:
+def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_split: Path | None,
+                epochs: int | None, knn: tuple[int, ...] | None, random_init: bool, device: str, precision: str) -> None:
     """Frozen-feature linear probe and kNN of a run folder or checkpoint, with many/medium/few groups."""
     from fastlt.evaluate.protocol import linear_eval as run_linear_eval
     from fastlt.train.device import resolve_device, resolve_precision
 
-    resolved = resolve_device(device)
+    resolved = resolve_device(device, "--device")
     overrides: dict[str, Any] = {}
-    if train_split is not None:
-        overrides["train_split"] = str(train_split)
+    if probe_split is not None:
+        overrides["train_split"] = str(probe_split.resolve())
     if epochs is not None:
         overrides["epochs"] = epochs
     if knn is not None:
-        overrides["knn"] = tuple(int(k) for k in knn.split(",") if k.strip())
+        overrides["knn"] = knn
     result = run_linear_eval(target, out, resolved, store_path, overrides, random_init,
-                             resolve_precision(precision, resolved).dtype)
+                             resolve_precision(precision, resolved, "--precision").dtype)
     click.echo(result.markdown)
     click.echo(f"wrote {result.json_path} and {result.markdown_path}")
 
 
 @main.command()
 def info() -> None:
-    """Versions, devices, and which optional backends (DALI, FFCV, compile) are usable here."""
+    """Versions, devices, and what `auto` chooses here (precision, memory format, compile) and why."""
     import torch
 
-    from fastlt.train.device import bf16_supported, compile_usable
+    from fastlt.train.device import bf16_support, cpu_features, resolve_compile, resolve_precision
     from fastlt.train.runinfo import package_versions
 
-    compile_ok, compile_why = compile_usable()
+    features = cpu_features()
     devices = ["cpu"] + [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    auto: dict[str, Any] = {}
+    for device in [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []):
+        precision = resolve_precision("auto", device)
+        compiled, compile_why = resolve_compile("auto", device)
+        auto[device.type] = {
+            "precision": precision.name, "precision_reason": precision.reason,
+            "bf16_native": bf16_support(device)[0],
+            "compile": compiled, "compile_reason": compile_why,
+        }
+    auto["cpu"]["memory_format"] = ("channels_last, except contiguous for models with a strided 1x1 convolution "
+                                    "of 2-7 input channels" if not features.onednn_avx512 else "channels_last")
     report = {
         "versions": package_versions(),
         "devices": devices,
+        "cpu": {"name": features.name, "torch_capability": features.aten_capability,
+                "avx512_bf16": features.avx512_bf16, "amx_bf16": features.amx_bf16,
+                "onednn_max_isa": features.onednn_max_isa or "unset", "threads": torch.get_num_threads()},
         "cuda_build": torch.version.cuda,
-        "bf16": {"cpu": bf16_supported(torch.device("cpu")),
-                 **({"cuda": bf16_supported(torch.device("cuda"))} if torch.cuda.is_available() else {})},
-        "compile": {"usable": compile_ok, "backend": compile_why,
-                    "default": "on for CUDA, off for CPU"},
-        "dali": importable("nvidia.dali"),
-        "ffcv": importable("ffcv"),
-        "threads": torch.get_num_threads(),
+        "auto": auto,
+        "installed_extras": {"nvidia.dali": importable("nvidia.dali"), "ffcv": importable("ffcv"),
+                             "note": "fastlt reads its native store only; DALI and FFCV loaders are not built yet"},
     }
     click.echo(json.dumps(report, indent=2))
 

@@ -13,19 +13,42 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from fastlt.augment.views import ViewConfig
 from fastlt.errors import FastltError
+from fastlt.shipped import shipped_folder
+
+
+def _rule(test: Callable[[Any], bool], expected: str) -> dict[str, Any]:
+    """Field metadata: the valid values of a numeric or named setting, checked when a recipe loads."""
+    return {"valid": test, "expected": expected}
+
+
+POSITIVE = _rule(lambda v: v > 0, "> 0")
+NON_NEGATIVE = _rule(lambda v: v >= 0, ">= 0")
+AT_LEAST_1 = _rule(lambda v: v >= 1, ">= 1")
+AT_LEAST_2 = _rule(lambda v: v >= 2, ">= 2")
+FRACTION = _rule(lambda v: 0 <= v < 1, "in [0, 1)")
+ALL_AT_LEAST_1 = _rule(lambda values: all(v >= 1 for v in values), "a list of integers >= 1")
+
+
+def one_of(*choices: str) -> dict[str, Any]:
+    return _rule(lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def setting(default: Any, rule: dict[str, Any]) -> Any:
+    """A dataclass field with its valid range attached."""
+    return field(default=default, metadata=rule)
 
 
 @dataclass
 class DataConfig:
     """Which store to train on and which of its samples (split file or all of the part)."""
 
-    store: str = ""
+    store: str = ""  # relative to the current folder
     part: str = "train"
-    split: str = ""  # SDCLR-format .npy of indices into the part; "" = every sample
+    split: str = ""  # SDCLR-format .npy of indices into the part, relative to the recipe's folder; "" = all
 
 
 @dataclass
@@ -33,11 +56,11 @@ class ModelConfig:
     """Backbone and projection head."""
 
     arch: str = "resnet18"
-    stem: str = "cifar"
-    width: int = 64
-    projector_hidden: int = 512
-    projector_out: int = 128
-    projector_layers: int = 2
+    stem: str = setting("cifar", one_of("cifar", "imagenet"))
+    width: int = setting(64, AT_LEAST_1)
+    projector_hidden: int = setting(512, AT_LEAST_1)
+    projector_out: int = setting(128, AT_LEAST_1)
+    projector_layers: int = setting(2, AT_LEAST_1)
 
 
 @dataclass
@@ -52,54 +75,67 @@ class MethodConfig:
     name: str = "simclr"
     encoder: str = ""  # plain | self-damaging ("" = the preset's)
     view_strength: str = ""  # fixed | bcl-i | bcl-d ("" = the preset's)
-    temperature: float = 0.2
-    pruning_ratio: float = 0.9  # self-damaging: fraction of convolution weights pruned
-    boost_momentum: float = 0.97  # memorisation boost: beta of the per-sample momentum loss
+    temperature: float = setting(0.2, POSITIVE)
+    pruning_ratio: float = setting(0.9, FRACTION)  # self-damaging: fraction of convolution weights pruned
+    boost_momentum: float = setting(0.97, FRACTION)  # memorisation boost: beta of the per-sample momentum loss
 
 
 @dataclass
 class OptimConfig:
     """SGD with per-iteration linear warm-up then cosine decay."""
 
-    lr: float = 0.5
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = setting(0.5, POSITIVE)
+    momentum: float = setting(0.9, FRACTION)
+    weight_decay: float = setting(5e-4, NON_NEGATIVE)
     exclude_bn_bias: bool = False  # no weight decay on BN parameters and biases
-    warmup_epochs: float = 10.0
-    final_lr: float = 1e-6
+    warmup_epochs: float = setting(10.0, NON_NEGATIVE)
+    final_lr: float = setting(1e-6, NON_NEGATIVE)
+
+    def check(self) -> None:
+        if self.final_lr > self.lr:
+            raise FastltError(f"optim.final_lr: must not exceed optim.lr ({self.lr}), got {self.final_lr}")
 
 
 @dataclass
 class TrainConfig:
-    """The loop: length, batch, precision, compilation, device and where the run folder goes."""
+    """The loop: length, batch, hardware choices, checkpoints, and where the run folder goes."""
 
-    epochs: int = 2000
-    batch_size: int = 512
-    seed: int = 1
+    epochs: int = setting(2000, AT_LEAST_1)
+    batch_size: int = setting(512, AT_LEAST_2)  # a contrastive batch needs negatives
+    seed: int = setting(1, NON_NEGATIVE)
     drop_last: bool = True
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
-    compile: str = "auto"  # auto (on for CUDA) | on | off
-    channels_last: bool = True
+    precision: str = setting("auto", one_of("auto", "bf16", "fp16", "fp32"))
+    compile: str = setting("auto", one_of("auto", "on", "off"))  # auto: on for CUDA
+    memory_format: str = setting("auto", one_of("auto", "channels_last", "contiguous"))
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out_dir: str = "runs"
+    out_dir: str = "runs"  # relative to the current folder
     name: str = ""  # run folder name; "" = recipe stem + timestamp
-    log_every: int = 50  # steps between reads of the device-side loss accumulator
+    log_every: int = setting(50, AT_LEAST_1)  # steps between reads of the device-side loss accumulator
+    checkpoint_every: int = setting(1, AT_LEAST_1)  # epochs between checkpoints; the last is always saved
     progress: bool = True
 
 
 @dataclass
 class EvalConfig:
-    """Linear evaluation (BCL protocol by default, REFERENCE.md section 8) and kNN."""
+    """Linear evaluation (BCL protocol by default, docs/evaluation.md) and kNN."""
 
-    train_split: str = ""  # indices into the train part for the probe; "" = the whole part
+    train_split: str = ""  # the probe's training indices, relative to the recipe's folder; "" = the whole part
     test_part: str = "test"
-    groups: str = "thirds"  # many/medium/few rule: thirds (CIFAR) | thresholds (ImageNet-100-LT)
-    epochs: int = 500
-    lr: float = 1e-2
-    final_lr: float = 1e-6
-    weight_decay: float = 5e-6
-    batch_size: int = 1000
-    knn: tuple[int, ...] = (1, 10)
+    groups: str = setting("thirds", one_of("thirds", "thresholds"))  # thirds (CIFAR) | thresholds (ImageNet-100-LT)
+    epochs: int = setting(500, AT_LEAST_1)
+    lr: float = setting(1e-2, POSITIVE)
+    final_lr: float = setting(1e-6, POSITIVE)
+    weight_decay: float = setting(5e-6, NON_NEGATIVE)
+    batch_size: int = setting(1000, AT_LEAST_1)
+    knn: tuple[int, ...] = setting((1, 10), ALL_AT_LEAST_1)
+
+    def check(self) -> None:
+        if self.final_lr > self.lr:
+            raise FastltError(f"eval.final_lr: must not exceed eval.lr ({self.lr}), got {self.final_lr}")
+
+
+# Keys that name files: relative values are taken relative to the recipe file that sets them.
+RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split",)}
 
 
 @dataclass
@@ -128,10 +164,25 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def find_recipe(name: Path | str) -> Path:
+    """A recipe file, or the name of a shipped one: ``cifar100_lt/bcl-d`` is ``pipelines/cifar100_lt/bcl-d.toml``."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = shipped_folder("pipelines") / path.with_suffix(".toml")
+    if not path.is_absolute() and shipped.is_file():
+        return shipped
+    if path.suffix == ".toml" or path.is_absolute():
+        raise FastltError(f"{path}: recipe file not found")
+    names = sorted(str(p.relative_to(shipped_folder("pipelines")).with_suffix("")) for p in
+                   shipped_folder("pipelines").glob("*/*.toml"))
+    raise FastltError(f"{name}: no such recipe file or shipped recipe (shipped: {', '.join(names)})")
+
+
 def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
     """Read a TOML recipe (following ``extends``) and apply ``section.key=value`` overrides.
 
-    Every error names the file it comes from.
+    Every error names the file, or the ``--set`` value, it comes from.
     """
     path = Path(path)
     return recipe_with_overrides(read_recipe_tables(path), overrides, str(path))
@@ -139,7 +190,11 @@ def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -
 
 def read_recipe_tables(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The raw tables of a recipe; ``extends = "other.toml"`` (relative to this file) is read
-    first and this file's tables are laid over it, key by key."""
+    first and this file's tables are laid over it, key by key.
+
+    Relative file names in RECIPE_RELATIVE_PATHS are made absolute against the folder of the
+    file that sets them, so a recipe works from any current folder and from an installed package.
+    """
     if path.resolve() in _seen:
         raise FastltError(f"{path}: 'extends' forms a cycle")
     try:
@@ -150,6 +205,11 @@ def read_recipe_tables(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
         raise FastltError(f"{path}: cannot read recipe ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise FastltError(f"{path}: not valid TOML ({error})") from None
+    for section, keys in RECIPE_RELATIVE_PATHS.items():
+        table = raw.get(section)
+        for key in keys:
+            if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
+                table[key] = str((path.parent / table[key]).resolve())
     base_name = raw.pop("extends", None)
     if base_name is None:
         return raw
@@ -165,41 +225,58 @@ def read_recipe_tables(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
 
 
 def recipe_with_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> Recipe:
-    """Apply ``section.key=value`` overrides to a raw recipe dict, then validate it."""
+    """Apply ``section.key=value`` overrides to a raw recipe dict, then validate it.
+
+    A bad overridden value is reported against its ``--set`` argument, not the recipe file.
+    """
+    origins = {}
     for override in overrides:
-        apply_override(raw, override, source)
-    return recipe_from_dict(raw, source=source)
+        origins[apply_override(raw, override)] = f"--set {override}"
+    return recipe_from_dict(raw, source=source, origins=origins)
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str) -> Recipe:
-    """Build a Recipe from nested dicts, rejecting unknown sections/keys and wrong types."""
+def recipe_from_dict(raw: dict[str, Any], source: str, origins: dict[tuple[str, str], str] | None = None) -> Recipe:
+    """Build a Recipe from nested dicts, rejecting unknown sections/keys, wrong types and out-of-range values.
+
+    origins maps (section, key) to where a value came from when that is not ``source``.
+    """
     sections = {f.name: f for f in dataclasses.fields(Recipe)}
-    built = {}
     for name, table in raw.items():
         if name not in sections:
             raise FastltError(f"{source}: unknown section [{name}] (expected one of {sorted(sections)})")
         if not isinstance(table, dict):
             raise FastltError(f"{source}: [{name}] must be a table")
     hints_of_recipe = typing.get_type_hints(Recipe)
-    for name in sections:
-        config_type = hints_of_recipe[name]
-        built[name] = _build_section(config_type, raw.get(name, {}), source, name)
+    built = {
+        name: _build_section(hints_of_recipe[name], raw.get(name, {}), source, name, origins or {})
+        for name in sections
+    }
     return Recipe(**built)
 
 
-def _build_section(config_type: type, table: dict[str, Any], source: str, section: str) -> Any:
-    """One table: keys checked against the dataclass, values against its type hints; the
-    dataclass's own checks (e.g. ViewConfig's ranges) are reported against the file too."""
+def _build_section(config_type: type, table: dict[str, Any], source: str, section: str,
+                   origins: dict[tuple[str, str], str]) -> Any:
+    """One table: keys checked against the dataclass, values against its type hints and valid
+    ranges; the dataclass's own checks (ViewConfig's ranges, ``check``) are reported too."""
     hints = typing.get_type_hints(config_type)
+    rules = {f.name: f.metadata for f in dataclasses.fields(config_type)}
     values = {}
     for key, value in table.items():
+        where = f"{origins.get((section, key), source)}: {section}.{key}"
         if key not in hints:
-            raise FastltError(f"{source}: {section}.{key}: unknown key (expected one of {sorted(hints)})")
-        values[key] = _coerce(value, hints[key], f"{source}: {section}.{key}")
+            raise FastltError(f"{where}: unknown key (expected one of {sorted(hints)})")
+        values[key] = _coerce(value, hints[key], where)
+        rule = rules[key]
+        if "valid" in rule and not rule["valid"](values[key]):
+            raise FastltError(f"{where}: must be {rule['expected']}, got {value!r}")
     try:
-        return config_type(**values)
+        config = config_type(**values)
+        if hasattr(config, "check"):
+            config.check()
     except FastltError as error:
-        raise FastltError(f"{source}: {error}") from None
+        overridden = [origin for (name, _), origin in origins.items() if name == section]
+        raise FastltError(f"{overridden[0] if overridden else source}: {error}") from None
+    return config
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -241,17 +318,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise FastltError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def apply_override(raw: dict[str, Any], override: str, source: str) -> None:
-    """Set raw[section][key] from 'section.key=value'; value is TOML (bare words are strings)."""
-    if "=" not in override or "." not in override.split("=", 1)[0]:
+def apply_override(raw: dict[str, Any], override: str) -> tuple[str, str]:
+    """Set raw[section][key] from 'section.key=value' (value is TOML; bare words are strings); returns (section, key)."""
+    dotted, equals, text = override.partition("=")
+    section, dot, key = dotted.strip().partition(".")
+    if not (equals and dot and section and key):
         raise FastltError(f"--set {override!r}: expected section.key=value")
-    dotted, text = override.split("=", 1)
-    section, key = dotted.strip().split(".", 1)
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
     table = raw.setdefault(section, {})
     if not isinstance(table, dict):
-        raise FastltError(f"{source}: [{section}] must be a table")
+        raise FastltError(f"--set {override}: [{section}] is not a table")
     table[key] = value
+    return section, key

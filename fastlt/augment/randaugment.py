@@ -40,6 +40,8 @@ Conventions (chosen to match torchvision's RandAugment, the tests' reference):
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -67,7 +69,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cutout": (0.0, 0.4),
 }
 _GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as PIL's and torchvision's grayscale
-_SMOOTH_KERNEL = ((1.0, 1.0, 1.0), (1.0, 5.0, 1.0), (1.0, 1.0, 1.0))  # PIL's SMOOTH filter, /13
+_SMOOTH_KERNEL = tuple(tuple(v / 13.0 for v in row) for row in ((1, 1, 1), (1, 5, 1), (1, 1, 1)))  # PIL's SMOOTH
+
+
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A small constant tensor, made once per device and dtype and never written to.
+
+    Building it per step (``torch.tensor(list, device=...)``) would be a blocking host-to-device
+    copy on CUDA every time; cached, the step path has none.
+    """
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def bcl_i_magnitude(weights: Tensor) -> Tensor:
@@ -137,7 +149,8 @@ def _resample(images: Tensor, matrices: Tensor, apply: Tensor, fill: Tensor, int
     """One batched affine resample with [B, 2, 3] source matrices, kept where ``apply`` [B] is set."""
     batch, channels, height, width = images.shape
     # affine_grid works in [-1, 1] coordinates per axis (align_corners=False: the image edges).
-    to_unit = images.new_tensor([[1.0, height / width, 2.0 / width], [width / height, 1.0, 2.0 / height]])
+    to_unit = constant(((1.0, height / width, 2.0 / width), (width / height, 1.0, 2.0 / height)),
+                       images.dtype, images.device)
     grid = F.affine_grid(matrices * to_unit, [batch, channels, height, width], align_corners=False)
     # Sampling (image - fill) with zero padding and adding fill back gives fill outside the
     # image; for bilinear, a border pixel blends towards fill by the fraction it is uncovered.
@@ -149,7 +162,7 @@ def _resample(images: Tensor, matrices: Tensor, apply: Tensor, fill: Tensor, int
 
 def _homogeneous(matrices: Tensor) -> Tensor:
     """[B, 2, 3] affine maps -> [B, 3, 3], so that maps compose by matrix product."""
-    last_row = matrices.new_tensor([0.0, 0.0, 1.0]).expand(matrices.shape[0], 1, 3)
+    last_row = constant((0.0, 0.0, 1.0), matrices.dtype, matrices.device).expand(matrices.shape[0], 1, 3)
     return torch.cat([matrices, last_row], dim=1)
 
 
@@ -196,7 +209,7 @@ def _blend_degenerate(images: Tensor, op_index: Tensor) -> Tensor:
     grey = (_GREY_WEIGHTS[0] * red + _GREY_WEIGHTS[1] * green + _GREY_WEIGHTS[2] * blue).unsqueeze(1)
     mean_grey = grey.mean(dim=(-2, -1), keepdim=True)
     channels = images.shape[1]
-    kernel = images.new_tensor(_SMOOTH_KERNEL).div(13.0).expand(channels, 1, 3, 3)
+    kernel = constant(_SMOOTH_KERNEL, images.dtype, images.device).expand(channels, 1, 3, 3)
     blurred = images.clone()  # the one-pixel border keeps its values, as in PIL and torchvision
     blurred[..., 1:-1, 1:-1] = F.conv2d(images, kernel, groups=channels)
     is_mean = _as_image_mask(_op_mask(op_index, "contrast"))
@@ -280,7 +293,7 @@ def _check_per_sample(values: Tensor, name: str, batch: int, where: str) -> None
 
 def _fill_tensor(fill: tuple[int, int, int], like: Tensor) -> Tensor:
     """The 0..255 fill colour on the [0, 1] scale of the images, on their device."""
-    return torch.tensor(fill, dtype=like.dtype, device=like.device) / 255.0
+    return constant(tuple(value / 255.0 for value in fill), like.dtype, like.device)
 
 
 def _check_settings(fill: tuple[int, int, int], interpolation: str, where: str) -> None:

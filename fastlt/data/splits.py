@@ -199,10 +199,13 @@ def write_cifar_lt_splits(
                                f"{variant} linear-eval train list")
     base = {"dataset": f"{variant}_lt", "seed": seed, "num_samples": num_samples}
 
+    pending: list[tuple[Path, np.ndarray, dict]] = []  # written only once every draw has succeeded
+
     def save(name: str, indices: np.ndarray, manifest: dict) -> Path:
         path = out_dir / f"{name}.npy"
         counts = class_counts(indices, labels, spec.num_classes)
-        save_split(path, indices, {**base, **manifest, "class_counts": counts.tolist(), "total": int(len(indices))})
+        pending.append((path, indices, {**base, **manifest, "class_counts": counts.tolist(),
+                                        "total": int(len(indices))}))
         return path
 
     written = [
@@ -230,6 +233,8 @@ def write_cifar_lt_splits(
             written.append(save(f"split{split_id}_{shots}shot", subset, {
                 "kind": f"{shots}shot", "split": split_id, "derived_seed": shots_seed, "per_class": shots,
                 "pool": "train_idx (the linear-eval train list)"}))
+    for path, indices, manifest in pending:
+        save_split(path, indices, manifest)
     return written
 
 

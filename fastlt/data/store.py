@@ -14,6 +14,7 @@ store is only removed after the new one is in place.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -167,8 +168,9 @@ class NativeStore:
         self._meta = meta
 
     @classmethod
-    def open(cls, path: Path) -> NativeStore:
-        """Open ``path``, checking that it is a complete store of a version this code reads."""
+    def open(cls, path: Path, expect: str | None = None) -> NativeStore:
+        """Open ``path``, checking that it is a complete store of a version this code reads
+        (and, with ``expect``, of that data set: "cifar10", "cifar100", "digits")."""
         path = Path(path)
         meta_file = path / META_FILE
         if not path.is_dir():
@@ -184,6 +186,8 @@ class NativeStore:
         if meta.get("version") != STORE_VERSION:
             version = meta.get("version")
             raise FastltError(f"{meta_file}: store version {version!r} unknown (this fastlt reads {STORE_VERSION})")
+        if expect is not None and meta.get("name") != expect:
+            raise FastltError(f"{path}: a store of {meta.get('name')!r}, not of {expect!r}")
         return cls(path, meta)
 
     @property
@@ -210,6 +214,14 @@ class NativeStore:
     def meta(self) -> dict:
         """The parsed meta.json (counts, checksums, source), for reports and run records."""
         return self._meta
+
+    def identity(self, part: str) -> dict:
+        """What a part holds, independent of where the store lies: name, count, classes, checksums."""
+        if part not in self._meta["parts"]:
+            raise FastltError(f"{self._path}: no part {part!r} (the store has {', '.join(self.parts)})")
+        entry = self._meta["parts"][part]
+        return {"store": self.name, "part": part, "count": int(entry["count"]), "num_classes": self.num_classes,
+                "sha256": dict(entry["sha256"])}
 
     def part(self, name: str, verify: bool = False) -> StorePart:
         """Load one part: images memory-mapped (read-only, paged in on use), labels read into memory.
@@ -238,3 +250,30 @@ class NativeStore:
                 found = f"{array.dtype} {list(array.shape)}"
                 raise FastltError(f"{files[kind]}: expected {np.dtype(dtype)} {list(shape)}, found {found}")
         return StorePart(images=images, labels=labels)
+
+
+def split_checksum(indices: np.ndarray) -> str:
+    """sha256 of a split's int64 indices: which samples, in which order, wherever the file lies."""
+    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
+
+
+_IDENTITY_MEANING = {"store": "data set", "part": "store part", "count": "number of images",
+                     "num_classes": "number of classes", "sha256": "image and label checksums",
+                     "split_sha256": "split indices"}
+
+
+def check_same_data(recorded: dict, current: dict, where: str) -> None:
+    """Refuse data other than what a run trained on (the keys of ``current`` are compared, in order)."""
+    for key in _IDENTITY_MEANING:
+        if key in current and recorded.get(key) != current[key]:
+            raise FastltError(f"{where}: the {_IDENTITY_MEANING[key]} differ from what the run trained on "
+                              f"({_short(recorded.get(key))} then, {_short(current[key])} now)")
+
+
+def _short(value: object) -> str:
+    """Checksums shortened for a one-line message; other values as they are."""
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_short(item)}" for key, item in value.items())
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12]
+    return repr(value)

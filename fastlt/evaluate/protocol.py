@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fastlt.data.splits import class_counts, class_groups, split_or_all
-from fastlt.data.store import NativeStore
+from fastlt.data.store import NativeStore, check_same_data, split_checksum
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
 from fastlt.evaluate.knn import knn_predict
@@ -83,12 +83,18 @@ def linear_eval(
     settings = dataclasses.replace(recipe.eval, **(overrides or {}))
     device = torch.device(device)
     store = NativeStore.open(store_path or Path(recipe.data.store))
+    where = f"{checkpoint}: store {store.path}"
+    check_same_data(payload["data"], store.identity(recipe.data.part), where)
     train_part = store.part(recipe.data.part)
     num_samples = len(train_part.labels)
+    pretrain_indices = split_or_all(recipe.data.split, num_samples)
+    check_same_data(payload["data"], {"split_sha256": split_checksum(pretrain_indices)}, f"{checkpoint}: data.split")
+    probe_indices = np.sort(split_or_all(settings.train_split, num_samples))
+    too_large = [k for k in settings.knn if k > len(probe_indices)]
+    if too_large:
+        raise FastltError(f"knn k = {too_large[0]}: larger than the {len(probe_indices)} samples of the probe set")
     backbone = pretrained_backbone(payload, recipe, num_samples, checkpoint)
     test_part = store.part(settings.test_part)
-    probe_indices = np.sort(split_or_all(settings.train_split, num_samples))
-    pretrain_indices = split_or_all(recipe.data.split, num_samples)
     groups = class_groups(class_counts(pretrain_indices, train_part.labels, store.num_classes), settings.groups)
     probe_config = LinearProbeConfig(
         epochs=settings.epochs, lr=settings.lr, final_lr=settings.final_lr,

@@ -44,7 +44,13 @@ class ContrastiveMethod(nn.Module):
         super().__init__()
         self.views = views
         self.boost = boost
+        self.memory_format = torch.channels_last
         self._forward = self.forward
+
+    def set_memory_format(self, name: str) -> None:
+        """Put weights in this layout ("channels_last" or "contiguous"); views are converted to it too."""
+        self.memory_format = torch.channels_last if name == "channels_last" else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
 
     def enable_compile(self) -> None:
         """Route the step's forward through torch.compile (shapes are fixed, so it traces once)."""
@@ -56,9 +62,9 @@ class ContrastiveMethod(nn.Module):
         Per-sample boost strengths are drawn once and shared by both views.
         """
         strength = self.boost.strengths(batch.indices, generator) if self.boost is not None else None
-        return (
-            self.views(batch.images, generator, strength),
-            self.views(batch.images, generator, strength),
+        return tuple(
+            self.views(batch.images, generator, strength).contiguous(memory_format=self.memory_format)
+            for _ in range(2)
         )
 
     def train_step(self, batch: Batch, generator: torch.Generator, context: StepContext) -> StepOutput:

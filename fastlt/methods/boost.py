@@ -69,12 +69,17 @@ class MemorisationBoost(nn.Module):
 
     @torch.no_grad()
     def observe(self, indices: Tensor, losses: Tensor) -> None:
-        """m_i = L_i on a sample's first visit, else (1 - beta) L_i + beta m_i."""
+        """m_i = L_i on a sample's first visit, else (1 - beta) L_i + beta m_i.
+
+        A non-finite loss never enters the memory (the trainer stops the run on it).
+        """
         losses = losses.detach().float()
+        finite = torch.isfinite(losses)
+        seen = self.seen[indices]
         previous = self.momentum_loss[indices]
-        updated = (1 - self.beta) * losses + self.beta * previous
-        self.momentum_loss[indices] = torch.where(self.seen[indices], updated, losses)
-        self.seen[indices] = True
+        updated = torch.where(seen, (1 - self.beta) * losses + self.beta * previous, losses)
+        self.momentum_loss[indices] = torch.where(finite, updated, previous)
+        self.seen[indices] = seen | finite
 
     @torch.no_grad()
     def end_epoch(self) -> dict[str, float]:

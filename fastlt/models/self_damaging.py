@@ -28,7 +28,8 @@ class MaskedConv2d(nn.Conv2d):
     def __init__(self, *args, switch: BranchSwitch, **kwargs):
         super().__init__(*args, **kwargs)
         self.switch = switch
-        self.register_buffer("mask", torch.ones_like(self.weight))
+        # bool: 4x smaller in checkpoints than float, and recomputed from the weights every epoch anyway.
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool))
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight * self.mask if self.switch.active == PRUNED else self.weight

@@ -1,35 +1,96 @@
-"""Device, precision and compile choices, each behind a capability check with a CPU path."""
+"""Hardware choices (device, precision, memory format, compile), each by capability, each with a reason.
+
+What is fast depends on the machine, not on the device type: bf16 autocast runs 10-15x
+slower than fp32 on a CPU without bf16 instructions (oneDNN emulates it), and oneDNN's
+AVX2 kernels hang or corrupt memory in one channels_last case (see ``memory_format_hazard``).
+Every resolver returns its choice together with the reason, which ``fastlt info`` prints
+and the run records.
+"""
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import platform
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 from fastlt.errors import FastltError
+from fastlt.notices import warn_once
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+COMPILE_CHOICES = ("auto", "on", "off")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, setting: str = "train.device") -> torch.device:
     """'auto' picks the first CUDA device when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    expected = "expected auto, cpu, cuda or cuda:N"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise FastltError(f"train.device: unknown device {name!r}") from None
+        raise FastltError(f"{setting}: unknown device {name!r} ({expected})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise FastltError(f"{setting}: {name!r} is not supported ({expected})")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise FastltError(f"train.device: {name!r} requested but CUDA is not available here")
+        raise FastltError(f"{setting}: {name!r} requested but CUDA is not available here")
     return device
 
 
 @dataclass(frozen=True)
+class CpuFeatures:
+    """What the CPU and torch's oneDNN build can do, as torch reports it."""
+
+    name: str
+    x86: bool
+    aten_capability: str  # the vector ISA of torch's own kernels: "AVX512", "AVX2", "DEFAULT", ...
+    avx512_bf16: bool  # bf16 dot-product instructions
+    amx_bf16: bool  # bf16 matrix tiles
+    onednn_max_isa: str  # the ONEDNN_MAX_CPU_ISA cap, "" when unset
+
+    @property
+    def onednn_avx512(self) -> bool:
+        """Whether oneDNN (convolutions) runs its AVX-512 kernels rather than the AVX2 ones."""
+        cap = self.onednn_max_isa.upper()
+        allowed = cap in ("", "ALL", "DEFAULT") or cap.startswith(("AVX512", "AVX10"))
+        return self.x86 and self.aten_capability == "AVX512" and allowed
+
+    @property
+    def native_bf16(self) -> bool:
+        """Whether bf16 matrix maths runs in hardware (AVX512-BF16 or AMX-BF16) rather than emulated."""
+        cap = self.onednn_max_isa.upper()
+        allowed = cap in ("", "ALL", "DEFAULT") or "BF16" in cap or "AMX" in cap or cap.startswith("AVX10")
+        return (self.avx512_bf16 or self.amx_bf16) and self.onednn_avx512 and allowed
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> CpuFeatures:
+    """Read once per process from torch.cpu.get_capabilities() and the environment."""
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    machine = platform.machine().lower()
+    return CpuFeatures(
+        name=str(capabilities.get("cpu_name") or platform.processor() or machine),
+        x86=machine in ("x86_64", "amd64", "i686", "x86"),
+        aten_capability=torch.backends.cpu.get_cpu_capability(),
+        avx512_bf16=bool(capabilities.get("avx512_bf16", False)),
+        amx_bf16=bool(capabilities.get("amx_bf16", False)),
+        onednn_max_isa=os.environ.get("ONEDNN_MAX_CPU_ISA", os.environ.get("DNNL_MAX_CPU_ISA", "")),
+    )
+
+
+@dataclass(frozen=True)
 class Precision:
-    """Autocast dtype (None = fp32) and whether gradients need loss scaling (fp16 only)."""
+    """Autocast dtype (None = fp32), whether gradients need loss scaling (fp16 only), and why it was chosen."""
 
     name: str
     dtype: torch.dtype | None
     scale_loss: bool
+    reason: str = ""
 
     def autocast(self, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
         """A factory of autocast contexts for this precision on this device."""
@@ -38,31 +99,82 @@ class Precision:
         return lambda: torch.autocast(device.type, dtype=self.dtype)
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 autocast works on every CPU torch supports and on CUDA devices that report it."""
+PRECISION_TYPES = {"bf16": (torch.bfloat16, False), "fp16": (torch.float16, True), "fp32": (None, False)}
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """(native bf16 on this device, why): CUDA as torch reports it; a CPU only with AVX512-BF16 or AMX."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu"
+        supported = torch.cuda.is_bf16_supported()
+        return supported, f"CUDA device {'supports' if supported else 'does not support'} bf16"
+    features = cpu_features()
+    if features.native_bf16:
+        return True, f"CPU {features.name} has {'AMX-BF16' if features.amx_bf16 else 'AVX512-BF16'}"
+    if features.onednn_max_isa and (features.avx512_bf16 or features.amx_bf16):
+        return False, f"ONEDNN_MAX_CPU_ISA={features.onednn_max_isa} keeps oneDNN from the CPU's bf16 instructions"
+    return False, f"CPU {features.name} has no AVX512-BF16 or AMX-BF16: bf16 is emulated, about 10x slower than fp32"
 
 
-def resolve_precision(name: str, device: torch.device) -> Precision:
-    """'auto' = bf16 where supported, else fp16 with loss scaling on CUDA, else fp32."""
+def resolve_precision(name: str, device: torch.device, setting: str = "train.precision") -> Precision:
+    """'auto' = bf16 where the device runs it natively, else fp16 + loss scaling on CUDA, else fp32.
+
+    An explicit 'bf16' on a CPU that only emulates it still works, with a one-time warning.
+    """
+    if name not in PRECISIONS:
+        raise FastltError(f"{setting}: unknown precision {name!r} (expected one of {', '.join(PRECISIONS)})")
+    native, why = bf16_support(device)
     if name == "auto":
-        if bf16_supported(device):
-            name = "bf16"
+        if native:
+            chosen, reason = "bf16", f"auto: {why}"
         elif device.type == "cuda":
-            name = "fp16"
+            chosen, reason = "fp16", f"auto: {why}; fp16 with loss scaling instead"
         else:
-            name = "fp32"
-    if name == "bf16":
-        if not bf16_supported(device):
-            raise FastltError(f"train.precision: bf16 is not supported on {device}")
-        return Precision("bf16", torch.bfloat16, scale_loss=False)
-    if name == "fp16":
-        return Precision("fp16", torch.float16, scale_loss=True)
-    if name == "fp32":
-        return Precision("fp32", None, scale_loss=False)
-    raise FastltError(f"train.precision: unknown precision {name!r} (expected auto, bf16, fp16 or fp32)")
+            chosen, reason = "fp32", f"auto: {why}"
+    else:
+        chosen, reason = name, "set explicitly"
+        if name == "bf16" and not native:
+            if device.type == "cuda":
+                raise FastltError(f"{setting}: bf16 is not supported on {device} ({why})")
+            warn_once(f"{setting} = bf16 on this CPU: {why}")
+    dtype, scale_loss = PRECISION_TYPES[chosen]
+    return Precision(chosen, dtype, scale_loss, reason)
+
+
+def memory_format_hazard(model: nn.Module, device: torch.device) -> str:
+    """Why channels_last must not be used for this model here, or "" when it is safe.
+
+    oneDNN's AVX2 backward-weights kernel for strided 1x1 convolutions with 2..7 input
+    channels in channels_last memory hangs for minutes or corrupts memory (found with
+    torch 2.14.1 on AVX2-only CPUs, and reproduced with ONEDNN_MAX_CPU_ISA=AVX2: a ResNet-18
+    of width 4 on a batch of 256 never finishes one backward). Its AVX-512 kernels and the
+    contiguous layout are fine, so only that combination is avoided.
+    """
+    if device.type != "cpu" or cpu_features().onednn_avx512:
+        return ""
+    for layer_name, module in model.named_modules():
+        if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
+                and 2 <= module.in_channels < 8):
+            return (f"{layer_name} is a strided 1x1 convolution with {module.in_channels} input channels, "
+                    "which oneDNN's AVX2 channels_last kernel cannot train (it hangs)")
+    return ""
+
+
+def resolve_memory_format(name: str, device: torch.device, model: nn.Module) -> tuple[str, str]:
+    """(memory format name, why): 'auto' is channels_last unless ``memory_format_hazard`` applies.
+
+    channels_last measured faster than contiguous for a CIFAR ResNet-18 on CPU from width 16
+    up (AVX2 and AVX-512 alike; README) and is what GPU convolutions want.
+    """
+    if name not in ("auto", *MEMORY_FORMATS):
+        raise FastltError(f"train.memory_format: unknown {name!r} (expected auto, channels_last or contiguous)")
+    hazard = memory_format_hazard(model, device)
+    if name == "auto":
+        if hazard:
+            return "contiguous", f"auto: {hazard}"
+        return "channels_last", "auto: the faster layout for convolutions"
+    if name == "channels_last" and hazard:
+        raise FastltError(f"train.memory_format: channels_last is unsafe on this CPU: {hazard}; use auto or contiguous")
+    return name, "set explicitly"
 
 
 def compile_usable() -> tuple[bool, str]:
@@ -81,12 +193,13 @@ def compile_usable() -> tuple[bool, str]:
     return True, "inductor"
 
 
-def resolve_compile(name: str, device: torch.device) -> bool:
-    """'auto' compiles on CUDA only: on CPU it costs ~40 s per cold compile and buys nothing here."""
+def resolve_compile(name: str, device: torch.device) -> tuple[bool, str]:
+    """(compile the step, why): 'auto' compiles on CUDA only; a CPU model step gains nothing for ~40 s a compile."""
+    if name not in COMPILE_CHOICES:
+        raise FastltError(f"train.compile: unknown value {name!r} (expected auto, on or off)")
     if name == "auto":
-        return device.type == "cuda" and compile_usable()[0]
-    if name == "on":
-        return True
-    if name == "off":
-        return False
-    raise FastltError(f"train.compile: unknown value {name!r} (expected auto, on or off)")
+        if device.type != "cuda":
+            return False, "auto: off on CPU (no speed-up for a model step, ~40 s per cold compile)"
+        usable, why = compile_usable()
+        return usable, f"auto: {'on' if usable else 'off'} for CUDA ({why})"
+    return name == "on", "set explicitly"

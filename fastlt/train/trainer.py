@@ -1,38 +1,62 @@
-"""The pretraining loop: resident data, device-side views, AMP, channels_last, checkpoints, logs.
+"""The pretraining loop: resident data, device-side views, AMP, checkpoints, logs, honest resume.
 
-One run = one folder: config.json (the resolved recipe), run.json (seed, commit,
-versions, device), metrics.jsonl (one line per epoch) and checkpoints/last.pt,
-rewritten atomically at the end of every epoch. ``resume`` continues a run exactly:
-model, optimiser, loss scaler, method state (e.g. BCL memory) and every RNG come back.
+One run = one folder: config.json (the resolved recipe), run.json (seed, commit, versions,
+device, the hardware choices and why, every resume), metrics.jsonl (one line per epoch)
+and checkpoints/last.pt, rewritten atomically every ``train.checkpoint_every`` epochs and
+at the last. ``resume_run`` continues a run exactly: model, optimiser, loss scaler, method
+state (e.g. BCL memory), every RNG and the hardware choices recorded at the start.
 """
 from __future__ import annotations
 
 import json
+import sys
 import time
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from fastlt.data.loader import NativeLoader
 from fastlt.data.splits import class_counts, class_groups, split_or_all
-from fastlt.data.store import NativeStore
+from fastlt.data.store import NativeStore, check_same_data, split_checksum
 from fastlt.errors import FastltError
-from fastlt.files import write_json_atomic
+from fastlt.files import write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
-from fastlt.recipe import Recipe
+from fastlt.recipe import Recipe, recipe_with_overrides
 from fastlt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
-from fastlt.train.device import resolve_compile, resolve_device, resolve_precision
+from fastlt.train.device import (
+    PRECISION_TYPES,
+    Precision,
+    compile_usable,
+    memory_format_hazard,
+    resolve_compile,
+    resolve_device,
+    resolve_memory_format,
+    resolve_precision,
+)
+from fastlt.train.progress import Progress, say
+from fastlt.train.resume import check_recipe_change
 from fastlt.train.runinfo import run_record
 from fastlt.train.schedule import warmup_cosine_lr
 
 CHECKPOINT_NAME = "checkpoints/last.pt"
+
+
+@dataclass(frozen=True)
+class HardwareChoices:
+    """What ``auto`` resolved to when the run started; a resume reuses it, whatever this machine would pick."""
+
+    device: str  # device type: cpu | cuda
+    precision: str
+    memory_format: str
+    compile: bool
+    batch_size: int  # the global batch
+    reasons: dict[str, str]
 
 
 @dataclass
@@ -60,12 +84,13 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: boo
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The resident loader, the size of the store part, and each sample's class group (diagnostics)."""
+    """The resident loader, the size of the store part, each sample's class group, and what the data is."""
 
     loader: NativeLoader
     generator: torch.Generator  # the loader's: batch order
     part_size: int
     sample_groups: torch.Tensor  # [part_size] int8: 0 many, 1 medium, 2 few, -1 not in the split
+    identity: dict[str, Any]  # store name, part, count, classes, checksums, split checksum
 
 
 def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator) -> TrainingData:
@@ -83,7 +108,8 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
         group_of_class[groups[name]] = code
     sample_groups = np.full(len(labels), -1, dtype=np.int8)
     sample_groups[indices] = group_of_class[labels[indices]]
-    return TrainingData(loader, generator, len(labels), torch.from_numpy(sample_groups).to(device))
+    identity = {**store.identity(recipe.data.part), "split_sha256": split_checksum(indices)}
+    return TrainingData(loader, generator, len(labels), torch.from_numpy(sample_groups).to(device), identity)
 
 
 def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
@@ -95,79 +121,203 @@ def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
     return run_dir
 
 
-def build_run_state(recipe: Recipe, device: torch.device, data: TrainingData, scale_loss: bool) -> RunState:
-    """Seeded model (channels_last), SGD optimiser, loss scaler and the run's two generators."""
-    seed = recipe.train.seed
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    method = build_method(recipe, data.part_size, data.sample_groups).to(device)
-    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
-    method = method.to(memory_format=memory_format)
+def choose_hardware(recipe: Recipe, method: nn.Module) -> HardwareChoices:
+    """Resolve device, precision, memory format and compile for a new run on this machine."""
+    t = recipe.train
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    memory_format, format_why = resolve_memory_format(t.memory_format, device, method)
+    compiled, compile_why = resolve_compile(t.compile, device)
+    reasons = {"precision": precision.reason, "memory_format": format_why, "compile": compile_why}
+    return HardwareChoices(device.type, precision.name, memory_format, compiled, t.batch_size, reasons)
+
+
+def resume_device(recipe: Recipe, recorded: dict[str, Any], where: str) -> torch.device:
+    """The recorded device type (``auto``), or the one the recipe names if it is of that type."""
+    if recipe.train.device == "auto":
+        if recorded["device"] == "cuda" and not torch.cuda.is_available():
+            raise FastltError(f"{where}: the run trained on CUDA and no CUDA device is available here")
+        return torch.device(recorded["device"])
+    device = resolve_device(recipe.train.device)
+    if device.type != recorded["device"]:
+        raise FastltError(f"{where}: the run trained on {recorded['device']}; resuming on {device.type} "
+                          "would change its precision and kernels (set train.device accordingly)")
+    return device
+
+
+def recorded_hardware(recipe: Recipe, recorded: dict[str, Any], device: torch.device, method: nn.Module,
+                      where: str) -> HardwareChoices:
+    """The checkpoint's hardware choices, where this machine can honour them; else a one-line refusal."""
+    reasons = {"precision": "recorded at the start of the run"}
+    memory_format, hazard = recorded["memory_format"], memory_format_hazard(method, device)
+    if recipe.train.memory_format != "auto":
+        memory_format, reasons["memory_format"] = resolve_memory_format(recipe.train.memory_format, device, method)
+    elif memory_format == "channels_last" and hazard:
+        memory_format, reasons["memory_format"] = "contiguous", f"the recorded channels_last is unsafe here: {hazard}"
+    else:
+        reasons["memory_format"] = "recorded at the start of the run"
+    compiled = recorded["compile"]
+    if recipe.train.compile != "auto":
+        compiled, reasons["compile"] = resolve_compile(recipe.train.compile, device)
+    elif compiled and not compile_usable()[0]:
+        raise FastltError(f"{where}: the run was compiled and torch.compile is not usable here "
+                          f"({compile_usable()[1]}); resume with --set train.compile=off")
+    else:
+        reasons["compile"] = "recorded at the start of the run"
+    return HardwareChoices(device.type, recorded["precision"], memory_format, compiled, recorded["batch_size"], reasons)
+
+
+def precision_of(choices: HardwareChoices) -> Precision:
+    dtype, scale_loss = PRECISION_TYPES[choices.precision]
+    return Precision(choices.precision, dtype, scale_loss, choices.reasons.get("precision", ""))
+
+
+def build_run_state(recipe: Recipe, data: TrainingData, choices: HardwareChoices, method: ContrastiveMethod) -> RunState:
+    """The method in its memory format, SGD, the loss scaler and the run's two generators."""
+    device = data.generator.device
+    method = method.to(device)
+    method.set_memory_format(choices.memory_format)
     o = recipe.optim
     optimizer = torch.optim.SGD(
         parameter_groups(method, o.weight_decay, o.exclude_bn_bias), lr=o.lr, momentum=o.momentum,
         foreach=device.type == "cuda" or None,
     )
-    scaler = torch.amp.GradScaler(device.type, enabled=scale_loss)
-    return RunState(method, optimizer, scaler, data.generator, torch.Generator(device).manual_seed(seed + 1))
+    scaler = torch.amp.GradScaler(device.type, enabled=PRECISION_TYPES[choices.precision][1])
+    view_generator = torch.Generator(device).manual_seed(recipe.train.seed + 1)
+    return RunState(method, optimizer, scaler, data.generator, view_generator)
 
 
-def pretrain(
-    recipe: Recipe, recipe_path: str = "<recipe>", resume: Path | None = None, until_epoch: int | None = None
-) -> Path:
-    """Train the recipe's method; with ``resume`` (a run folder) continue that run. Returns the run folder.
+def seeded_method(recipe: Recipe, data_size: int, sample_groups: torch.Tensor | None = None) -> ContrastiveMethod:
+    """The recipe's method with the run's seeded initialisation (on the CPU)."""
+    torch.manual_seed(recipe.train.seed)
+    return build_method(recipe, data_size, sample_groups.cpu() if sample_groups is not None else None)
+
+
+def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | None = None) -> Path:
+    """Start a new run of the recipe's method; returns the run folder.
 
     until_epoch stops early after that epoch (the schedule still spans train.epochs), for
-    time-limited jobs: ``resume`` later continues exactly where it stopped.
+    time-limited jobs: ``resume_run`` later continues exactly where it stopped.
     """
     device = resolve_device(recipe.train.device)
-    precision = resolve_precision(recipe.train.precision, device)
     data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed))
-    state = build_run_state(recipe, device, data, precision.scale_loss)
-    if resume is not None:
-        run_dir = resume
-        restore(state, run_dir / CHECKPOINT_NAME)
-        write_json_atomic(run_dir / "config.json", recipe.to_dict())  # overrides such as a longer schedule
-    else:
-        run_dir = new_run_dir(recipe, recipe_path)
-        run_dir.mkdir(parents=True)
-        write_json_atomic(run_dir / "config.json", recipe.to_dict())
-        write_json_atomic(run_dir / "run.json", run_record(device, recipe.train.seed, recipe_path))
-    if resolve_compile(recipe.train.compile, device):
-        state.method.enable_compile()
-
-    scaler = state.scaler
-    context = StepContext(autocast=precision.autocast(device), backward=lambda loss: scaler.scale(loss).backward())
-    last_epoch = min(recipe.train.epochs, until_epoch or recipe.train.epochs)
-    for epoch in range(state.epoch + 1, last_epoch + 1):
-        record = train_one_epoch(state, data.loader, context, recipe, epoch)
-        save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_payload(state, recipe))
-        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
-        if recipe.train.progress:
-            tqdm.write(f"epoch {epoch}: loss {record['loss']:.4f}  {record['images_per_second']:.0f} img/s  "
-                       f"lr {record['lr']:.4g}")
+    method = seeded_method(recipe, data.part_size, data.sample_groups)
+    choices = choose_hardware(recipe, method)
+    state = build_run_state(recipe, data, choices, method)
+    run_dir = new_run_dir(recipe, recipe_path)
+    run_dir.mkdir(parents=True)
+    write_json_atomic(run_dir / "config.json", recipe.to_dict())
+    record = run_record(device, recipe.train.seed, recipe_path)
+    write_json_atomic(run_dir / "run.json", {**record, "hardware": asdict(choices), "data": data.identity,
+                                             "resumes": []})
+    train_epochs(state, data, recipe, choices, run_dir, until_epoch)
     return run_dir
 
 
-def train_one_epoch(
-    state: RunState, loader: NativeLoader, context: StepContext, recipe: Recipe, epoch: int
-) -> dict[str, Any]:
+def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until_epoch: int | None = None) -> Path:
+    """Continue a run from its last checkpoint with the choices it recorded; refuse changes to its history."""
+    checkpoint = run_dir / CHECKPOINT_NAME
+    payload = load_checkpoint(checkpoint)
+    recipe = recipe_with_overrides(json.loads(json.dumps(payload["recipe"])), overrides, str(checkpoint))
+    where = f"{run_dir}"
+    check_recipe_change(payload["recipe"], recipe.to_dict(), payload["epoch"], where)
+    epochs_done = payload["epoch"]
+    if epochs_done >= recipe.train.epochs:
+        say(f"{run_dir}: run already complete (epoch {epochs_done} of {recipe.train.epochs})")
+        return run_dir
+    if until_epoch is not None and until_epoch <= epochs_done:
+        raise FastltError(f"--until-epoch {until_epoch}: {run_dir} has completed {epochs_done} epochs already")
+    device = resume_device(recipe, payload["hardware"], where)
+    data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed))
+    check_same_data(payload["data"], data.identity, f"{where}: data.store {recipe.data.store}")
+    method = seeded_method(recipe, data.part_size, data.sample_groups)
+    choices = recorded_hardware(recipe, payload["hardware"], device, method, where)
+    state = build_run_state(recipe, data, choices, method)
+    restore(state, payload, checkpoint)
+    say(f"{run_dir}: resuming at epoch {epochs_done + 1} of {recipe.train.epochs}")
+    keep_metrics_until(run_dir / "metrics.jsonl", epochs_done)
+    write_json_atomic(run_dir / "config.json", recipe.to_dict())
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    record.setdefault("resumes", []).append({
+        "command": sys.argv, "from_epoch": epochs_done, "epochs": recipe.train.epochs,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": asdict(choices),
+    })
+    write_json_atomic(run_dir / "run.json", record)
+    train_epochs(state, data, recipe, choices, run_dir, until_epoch)
+    return run_dir
+
+
+def keep_metrics_until(path: Path, epoch: int) -> None:
+    """Drop metrics lines of epochs after the checkpoint (they will be run again), atomically."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
+    if len(kept) != len(lines):
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: HardwareChoices, run_dir: Path,
+                 until_epoch: int | None) -> None:
+    """Epochs from the state's next one to train.epochs (or until_epoch), checkpointing as the recipe says."""
+    device = data.generator.device
+    if choices.compile:
+        state.method.enable_compile()
+    scaler = state.scaler
+    context = StepContext(autocast=precision_of(choices).autocast(device),
+                          backward=lambda loss: scaler.scale(loss).backward())
+    last_epoch = min(recipe.train.epochs, until_epoch or recipe.train.epochs)
+    progress = Progress(recipe.train.progress, recipe.train.epochs)
+    for epoch in range(state.epoch + 1, last_epoch + 1):
+        record = train_one_epoch(state, data.loader, context, recipe, epoch, progress)
+        if epoch % recipe.train.checkpoint_every == 0 or epoch == last_epoch:
+            save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_payload(state, recipe, choices, data.identity))
+        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+        progress.end_epoch(record)
+
+
+class NonFiniteLoss:
+    """Remembers on the device the first step of an epoch whose loss is NaN or inf (no host sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        first = (self.first_step < 0) & ~torch.isfinite(loss)
+        self.first_step = torch.where(first, step, self.first_step)
+        self.value = torch.where(first, loss.float(), self.value)
+
+    def check(self, epoch: int, steps: int, last_saved: int) -> None:
+        """Raise (one line) if any step so far had a non-finite loss; reads one device scalar."""
+        step = int(self.first_step)
+        if step >= 0:
+            kept = f"epoch {last_saved}" if last_saved else "none yet"
+            raise FastltError(f"epoch {epoch}, step {step + 1} of {steps}: the loss is {float(self.value)}; "
+                              f"stopped before it reached the BCL memory or a checkpoint (last checkpoint: {kept})")
+
+
+def train_one_epoch(state: RunState, loader: NativeLoader, context: StepContext, recipe: Recipe, epoch: int,
+                    progress: Progress) -> dict[str, Any]:
     """One pass over the loader; returns the epoch's metrics record.
 
-    The loss accumulates on the device and is read every ``train.log_every`` steps for the
-    progress bar and once at the end, so steps do not wait on the host.
+    The loss accumulates on the device and is read every ``train.log_every`` steps and once
+    at the end (with the non-finite check), so steps do not wait on the host.
     """
     method, optimizer, o = state.method, state.optimizer, recipe.optim
-    total_steps = recipe.train.epochs * len(loader)
-    warmup_steps = round(o.warmup_epochs * len(loader))
-    images_per_epoch = len(loader) * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
+    steps = len(loader)
+    total_steps = recipe.train.epochs * steps
+    warmup_steps = round(o.warmup_epochs * steps)
+    images_per_epoch = steps * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
+    checkpoint_epoch = (epoch - 1) // recipe.train.checkpoint_every * recipe.train.checkpoint_every
     method.train()
     method.on_epoch_start(epoch)
-    loss_sum = torch.zeros((), device=state.data_generator.device)
+    device = state.data_generator.device
+    loss_sum = torch.zeros((), device=device)
+    nonfinite = NonFiniteLoss(device)
+    progress.start_epoch(epoch, steps)
     started = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=f"epoch {epoch}/{recipe.train.epochs}", unit="step",
-               disable=not recipe.train.progress, leave=False, dynamic_ncols=True)
     for batch_index, batch in enumerate(loader):
         lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, o.lr, o.final_lr)
         for group in optimizer.param_groups:
@@ -176,20 +326,22 @@ def train_one_epoch(
         state.scaler.step(optimizer)
         state.scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        nonfinite.observe(output.loss, batch_index)
         loss_sum += output.loss
         state.step += 1
-        bar.update(1)
+        progress.step()
         if (batch_index + 1) % recipe.train.log_every == 0:
+            nonfinite.check(epoch, steps, checkpoint_epoch)
             elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{loss_sum.item() / (batch_index + 1):.4f}",
-                            img_s=f"{(batch_index + 1) * recipe.train.batch_size / elapsed:.0f}")
-    bar.close()
+            progress.reading(batch_index + 1, loss_sum.item() / (batch_index + 1),
+                             (batch_index + 1) * recipe.train.batch_size / elapsed)
+    nonfinite.check(epoch, steps, checkpoint_epoch)
     elapsed = time.perf_counter() - started
     state.epoch = epoch
     return {
         "epoch": epoch,
         "step": state.step,
-        "loss": loss_sum.item() / max(len(loader), 1),
+        "loss": loss_sum.item() / max(steps, 1),
         "lr": optimizer.param_groups[0]["lr"],
         "epoch_seconds": round(elapsed, 3),
         "images_per_second": round(images_per_epoch / elapsed, 1),
@@ -197,30 +349,36 @@ def train_one_epoch(
     }
 
 
-def checkpoint_payload(state: RunState, recipe: Recipe) -> dict[str, Any]:
-    """Model, optimiser, scaler, counters and every RNG state, so a resume continues exactly."""
-    rng = {
+def generator_states(state: RunState) -> dict[str, torch.Tensor]:
+    """The RNG states a resume needs: the run's two generators, torch's CPU one and the current CUDA device's."""
+    states = {
         "data": state.data_generator.get_state(),
         "views": state.view_generator.get_state(),
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
     }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
+    if state.data_generator.device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(state.data_generator.device)
+    return states
+
+
+def checkpoint_payload(state: RunState, recipe: Recipe, choices: HardwareChoices,
+                       identity: dict[str, Any]) -> dict[str, Any]:
+    """Model, optimiser, scaler, counters, RNG states, hardware choices and data identity: tensors and plain values."""
     return {
         "recipe": recipe.to_dict(),
+        "hardware": asdict(choices),
+        "data": identity,
         "epoch": state.epoch,
         "step": state.step,
         "model": state.method.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "scaler": state.scaler.state_dict(),
-        "rng": rng,
+        "rng": generator_states(state),
     }
 
 
-def restore(state: RunState, path: Path) -> None:
+def restore(state: RunState, payload: dict[str, Any], path: Path) -> None:
     """Load a checkpoint written by ``checkpoint_payload`` into a freshly built run state."""
-    payload = load_checkpoint(path)
     load_model_state(state.method, payload["model"], path)
     state.optimizer.load_state_dict(payload["optimizer"])
     state.scaler.load_state_dict(payload["scaler"])
@@ -228,24 +386,7 @@ def restore(state: RunState, path: Path) -> None:
     state.data_generator.set_state(rng["data"])
     state.view_generator.set_state(rng["views"])
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
+    if "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], state.data_generator.device)
     state.epoch = payload["epoch"]
     state.step = payload["step"]
-
-
-def load_run_config(run_dir: Path) -> dict[str, Any]:
-    """The resolved recipe a run was started with (its config.json), as a raw dict."""
-    path = run_dir / "config.json"
-    if not path.is_file():
-        raise FastltError(f"{run_dir}: not a fastlt run folder (no config.json)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
-        raise FastltError(f"{path}: unreadable run config ({error})") from None
-    if not isinstance(raw, dict):
-        raise FastltError(f"{path}: run config is not a table")
-    return raw
-
-

@@ -1,4 +1,4 @@
-"""The training loop on the built-in digits store: run folder, logs, precision paths, exact resume."""
+"""The training loop on the built-in digits store: run folder, logs, precision paths, checkpoints, honest resume."""
 import json
 
 import pytest
@@ -7,7 +7,7 @@ import torch
 from fastlt.errors import FastltError
 from fastlt.recipe import Recipe, recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint
-from fastlt.train.trainer import CHECKPOINT_NAME, pretrain
+from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
 
 def tiny_recipe(store, out_dir, **train) -> Recipe:
@@ -17,10 +17,18 @@ def tiny_recipe(store, out_dir, **train) -> Recipe:
             "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
             "optim": {"lr": 0.1, "warmup_epochs": 1},
             "train": {"epochs": 2, "batch_size": 64, "out_dir": str(out_dir), "progress": False,
-                      "precision": "fp32", "log_every": 2, **train},
+                      "precision": "fp32", "device": "cpu", "log_every": 2, **train},
         },
         "test",
     )
+
+
+def losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(value, b[key]) for key, value in a.items())
 
 
 def test_run_folder_records_what_makes_the_run_reproducible(digits_store, tmp_path):
@@ -30,46 +38,146 @@ def test_run_folder_records_what_makes_the_run_reproducible(digits_store, tmp_pa
     assert config["train"]["epochs"] == 2 and config["data"]["store"] == str(digits_store)
     record = json.loads((run / "run.json").read_text())
     assert record["seed"] == 1 and "torch" in record["versions"] and record["device"]["type"] == "cpu"
-    assert record["git_commit"]
+    assert record["git_commit"] and record["resumes"] == []
+    assert record["hardware"]["precision"] == "fp32" and record["hardware"]["reasons"]["precision"] == "set explicitly"
+    assert record["data"]["store"] == "digits" and len(record["data"]["split_sha256"]) == 64
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
     assert all(line["loss"] > 0 and line["images_per_second"] > 0 for line in lines)
     checkpoint = load_checkpoint(run / CHECKPOINT_NAME)
     assert checkpoint["epoch"] == 2 and checkpoint["step"] == lines[-1]["step"]
+    assert checkpoint["hardware"]["device"] == "cpu" and checkpoint["hardware"]["batch_size"] == 64
     with pytest.raises(FastltError, match="exists already"):
         pretrain(tiny_recipe(digits_store, tmp_path, name="a"), "tiny.toml")
 
 
-def test_resume_continues_exactly(digits_store, tmp_path):
+def test_resume_continues_exactly_and_is_recorded(digits_store, tmp_path, capsys):
     full = pretrain(tiny_recipe(digits_store, tmp_path, name="full"))
     half = pretrain(tiny_recipe(digits_store, tmp_path, name="half"), until_epoch=1)
     assert load_checkpoint(half / CHECKPOINT_NAME)["epoch"] == 1
-    pretrain(tiny_recipe(digits_store, tmp_path, name="half"), resume=half)
-    a = load_checkpoint(full / CHECKPOINT_NAME)
-    b = load_checkpoint(half / CHECKPOINT_NAME)
-    assert a["step"] == b["step"]
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    losses = lambda run: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    resume_run(half)
+    assert "resuming at epoch 2 of 2" in capsys.readouterr().err
+    a, b = load_checkpoint(full / CHECKPOINT_NAME), load_checkpoint(half / CHECKPOINT_NAME)
+    assert a["step"] == b["step"] and same_weights(a["model"], b["model"])
+    assert losses(full) == losses(half)
+    (resume,) = json.loads((half / "run.json").read_text())["resumes"]
+    assert resume["from_epoch"] == 1 and resume["epochs"] == 2 and resume["command"]
+    resume_run(half)
+    assert "run already complete (epoch 2 of 2)" in capsys.readouterr().err
+
+
+def test_fp16_run_resumes_with_its_loss_scaler(digits_store, tmp_path):
+    # fp16 with a GradScaler is what CUDA users without bf16 get; on CPU it runs the same code path.
+    full = pretrain(tiny_recipe(digits_store, tmp_path, name="full", precision="fp16"))
+    half = pretrain(tiny_recipe(digits_store, tmp_path, name="half", precision="fp16"), until_epoch=1)
+    scaler = load_checkpoint(half / CHECKPOINT_NAME)["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+    resume_run(half)
+    a, b = load_checkpoint(full / CHECKPOINT_NAME), load_checkpoint(half / CHECKPOINT_NAME)
+    assert a["scaler"] == b["scaler"] and same_weights(a["model"], b["model"])
     assert losses(full) == losses(half)
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_paths_train(digits_store, tmp_path, precision):
-    # fp16 runs with a GradScaler; on CPU this exercises the same code path CUDA users without bf16 get.
-    run = pretrain(tiny_recipe(digits_store, tmp_path, name=precision, precision=precision, epochs=1))
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=0.2", "optim.lr = 0.2 would change a run trained with 0.1"),
+    ("train.batch_size=32", "train.batch_size"),
+    ("method.temperature=0.5", "method.temperature"),
+    ("train.precision=bf16", "train.precision"),
+    ("train.epochs=1", "train.epochs can only be extended"),
+    ("train.seed=3", "train.seed"),
+])
+def test_resume_refuses_to_rewrite_history(digits_store, tmp_path, override, message):
+    run = pretrain(tiny_recipe(digits_store, tmp_path, name="run", epochs=3), until_epoch=2)
+    before = (run / "config.json").read_text(), (run / CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(FastltError, match=message):
+        resume_run(run, [override])
+    assert ((run / "config.json").read_text(), (run / CHECKPOINT_NAME).read_bytes()) == before
+
+
+def test_resume_may_extend_the_schedule_and_change_what_does_not_compute(digits_store, tmp_path, capsys):
+    run = pretrain(tiny_recipe(digits_store, tmp_path, name="run", epochs=1))
+    resume_run(run, ["train.epochs=2", "train.log_every=1", "train.progress=true"])
+    assert "resuming at epoch 2 of 2" in capsys.readouterr().err
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+
+
+def test_resume_refuses_other_data_and_another_device(digits_store, tmp_path):
+    import numpy as np
+
+    run = pretrain(tiny_recipe(digits_store, tmp_path, name="run", epochs=2), until_epoch=1)
+    split = tmp_path / "other.npy"
+    np.save(split, np.arange(200, dtype=np.int64))
+    with pytest.raises(FastltError, match="split indices differ"):
+        resume_run(run, [f"data.split={split}"])
+    payload = torch.load(run / CHECKPOINT_NAME, weights_only=True)
+    payload["hardware"]["device"] = "cuda"
+    torch.save(payload, run / CHECKPOINT_NAME)
+    with pytest.raises(FastltError, match="trained on cuda; resuming on cpu would change"):
+        resume_run(run)
+
+
+def test_checkpoint_every_saves_on_schedule_and_at_the_last_epoch(digits_store, tmp_path, monkeypatch):
+    import fastlt.train.trainer as trainer
+
+    saved = []
+    real_save = trainer.save_checkpoint
+    monkeypatch.setattr(trainer, "save_checkpoint", lambda path, payload: (saved.append(payload["epoch"]),
+                                                                            real_save(path, payload)))
+    pretrain(tiny_recipe(digits_store, tmp_path, name="a", epochs=5, checkpoint_every=2))
+    assert saved == [2, 4, 5]
+    saved.clear()
+    pretrain(tiny_recipe(digits_store, tmp_path, name="b", epochs=5, checkpoint_every=2), until_epoch=3)
+    assert saved == [2, 3]
+
+
+def test_a_non_finite_loss_stops_the_run_before_memory_and_checkpoint(digits_store, tmp_path, monkeypatch):
+    import fastlt.methods.simclr as simclr
+    from fastlt.objectives.infonce import info_nce
+
+    recipe = tiny_recipe(digits_store, tmp_path, name="nan", epochs=3, log_every=50)
+    recipe.method.name = "bcl-i"
+    run = pretrain(recipe, until_epoch=1)
+    memory_after_epoch_1 = load_checkpoint(run / CHECKPOINT_NAME)["model"]["boost.momentum_loss"]
+    calls = []
+
+    def poisoned(z1, z2, temperature):  # the 5th step of epoch 2 gives NaN
+        calls.append(1)
+        loss, per_sample = info_nce(z1, z2, temperature)
+        if len(calls) == 5:
+            return loss * float("nan"), per_sample * float("nan")
+        return loss, per_sample
+
+    observed = []
+    monkeypatch.setattr(simclr, "info_nce", poisoned)
+    import fastlt.methods.boost as boost
+    real_observe = boost.MemorisationBoost.observe
+
+    def observe(self, indices, losses):
+        real_observe(self, indices, losses)
+        observed.append(bool(torch.isfinite(self.momentum_loss).all()))
+
+    monkeypatch.setattr(boost.MemorisationBoost, "observe", observe)
+    with pytest.raises(FastltError, match=r"epoch 2, step 5 of 18: the loss is nan; .*last checkpoint: epoch 1"):
+        resume_run(run)
+    assert observed and all(observed)  # NaN never entered the memory
     checkpoint = load_checkpoint(run / CHECKPOINT_NAME)
-    if precision == "bf16":
-        assert checkpoint["scaler"] == {}  # bf16 needs no loss scaling: the scaler stays disabled
-    else:
-        assert checkpoint["scaler"]["scale"] > 0
+    assert checkpoint["epoch"] == 1 and torch.equal(checkpoint["model"]["boost.momentum_loss"], memory_after_epoch_1)
+    assert len(losses(run)) == 1
+
+
+def test_bf16_path_trains(digits_store, tmp_path):
+    # Tiny shapes: on a CPU without bf16 instructions this path is emulated and about 10x slower.
+    run = pretrain(tiny_recipe(digits_store, tmp_path, name="bf16", precision="bf16", epochs=1))
+    checkpoint = load_checkpoint(run / CHECKPOINT_NAME)
+    assert checkpoint["scaler"] == {}  # bf16 needs no loss scaling: the scaler stays disabled
+    assert checkpoint["hardware"]["precision"] == "bf16"
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
 
 def test_loss_decreases_over_a_short_run(digits_store, tmp_path):
-    run = pretrain(tiny_recipe(digits_store, tmp_path, name="long", epochs=6, precision="bf16"))
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert losses[-1] < losses[0]
+    run = pretrain(tiny_recipe(digits_store, tmp_path, name="long", epochs=6))
+    assert losses(run)[-1] < losses(run)[0]
 
 
 def test_parameter_groups_exclude_bn_and_bias_on_request():

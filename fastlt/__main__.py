@@ -1,0 +1,4 @@
+"""``python -m fastlt`` runs the command line (as torchrun's ``-m fastlt`` will)."""
+from fastlt.cli import main
+
+main()

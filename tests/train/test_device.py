@@ -1,0 +1,95 @@
+"""Hardware choices by capability: bf16 only where it is native, no channels_last where oneDNN's AVX2 kernel hangs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastlt.notices
+import fastlt.train.device as device_module
+from fastlt.errors import FastltError
+from fastlt.models.resnet import build_resnet
+from fastlt.train.device import CpuFeatures, resolve_memory_format, resolve_precision
+
+CPU = torch.device("cpu")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def features(aten="AVX512", avx512_bf16=False, amx_bf16=False, onednn_max_isa="", x86=True) -> CpuFeatures:
+    return CpuFeatures("test CPU", x86, aten, avx512_bf16, amx_bf16, onednn_max_isa)
+
+
+@pytest.fixture
+def cpu_is(monkeypatch):
+    """Make the resolvers see a given CPU."""
+    def set_cpu(**kwargs):
+        monkeypatch.setattr(device_module, "cpu_features", lambda: features(**kwargs))
+    monkeypatch.setattr(fastlt.notices, "_said", set())
+    return set_cpu
+
+
+@pytest.mark.parametrize("cpu, expected", [
+    (dict(aten="AVX512", avx512_bf16=True), "bf16"),
+    (dict(aten="AVX512", amx_bf16=True), "bf16"),
+    (dict(aten="AVX512"), "fp32"),  # AVX-512 without BF16: emulated
+    (dict(aten="AVX2"), "fp32"),
+    (dict(aten="AVX512", avx512_bf16=True, onednn_max_isa="AVX2"), "fp32"),  # oneDNN capped below bf16
+    (dict(aten="AVX512", avx512_bf16=True, onednn_max_isa="AVX512_CORE_BF16"), "bf16"),
+])
+def test_auto_precision_on_cpu_follows_native_bf16(cpu_is, cpu, expected):
+    cpu_is(**cpu)
+    precision = resolve_precision("auto", CPU)
+    assert precision.name == expected and precision.reason.startswith("auto: ")
+    assert (precision.dtype is torch.bfloat16) == (expected == "bf16") and not precision.scale_loss
+
+
+def test_explicit_bf16_on_an_emulating_cpu_works_and_warns_once(cpu_is, capsys):
+    cpu_is(aten="AVX2")
+    for _ in range(3):
+        assert resolve_precision("bf16", CPU).dtype is torch.bfloat16
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "emulated" in warnings[0]
+    with pytest.raises(FastltError, match="unknown precision 'bf17'"):
+        resolve_precision("bf17", CPU)
+
+
+def test_channels_last_is_avoided_only_where_onednn_avx2_would_hang(cpu_is):
+    narrow, wide = build_resnet("resnet18", width=4), build_resnet("resnet18", width=8)
+    cpu_is(aten="AVX2")
+    name, why = resolve_memory_format("auto", CPU, narrow)
+    assert name == "contiguous" and "layer2.0.shortcut.0" in why and "4 input channels" in why
+    assert resolve_memory_format("auto", CPU, wide)[0] == "channels_last"
+    with pytest.raises(FastltError, match="channels_last is unsafe on this CPU"):
+        resolve_memory_format("channels_last", CPU, narrow)
+    assert resolve_memory_format("contiguous", CPU, wide) == ("contiguous", "set explicitly")
+    cpu_is(aten="AVX512", onednn_max_isa="AVX2")
+    assert resolve_memory_format("auto", CPU, narrow)[0] == "contiguous"
+    cpu_is(aten="AVX512")
+    assert resolve_memory_format("auto", CPU, narrow)[0] == "channels_last"
+
+
+def test_a_narrow_model_trains_on_an_avx2_cpu(digits_store, tmp_path):
+    """End to end with oneDNN limited to AVX2 (what an AVX2-only CPU runs): with channels_last this
+    backward hangs for minutes or corrupts memory; auto must pick contiguous and fp32 and finish."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    command = [sys.executable, "-m", "fastlt", "pretrain", "digits_lt/simclr", "--device", "cpu",
+               "--set", f"data.store={digits_store}", "--set", f"train.out_dir={tmp_path}",
+               "--set", "train.name=avx2", "--set", "train.epochs=1", "--set", "train.batch_size=128",
+               "--set", "model.width=4", "--set", "train.progress=false"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    hardware = json.loads((tmp_path / "avx2" / "run.json").read_text())["hardware"]
+    assert hardware["precision"] == "fp32" and hardware["memory_format"] == "contiguous", hardware
+
+
+def test_info_says_what_auto_picks_and_why():
+    result = subprocess.run([sys.executable, "-m", "fastlt", "info"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"})
+    report = json.loads(result.stdout)
+    cpu = report["auto"]["cpu"]
+    assert cpu["precision"] == "fp32" and "bf16" in cpu["precision_reason"]
+    assert cpu["compile"] is False and report["cpu"]["onednn_max_isa"] == "AVX2"
+    assert "contiguous" in cpu["memory_format"]
