@@ -1,15 +1,27 @@
-"""The command line end to end on tiny data, and its one-line errors for bad input."""
+"""The command line end to end on tiny data, its progress output, and one-line errors for every bad input."""
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from fastlt.cli import main
+from fastlt.data.sources import read_cifar
+from fastlt.data.store import StorePart, write_native_store
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS_RECIPE = ROOT / "pipelines" / "digits_lt" / "simclr.toml"
+TINY = ["--device", "cpu", "--set", "model.width=4", "--set", "model.projector_hidden=32",
+        "--set", "model.projector_out=16", "--set", "train.batch_size=64", "--set", "train.progress=false",
+        "--set", "train.precision=fp32", "--set", "optim.warmup_epochs=1"]
 
 
-def run(*args: str, ok: bool = True):
+def run(*args, ok: bool = True):
     result = CliRunner().invoke(main, [str(a) for a in args])
     if ok:
         assert result.exit_code == 0, result.output + repr(result.exception)
@@ -17,28 +29,45 @@ def run(*args: str, ok: bool = True):
 
 
 def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert result.exit_code in (1, 2), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 
 
-TINY = ["--set", "model.width=4", "--set", "model.projector_hidden=32", "--set", "model.projector_out=16",
-        "--set", "train.batch_size=64", "--set", "train.progress=false", "--set", "train.precision=fp32",
-        "--set", "optim.warmup_epochs=1"]
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, digits_store) -> Path:
     out = tmp_path_factory.mktemp("runs")
-    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "digits_lt" / "simclr.toml"
-    result = run("pretrain", recipe, "--set", f"data.store={digits_store}", "--set", f"train.out_dir={out}",
+    result = run("pretrain", DIGITS_RECIPE, "--set", f"data.store={digits_store}", "--set", f"train.out_dir={out}",
                  "--set", "train.epochs=1", "--set", "train.name=tiny", *TINY)
-    run_dir = Path(result.output.strip().splitlines()[-1])
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert run_dir == out / "tiny"
     return run_dir
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, digits_store, cifar10_tarball, cifar100_tarball, cifar_train_labels) -> dict[str, Path]:
+    """digits, tiny CIFAR-10 / CIFAR-100 stores, and a CIFAR-100 store with the true labels (1x1 images)."""
+    folder = tmp_path_factory.mktemp("cli_stores")
+    made = {"digits": digits_store}
+    for name, tarball in (("cifar10", cifar10_tarball), ("cifar100", cifar100_tarball)):
+        parts, class_names = read_cifar(tarball, name)
+        made[name] = write_native_store(folder / name, name, class_names, parts, {"dataset": name})
+    labels = np.load(cifar_train_labels)["c100"].astype(np.int64)
+    made["c100_labels"] = write_native_store(folder / "c100_labels", "cifar100", [str(c) for c in range(100)],
+                                             {"train": StorePart(np.zeros((len(labels), 1, 1, 3), np.uint8), labels)},
+                                             {"dataset": "labels only"})
+    # A val list that leaves class 0 only 30 images: the val list is drawn, then the eval list fails.
+    starved = np.concatenate([np.flatnonzero(labels == c)[: 470 if c == 0 else 50] for c in range(100)])
+    np.save(folder / "starving_val.npy", starved)
+    made["starving_val"] = folder / "starving_val.npy"
+    return made
 
 
 def test_convert_cifar_and_digits(tmp_path, cifar10_tarball):
@@ -56,8 +85,6 @@ def test_convert_corrupt_tarball_leaves_nothing(tmp_path):
     assert_one_line_error(result, str(bad))
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == [bad.name]
-    assert_one_line_error(run("convert", "cifar10", "--source", tmp_path / "missing.tar.gz", "--out",
-                              tmp_path / "out", ok=False), "missing.tar.gz")
 
 
 def test_splits_digits(tmp_path, digits_store):
@@ -68,30 +95,31 @@ def test_splits_digits(tmp_path, digits_store):
     assert len(np.load(tmp_path / "lt.npy")) == sum(counts)
 
 
-def test_pretrain_recipe_errors_create_no_run(tmp_path, digits_store):
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(f'[data]\nstore = "{digits_store}"\n[optim]\nlrr = 0.1\n[train]\nout_dir = "{tmp_path / "runs"}"\n')
-    assert_one_line_error(run("pretrain", recipe, ok=False), str(recipe), "optim.lrr")
-    recipe.write_text(f'[data]\nstore = "{digits_store}"\n[train]\nepochs = "ten"\nout_dir = "{tmp_path / "runs"}"\n')
-    assert_one_line_error(run("pretrain", recipe, ok=False), "train.epochs")
-    recipe.write_text(f'[data]\nstore = "{digits_store}"\n[train]\nout_dir = "{tmp_path / "runs"}"\n')
-    assert_one_line_error(run("pretrain", recipe, "--set", "method.name=byol", ok=False), "method.name")
-    assert not (tmp_path / "runs").exists()
+def test_pretrain_reports_progress_as_plain_lines_when_not_a_terminal(tmp_path, digits_store):
+    result = run("pretrain", "digits_lt/simclr", "--set", f"data.store={digits_store}",
+                 "--set", f"train.out_dir={tmp_path}", "--set", "train.epochs=2", *TINY,
+                 "--set", "train.progress=true", "--set", "train.log_every=5")
+    assert "\r" not in result.stderr
+    epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert any(line.startswith("epoch 1/2 step 5/7: loss ") for line in epochs)
+    summaries = [line for line in epochs if " step " not in line]
+    assert len(summaries) == 2 and all("img/s" in line and "loss" in line for line in summaries)
+    assert result.stdout.strip().splitlines() == [str(tmp_path / Path(result.stdout.strip()).name)]
 
 
-@pytest.mark.parametrize("indices, problem", [([0, 1, 1], "more than once"), ([0, 5_000_000], "outside [0, 1198)")])
-def test_pretrain_bad_split_file(tmp_path, digits_store, indices, problem):
-    split = tmp_path / "bad.npy"
-    np.save(split, np.array(indices, dtype=np.int64))
-    result = run("pretrain", Path(__file__).resolve().parents[1] / "pipelines" / "digits_lt" / "simclr.toml",
-                 "--set", f"data.store={digits_store}", "--split", split,
-                 "--set", f"train.out_dir={tmp_path / 'runs'}", ok=False)
-    assert_one_line_error(result, str(split), problem)
-    assert not (tmp_path / "runs").exists()
+def test_a_shipped_recipe_runs_by_name_from_any_folder(tmp_path, digits_store, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the recipe's split path is relative to the recipe, not to here
+    result = run("pretrain", "digits_lt/simclr", "--set", f"data.store={digits_store}",
+                 "--set", "train.out_dir=runs", "--set", "train.epochs=1", *TINY)
+    run_dir = Path(result.stdout.strip())
+    config = json.loads((tmp_path / run_dir / "config.json").read_text())
+    assert Path(config["data"]["split"]) == ROOT / "splits" / "digits_lt" / "ratio10_seed1.npy"
+    assert run_dir.parent == Path("runs")  # out_dir stays relative to the current folder
 
 
 def test_linear_eval_writes_report_with_groups_and_random_baseline(tiny_run, tmp_path):
-    result = run("linear-eval", tiny_run, "--epochs", "3", "--knn", "1", "--random-init", "--out", tmp_path / "eval")
+    result = run("linear-eval", tiny_run, "--epochs", "3", "--knn", "1", "--random-init", "--device", "cpu",
+                 "--out", tmp_path / "eval")
     assert "| linear |" in result.output and "| random-init linear |" in result.output
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert set(report["reports"]) == {"linear", "knn@1", "random-init linear", "random-init knn@1"}
@@ -103,53 +131,125 @@ def test_linear_eval_writes_report_with_groups_and_random_baseline(tiny_run, tmp
 
 
 def test_linear_eval_of_a_self_damaging_run(tmp_path, digits_store):
-    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "digits_lt" / "bcl-d.toml"
+    recipe = ROOT / "pipelines" / "digits_lt" / "bcl-d.toml"
     result = run("pretrain", recipe, "--set", f"data.store={digits_store}", "--set", f"train.out_dir={tmp_path}",
                  "--set", "train.epochs=1", "--set", "train.name=bcl-d", *TINY)
-    run_dir = Path(result.output.strip().splitlines()[-1])
-    evaluation = run("linear-eval", run_dir, "--epochs", "2", "--knn", "")
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    evaluation = run("linear-eval", run_dir, "--epochs", "2", "--knn", "", "--device", "cpu")
     assert "| linear |" in evaluation.output and (run_dir / "eval" / "eval.json").is_file()
 
 
 def test_linear_eval_refuses_other_architectures_and_non_checkpoints(tiny_run, tmp_path):
-    import torch
-
-    checkpoint = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=False)
+    checkpoint = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
     checkpoint["recipe"]["model"]["width"] = 8  # the weights are for width 4
     other = tmp_path / "other.pt"
     torch.save(checkpoint, other)
-    assert_one_line_error(run("linear-eval", other, ok=False), str(other), "different model")
+    assert_one_line_error(run("linear-eval", other, "--device", "cpu", ok=False), str(other), "different model")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert_one_line_error(run("linear-eval", junk, ok=False), str(junk), "not a readable checkpoint")
     assert_one_line_error(run("linear-eval", tmp_path / "nothing", ok=False), "not found")
 
 
-def test_resume_with_a_different_architecture_is_refused(tiny_run):
-    result = run("pretrain", "--resume", tiny_run, "--set", "model.width=8", "--set", "train.epochs=2", ok=False)
-    assert_one_line_error(result, "last.pt", "different model")
+def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path, digits_store):
+    def fastlt(*args):
+        command = [sys.executable, "-m", "fastlt", *map(str, args)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    common = ["--set", f"data.store={digits_store}", "--set", f"train.out_dir={tmp_path}", "--set", "train.epochs=2",
+              *TINY]
+    fastlt("pretrain", "digits_lt/bcl-i", *common, "--set", "train.name=full")
+    fastlt("pretrain", "digits_lt/bcl-i", *common, "--set", "train.name=half", "--until-epoch", "1")
+    resumed = fastlt("pretrain", "--resume", tmp_path / "half")
+    assert "resuming at epoch 2 of 2" in resumed.stderr and resumed.stdout.strip() == str(tmp_path / "half")
+    full, half = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True) for name in ("full", "half"))
+    assert full["step"] == half["step"] == 14  # 7 steps an epoch on digits-LT
+    assert all(torch.equal(value, half["model"][key]) for key, value in full["model"].items())
+    assert fastlt("pretrain", "--resume", tmp_path / "half").stderr.strip().endswith("run already complete (epoch 2 of 2)")
 
 
-def test_info_reports_backends():
+def test_info_reports_the_automatic_choices():
     report = json.loads(run("info").output)
-    assert {"versions", "devices", "compile", "dali", "ffcv", "bf16"} <= set(report)
-    assert report["devices"][0] == "cpu"
+    assert {"versions", "devices", "cpu", "auto", "installed_extras"} <= set(report)
+    assert report["devices"][0] == "cpu" and report["auto"]["cpu"]["precision"] in ("bf16", "fp32")
 
 
-def test_splits_cifar_from_a_store_reproduces_the_shipped_files(tmp_path, reference_splits, cifar_train_labels):
-    from fastlt.data.store import StorePart, write_native_store
-
+def test_splits_cifar_from_a_store_reproduces_the_shipped_files(tmp_path, reference_splits, stores):
     # The true CIFAR-100 train labels with 1x1 images stand in for the converted data set:
     # split generation reads only the labels.
-    labels = np.load(cifar_train_labels)["c100"].astype(np.int64)
-    images = np.zeros((len(labels), 1, 1, 3), dtype=np.uint8)
-    store = write_native_store(tmp_path / "c100", "cifar100", [str(c) for c in range(100)],
-                               {"train": StorePart(images, labels)}, {"dataset": "labels only"})
-    run("splits", "cifar", "cifar100", "--store", store, "--out", tmp_path / "splits", "--split-ids", "1")
-    shipped = Path(__file__).resolve().parents[1] / "splits" / "cifar100_lt"
+    run("splits", "cifar", "cifar100", "--store", stores["c100_labels"], "--out", tmp_path / "splits", "--split-ids", "1")
+    shipped = ROOT / "splits" / "cifar100_lt"
     for name in ("split1_D_i.npy", "split1_D_b.npy", "split1_S_b.npy", "train_idx.npy", "val_idx.npy"):
         assert (tmp_path / "splits" / name).read_bytes() == (shipped / name).read_bytes(), name
     published_val = reference_splits / "sdclr" / "cifar100" / "cifar100_valIdxList.npy"
-    run("splits", "cifar", "cifar100", "--store", store, "--out", tmp_path / "sdclr_pool", "--split-ids", "1",
-        "--val-list", published_val)
+    run("splits", "cifar", "cifar100", "--store", stores["c100_labels"], "--out", tmp_path / "sdclr_pool",
+        "--split-ids", "1", "--val-list", published_val)
     assert np.array_equal(np.load(tmp_path / "sdclr_pool" / "val_idx.npy"), np.load(published_val))
+
+
+PRETRAIN = "pretrain {recipe}"
+BAD_INPUTS = [
+    # splits
+    ("splits cifar cifar100 --store {c100_labels} --out {out} --split-ids a", "Invalid value for '--split-ids'"),
+    ("splits cifar cifar100 --store {c100_labels} --out {out} --split-ids 0", "Invalid value for '--split-ids'"),
+    ("splits cifar cifar100 --store {c100_labels} --out {out} --val-list {starving_val}", "class 0 has 30 samples"),
+    ("splits cifar cifar10 --store {cifar100} --out {out}", "a store of 'cifar100', not of 'cifar10'"),
+    ("splits digits --store {cifar10} --out {out}/lt.npy", "a store of 'cifar10', not of 'digits'"),
+    ("splits digits --store {digits} --out {out}/lt.npy --ratio 0.5", "Invalid value for '--ratio'"),
+    # pretrain: recipe values, checked before anything is written
+    (PRETRAIN + " --set train.log_every=0", "--set train.log_every=0: train.log_every: must be >= 1, got 0"),
+    (PRETRAIN + " --set train.epochs=0", "train.epochs: must be >= 1"),
+    (PRETRAIN + " --set optim.lr=-0.1", "optim.lr: must be > 0"),
+    (PRETRAIN + " --set optim.final_lr=1.0", "optim.final_lr: must not exceed optim.lr"),
+    (PRETRAIN + " --set method.temperature=0", "method.temperature: must be > 0"),
+    (PRETRAIN + " --set method.pruning_ratio=1.0", "method.pruning_ratio: must be in [0, 1)"),
+    (PRETRAIN + " --set train.batch_size=1", "train.batch_size: must be >= 2"),
+    (PRETRAIN + " --set train.checkpoint_every=0", "train.checkpoint_every: must be >= 1"),
+    (PRETRAIN + " --set train.precision=bf17", "train.precision: must be one of auto, bf16, fp16, fp32"),
+    (PRETRAIN + " --set train.memory_format=nhwc", "train.memory_format: must be one of"),
+    (PRETRAIN + " --set train.device=tpu", "train.device"),
+    (PRETRAIN + " --set eval.knn=[0]", "eval.knn: must be a list of integers >= 1"),
+    (PRETRAIN + " --set views.scale=[0.5,0.1]", "views.scale"),
+    (PRETRAIN + " --set train.epochs=ten", "--set train.epochs=ten: train.epochs: expected int"),
+    (PRETRAIN + " --set trainepochs=3", "expected section.key=value"),
+    (PRETRAIN + " --set method.name=byol", "method.name: unknown method 'byol'"),
+    (PRETRAIN + " --until-epoch 0", "Invalid value for '--until-epoch'"),
+    (PRETRAIN + " --split {out}/missing.npy", "no such split file"),
+    (PRETRAIN + " --resume {run}", "give a RECIPE or --resume RUN_DIR, not both"),
+    ("pretrain nope/nothing", "no such recipe file or shipped recipe"),
+    ("pretrain {out}/nothing.toml", "recipe file not found"),
+    # resume
+    ("pretrain --resume {out}/no-run", "checkpoint not found"),
+    ("pretrain --resume {run} --set optim.lr=0.3", "optim.lr = 0.3 would change a run trained with 0.1"),
+    ("pretrain --resume {run} --set model.width=8", "model.width = 8 would change"),
+    ("pretrain --resume {run} --set train.epochs=3 --until-epoch 1", "has completed 1 epochs already"),
+    # linear-eval
+    ("linear-eval {run} --knn a", "Invalid value for '--knn'"),
+    ("linear-eval {run} --knn 0", "Invalid value for '--knn'"),
+    ("linear-eval {run} --knn 5000 --device cpu", "knn k = 5000: larger than the 1198 samples"),
+    ("linear-eval {run} --epochs 0", "Invalid value for '--epochs'"),
+    ("linear-eval {run} --store {cifar10}", "the data set differ from what the run trained on ('digits' then"),
+    ("linear-eval {run} --precision bf17", "--precision: unknown precision 'bf17'"),
+    ("linear-eval {run} --device tpu", "--device: unknown device 'tpu'"),
+    ("linear-eval {run} --probe-split {out}/missing.npy --device cpu", "no such split file"),
+    # convert
+    ("convert cifar10 --source {out}/x.tar.gz --download --out {out}/c10", "exactly one of --source PATH or --download"),
+    ("convert cifar10 --source {out}/missing.tar.gz --out {out}/c10", "missing.tar.gz"),
+    ("convert digits --source {out}/x --out {out}/d", "--source/--download do not apply"),
+]
+
+
+@pytest.mark.parametrize("command, fragment", BAD_INPUTS, ids=[row[0].replace(" ", "_")[:60] for row in BAD_INPUTS])
+def test_bad_input_is_one_line_and_writes_nothing(command, fragment, tmp_path, tiny_run, stores, digits_store):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text(f'extends = "{DIGITS_RECIPE}"\n[data]\nstore = "{digits_store}"\n'
+                      f'[train]\nout_dir = "{tmp_path / "out"}"\nepochs = 1\ndevice = "cpu"\n[optim]\nlr = 0.1\n')
+    names = {**{name: str(path) for name, path in stores.items()}, "run": str(tiny_run), "recipe": str(recipe),
+             "out": str(tmp_path / "out")}
+    before = snapshot(tiny_run)
+    result = run(*[word.format(**names) for word in command.split()], ok=False)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "out").exists()
+    assert snapshot(tiny_run) == before

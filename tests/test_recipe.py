@@ -45,13 +45,19 @@ def test_values_and_overrides(tmp_path):
         ("[train\n", [], "not valid TOML"),
         ("", ["train.epochs"], "expected section.key=value"),
         ("", ["train.nope=1"], "train.nope: unknown key"),
+        ("", ["train.epochs=0"], "train.epochs"),
     ],
 )
-def test_errors_name_file_and_key(tmp_path, text, overrides, message):
+def test_errors_name_file_or_option_and_key(tmp_path, text, overrides, message):
+    """A mistake in the file names the file; a bad --set value names the option, not the file."""
     path = write(tmp_path, text)
     with pytest.raises(FastltError, match=message) as error:
         load_recipe(path, overrides)
-    if not message.startswith("expected section"):
+    if overrides:
+        assert str(path) not in str(error.value)
+        if "=" in overrides[0]:
+            assert str(error.value).startswith(f"--set {overrides[0]}: ")
+    else:
         assert str(path) in str(error.value)
     assert "\n" not in str(error.value)
 
