@@ -10,7 +10,11 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["fastlt", "fastlt.*"]),
+    # The recipes and split files ship inside the package (fastlt/pipelines, fastlt/splits), so
+    # `fastlt pretrain cifar100_lt/bcl-d` works from an installed wheel; a checkout reads them in place.
+    packages=find_packages(include=["fastlt", "fastlt.*"]) + ["fastlt.pipelines", "fastlt.splits"],
+    package_dir={"fastlt.pipelines": "pipelines", "fastlt.splits": "splits"},
+    package_data={"fastlt.pipelines": ["**/*.toml"], "fastlt.splits": ["**/*"]},
     install_requires=[
         "torch==2.14.1",
         "torchvision==0.29.1",

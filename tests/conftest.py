@@ -14,9 +14,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fastlt.data.sources import make_coloured_digits
 from fastlt.data.store import write_native_store
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cuda: needs a CUDA device; every other test is pinned to the CPU")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """CUDA tests are reported as skipped (with the reason) on machines without a GPU."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is false on this machine")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
 
 
 def _cifar_rows(images: np.ndarray) -> np.ndarray:

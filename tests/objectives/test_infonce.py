@@ -55,3 +55,16 @@ def test_gradient_flows_and_bf16_inputs_give_float32_loss():
     assert loss.dtype == torch.float32 and per_sample.shape == (4,)
     loss.backward()
     assert z1.grad is not None and z1.grad.abs().sum() > 0
+
+
+def test_bf16_autocast_leaves_per_sample_losses_at_fp32_precision():
+    """Under bf16 autocast the logits must not be rounded to bf16 (about 0.004 / tau each)."""
+    generator = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(64, 32, generator=generator), torch.randn(64, 32, generator=generator)
+    _, expected = info_nce(z1, z2, 0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, per_sample = info_nce(z1, z2, 0.1)
+        rounded = torch.cat([z1, z2]) @ torch.cat([z1, z2]).T  # what autocast does to an unguarded matmul
+    assert rounded.dtype == torch.bfloat16  # the guard is needed: autocast is really on here
+    assert per_sample.dtype == torch.float32
+    torch.testing.assert_close(per_sample, expected, rtol=0, atol=1e-5)
