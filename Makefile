@@ -21,7 +21,7 @@ test: $(STAMP)
 # convert digits -> SimCLR on digits-LT -> linear probe + kNN vs a random-init backbone.
 demo: $(STAMP)
 	$(BIN)/fastlt convert digits --out $(DEMO)/digits --overwrite
-	run=$$($(BIN)/fastlt pretrain pipelines/digits_lt/simclr.toml \
+	run=$$($(BIN)/fastlt pretrain digits_lt/simclr \
 	      --set data.store=$(DEMO)/digits --set train.out_dir=$(DEMO)/runs | tail -n 1) && \
 	$(BIN)/fastlt linear-eval $$run --random-init
 

@@ -9,6 +9,7 @@ setup(
     description="Fast, faithful contrastive self-supervised learning on long-tailed image data",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
+    license="MIT",
     python_requires=">=3.11",
     # The recipes and split files ship inside the package (fastlt/pipelines, fastlt/splits), so
     # `fastlt pretrain cifar100_lt/bcl-d` works from an installed wheel; a checkout reads them in place.

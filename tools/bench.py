@@ -1,7 +1,7 @@
 """Measure where a training step's time goes, and what batched device-side views buy.
 
     python tools/bench.py [--recipe pipelines/cifar100_lt/simclr.toml] [--batch 256] [--steps 5]
-                          [--device auto] [--out bench.json]
+                          [--device auto] [--set train.precision=fp32 ...] [--out bench.json]
 
 Two measurements, each on synthetic uint8 CIFAR-sized images (no data set needed):
 1. views: fastlt's SimCLRViews on a whole batch vs the per-image torchvision.transforms.v2
@@ -14,6 +14,7 @@ It prints JSON with the machine it ran on; numbers from another machine are not 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import json
 import platform
@@ -28,7 +29,7 @@ from fastlt.data.loader import Batch
 from fastlt.methods import build_method
 from fastlt.methods.base import StepContext
 from fastlt.recipe import load_recipe
-from fastlt.train.device import resolve_device, resolve_precision
+from fastlt.train.device import cpu_features, resolve_device, resolve_memory_format, resolve_precision
 from fastlt.train.runinfo import device_description, package_versions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,10 +81,13 @@ def bench_views(images: torch.Tensor, device: torch.device, repeats: int) -> dic
     }
 
 
-def bench_step(recipe_path: Path, images: torch.Tensor, device: torch.device, repeats: int) -> dict:
-    recipe = load_recipe(recipe_path, [f"train.batch_size={len(images)}"])
+def bench_step(recipe_path: Path, overrides: list[str], images: torch.Tensor, device: torch.device,
+               repeats: int) -> dict:
+    recipe = load_recipe(recipe_path, [f"train.batch_size={len(images)}", *overrides])
     precision = resolve_precision(recipe.train.precision, device)
-    method = build_method(recipe, num_samples=len(images)).to(device, memory_format=torch.channels_last)
+    method = build_method(recipe, num_samples=len(images)).to(device)
+    memory_format, memory_format_reason = resolve_memory_format(recipe.train.memory_format, device, method)
+    method.set_memory_format(memory_format)
     method.on_epoch_start(1)
     optimizer = torch.optim.SGD(method.parameters(), lr=0.01, momentum=0.9)
     generator = torch.Generator(device).manual_seed(0)
@@ -95,6 +99,9 @@ def bench_step(recipe_path: Path, images: torch.Tensor, device: torch.device, re
         "recipe": str(recipe_path.relative_to(REPO) if recipe_path.is_relative_to(REPO) else recipe_path),
         "method": recipe.method.name,
         "precision": precision.name,
+        "precision_reason": precision.reason,
+        "memory_format": memory_format,
+        "memory_format_reason": memory_format_reason,
         "batch": len(images),
         "seconds": {
             "views": round(timed(device, lambda: method.make_views(batch, generator), repeats), 4),
@@ -110,6 +117,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="timed repeats (best of)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="recipe override, e.g. train.precision=fp32 or model.width=16")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -118,10 +127,11 @@ def main() -> None:
     with contextlib.suppress(AttributeError):
         torch.backends.cudnn.benchmark = True
     result = {
-        "machine": {**device_description(device), "platform": platform.platform(), "cpus": torch.get_num_threads()},
+        "machine": {**device_description(device), "platform": platform.platform(), "cpus": torch.get_num_threads(),
+                    "cpu": dataclasses.asdict(cpu_features())},
         "versions": package_versions(),
         "views": bench_views(images, device, args.steps),
-        "step": bench_step(args.recipe, images, device, args.steps),
+        "step": bench_step(args.recipe, args.set, images, device, args.steps),
     }
     text = json.dumps(result, indent=2)
     print(text)

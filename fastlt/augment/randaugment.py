@@ -1,4 +1,4 @@
-"""BCL's memorisation-boosted RandAugment, batched on the device (REFERENCE.md section 3).
+"""BCL's memorisation-boosted RandAugment, batched on the device (docs/bcl.md).
 
 Each sample of a batch gets ``num_ops`` stages; in each stage it draws one of the 15
 ops below (uniformly, with replacement), the op fires with the sample's probability

@@ -40,7 +40,7 @@ def _check_probability(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """Settings of one SimCLR view pipeline; defaults are the CIFAR views of REFERENCE.md section 1.
+    """Settings of one SimCLR view pipeline; defaults are the CIFAR views of docs/simclr.md.
 
     jitter = (brightness, contrast, saturation, hue) strengths as in torchvision's ColorJitter:
     factors U[max(0, 1 - s), 1 + s] for the first three, hue shift U[-h, h].

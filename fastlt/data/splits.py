@@ -5,7 +5,7 @@ the 50,000 images in python-pickle order), grouped by class id with a random ord
 each class block, and a ``.json`` manifest of the same stem that says how it was made.
 This is the format of the published SDCLR/BCL files, so those load unchanged.
 
-CIFAR-LT rules (SDCLR, REFERENCE.md section 0): a held-out val list (500/class CIFAR-10,
+CIFAR-LT rules (SDCLR, docs/splits.md): a held-out val list (500/class CIFAR-10,
 50/class CIFAR-100) is never sampled; the rest is the pool. Per split, the classes get a
 random rank, rank r keeps ``floor(n_max * ratio**(-r/(C-1)))`` images; each class's pool is
 shuffled once and D_i (long-tailed), D_b (balanced, same total) and S_b (few-shot) are

@@ -1,6 +1,6 @@
 """k-nearest-neighbour classification of frozen features by cosine similarity.
 
-A parameter-free check of the representation (REFERENCE.md section 4 reports kNN@1 and
+A parameter-free check of the representation (docs/evaluation.md reports kNN@1 and
 kNN@10): it needs no training, so it also shows whether a linear probe's result comes
 from the features or from the probe.
 """

@@ -1,6 +1,6 @@
 """Linear classifiers on frozen features: the BCL probe (Adam, exponential decay) and LinearSVC.
 
-The probe follows REFERENCE.md section 8 (BCL): nn.Linear(D, C) with bias, Adam with
+The probe follows docs/evaluation.md (BCL): nn.Linear(D, C) with bias, Adam with
 lr 1e-2 decayed exponentially per epoch to 1e-6 over 500 epochs, weight decay 5e-6
 (Adam's coupled L2), batches of 1000 in a fresh shuffled order every epoch, features
 used as they are. The feature matrix stays resident on its device and every batch is

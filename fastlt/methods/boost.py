@@ -4,7 +4,7 @@ A sample the network has memorised has a low loss; BCL augments the samples whos
 momentum loss is high (typically tail classes) more strongly. The memory lives on
 the device, indexed by the store's sample index, and is updated every step without a
 host sync; at the end of an epoch it becomes weights in [0, 1] used for the whole
-next epoch (REFERENCE.md section 3).
+next epoch (docs/bcl.md).
 """
 from __future__ import annotations
 

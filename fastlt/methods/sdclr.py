@@ -1,4 +1,4 @@
-"""SDCLR: contrast a dense encoder with its own magnitude-pruned twin (REFERENCE.md section 2)."""
+"""SDCLR: contrast a dense encoder with its own magnitude-pruned twin (docs/sdclr.md)."""
 from __future__ import annotations
 
 import torch

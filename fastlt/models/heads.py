@@ -19,7 +19,7 @@ def projector(
 ) -> nn.Sequential:
     """SimCLR projector: (Linear BN ReLU) x (num_layers - 1), then Linear (no bias) BN, no final ReLU.
 
-    num_layers=2 is REFERENCE.md section 1 (and BCL's head); num_layers=3 is SDCLR's own head.
+    num_layers=2 is docs/simclr.md (and BCL's head); num_layers=3 is SDCLR's own head.
     The last linear has no bias because the batch norm after it would cancel it.
     """
     if num_layers < 1:

@@ -1,7 +1,7 @@
 """ResNets with a CIFAR or ImageNet stem and the input normalisation inside the model.
 
 The data pipeline ends at float images in [0, 1]; the model's first layer normalises
-with the ImageNet mean and std (REFERENCE.md section 1, also for CIFAR), so a
+with the ImageNet mean and std (docs/simclr.md, also for CIFAR), so a
 checkpoint carries everything needed to turn raw pixels into features.
 
 Convolution and normalisation layers come from factories, so the self-damaging

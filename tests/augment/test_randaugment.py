@@ -23,7 +23,7 @@ HEIGHT, WIDTH = 12, 16  # not square, so a mix-up of height and width shows
 GREY = (125, 123, 114)
 GREY_FLOAT = [v / 255 for v in GREY]
 
-# The spec's op parameter at M = 0, 15, 30 (REFERENCE.md section 3); translate and cutout
+# The spec's op parameter at M = 0, 15, 30 (docs/bcl.md); translate and cutout
 # as fractions of the image size.
 SPEC_VALUES = {
     "shear_x": (0.0, 0.3, 0.6), "shear_y": (0.0, 0.3, 0.6),

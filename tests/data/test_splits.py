@@ -58,7 +58,7 @@ def grouped_by_class(indices: np.ndarray, labels: np.ndarray) -> bool:
 
 def check_sdclr_split(variant: str, labels: np.ndarray, val: np.ndarray, D_i: np.ndarray, D_b: np.ndarray,
                       S_b: np.ndarray) -> None:
-    """The published splits' invariants (REFERENCE.md section 0), checked with plain set arithmetic."""
+    """The published splits' invariants (docs/splits.md), checked with plain set arithmetic."""
     classes, total, balanced, few, _, _ = RULES[variant]
     profile = C10_PROFILE if variant == "cifar10" else direct_profile(450, 100, 100)
     for indices in (D_i, D_b, S_b):

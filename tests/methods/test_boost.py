@@ -1,4 +1,4 @@
-"""BCL's memory and weights against direct transcriptions of REFERENCE.md section 3."""
+"""BCL's memory and weights against direct transcriptions of docs/bcl.md."""
 import numpy as np
 import torch
 

@@ -2,7 +2,7 @@
 
 The reference gradient is built without MaskedConv2d, DualBatchNorm or the branch switch:
 a plain ResNet is called with torch.func.functional_call, once with the dense weights and
-BN copy 0, once with weight * mask and BN copy 1, following REFERENCE.md section 2.
+BN copy 0, once with weight * mask and BN copy 1, following docs/sdclr.md.
 """
 import contextlib
 
