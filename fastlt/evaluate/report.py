@@ -4,8 +4,9 @@ On a long-tailed pretraining set the overall test accuracy hides what happens to
 rare classes, so every evaluated thing (linear probe, kNN@k, a random-init baseline)
 gets the same breakdown: per-class accuracy, the mean of it over each group of
 classes (groups come from the pretraining split's per-class counts, computed
-elsewhere), and the standard deviation of per-class accuracy (SDCLR's balancedness
-measure). All values are percentages in [0, 100].
+elsewhere), and the standard deviation over all per-class accuracies (class_std). That is
+not the "Std" of the SDCLR and BCL tables, which is the spread of the three group
+accuracies (docs/evaluation.md lists the three "std"s). All values are percentages in [0, 100].
 """
 from __future__ import annotations
 
