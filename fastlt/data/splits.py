@@ -315,15 +315,16 @@ FEW_BELOW = 20
 def class_groups(counts: np.ndarray, rule: str = "thirds") -> dict[str, np.ndarray]:
     """Split class ids into many / medium / few shot groups by their training counts, for reports.
 
-    "thirds" (CIFAR, SDCLR): classes sorted by count descending (ties by class id), cut into
-    C//3, C//3 and the rest (C100 33/33/34, C10 3/3/4). "thresholds" (ImageNet-100-LT):
+    "thirds" (CIFAR; the SDCLR and BCL code): classes sorted by count ascending with numpy's
+    default argsort, few = the first C//3, medium = the next C//3, many = the rest, so many takes
+    the remainder (C100 34/33/33, C10 4/3/3 many/medium/few). "thresholds" (ImageNet-100-LT):
     many > 100, medium 20..100, few < 20.
     """
     counts = np.asarray(counts)
     if rule == "thirds":
-        ranked = np.argsort(-counts, kind="stable")
+        ascending = np.argsort(counts)  # the reference's call; its tie order is numpy's
         third = len(counts) // 3
-        chosen = {"many": ranked[:third], "medium": ranked[third: 2 * third], "few": ranked[2 * third:]}
+        chosen = {"many": ascending[2 * third:], "medium": ascending[third: 2 * third], "few": ascending[:third]}
     elif rule == "thresholds":
         ids = np.arange(len(counts))
         chosen = {"many": ids[counts > MANY_ABOVE], "medium": ids[(counts >= FEW_BELOW) & (counts <= MANY_ABOVE)],

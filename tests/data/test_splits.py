@@ -226,21 +226,32 @@ def test_class_counts_matches_a_counter():
 
 
 def reference_thirds(counts: list[int]) -> dict[str, list[int]]:
-    ranked = sorted(range(len(counts)), key=lambda c: (-counts[c], c))
+    """The SDCLR/BCL cut written out: ascending by count, few = first C//3, medium = next C//3, many = rest."""
+    ascending = sorted(range(len(counts)), key=lambda c: (counts[c], c))
     third = len(counts) // 3
-    return {"many": sorted(ranked[:third]), "medium": sorted(ranked[third:2 * third]),
-            "few": sorted(ranked[2 * third:])}
+    return {"many": sorted(ascending[2 * third:]), "medium": sorted(ascending[third:2 * third]),
+            "few": sorted(ascending[:third])}
 
 
-def test_class_groups_thirds(reference_splits):
-    derived = json.loads((reference_splits / "derived_class_counts.json").read_text())
-    for variant, sizes in (("cifar10", [3, 3, 4]), ("cifar100", [33, 33, 34])):
-        counts = derived[variant]["split1_D_i"]
-        groups = class_groups(np.array(counts))
+def test_class_groups_thirds_on_published_split_1(reference_splits, cifar_train_labels):
+    all_labels = np.load(cifar_train_labels)
+    for variant, split, sizes in (
+        ("c10", "sdclr/cifar10_imbSub_with_subsets/split1_D_i.npy", [4, 3, 3]),
+        ("c100", "sdclr/cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy", [34, 33, 33]),
+    ):
+        labels = all_labels[variant].astype(np.int64)
+        counts = np.bincount(labels[np.load(reference_splits / split)], minlength=int(labels.max()) + 1)
+        groups = class_groups(counts)
         assert [len(groups[g]) for g in ("many", "medium", "few")] == sizes
-        assert {g: ids.tolist() for g, ids in groups.items()} == reference_thirds(counts)
-        assert min(counts[c] for c in groups["many"]) >= max(counts[c] for c in groups["medium"])
-        assert min(counts[c] for c in groups["medium"]) >= max(counts[c] for c in groups["few"])
+        assert {g: ids.tolist() for g, ids in groups.items()} == reference_thirds(counts.tolist())
+        assert min(counts[groups["many"]]) > max(counts[groups["medium"]])
+        assert min(counts[groups["medium"]]) > max(counts[groups["few"]])
+
+
+def test_class_groups_thirds_give_the_remainder_to_many():
+    groups = class_groups(np.array([5, 70, 1, 9, 30, 2, 50, 8]))  # C = 8: few 2, medium 2, many 4
+    assert {g: ids.tolist() for g, ids in groups.items()} == {"few": [2, 5], "medium": [0, 7],
+                                                              "many": [1, 3, 4, 6]}
 
 
 def test_class_groups_thresholds(reference_splits):
