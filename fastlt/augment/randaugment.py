@@ -20,6 +20,10 @@ Conventions (chosen to match torchvision's RandAugment, the tests' reference):
 * Pixels a geometric op uncovers take ``fill``, black by default: BCL's PIL geometric
   ops pass no fill colour, so PIL fills 0, as torchvision's RandAugment does. Cutout
   paints its square with the CIFAR mean grey (125, 123, 114), as BCL's Cutout does.
+* Cutout places its square as BCL's PIL code does: the centre is uniform in (1, W] x
+  (1, H] (its ``np.random.uniform(w)`` is ``uniform(low=w, high=1)``), the top-left corner is max(0, centre - side / 2) truncated to a pixel, and PIL's
+  rectangle paints through int(corner + side) inclusive. Near the left and top borders
+  the square is pushed inside whole; only the right and bottom borders cut it.
 * Interpolation is nearest by default (PIL's and torchvision RandAugment's default), so
   a geometric op moves pixels without blurring them; "bilinear" is available.
 * Autocontrast, equalize, posterize and the solarize threshold are defined on uint8
@@ -31,12 +35,10 @@ Conventions (chosen to match torchvision's RandAugment, the tests' reference):
   input (half a level, stretched by autocontrast's gain) plus, for autocontrast, the
   truncation to a whole level, and solarize can differ on pixels within half a level
   of the threshold.
-* One affine resample serves all of a sample's consecutive geometric ops: their matrices
-  are multiplied and applied once, at the last of them, so two shears or rotations in a
-  row do not compound nearest-neighbour rounding. A non-geometric op between two
-  geometric ones keeps its place (it is applied between two resamples), so the order of
-  the ops still means what it means in the reference. Each stage is one batched
-  ``grid_sample`` (identity for the samples that do not resample in it).
+* Every stage resamples on its own, as BCL's sequential PIL calls do: content that one
+  geometric op pushes out of the frame is lost, and a later op brings back ``fill`` in
+  its place. Each stage is one batched ``grid_sample`` (the input is kept for samples
+  whose op in it is not geometric or does not fire).
 """
 from __future__ import annotations
 
@@ -160,12 +162,6 @@ def _resample(images: Tensor, matrices: Tensor, apply: Tensor, fill: Tensor, int
     return torch.where(_as_image_mask(apply), warped, images)
 
 
-def _homogeneous(matrices: Tensor) -> Tensor:
-    """[B, 2, 3] affine maps -> [B, 3, 3], so that maps compose by matrix product."""
-    last_row = constant((0.0, 0.0, 1.0), matrices.dtype, matrices.device).expand(matrices.shape[0], 1, 3)
-    return torch.cat([matrices, last_row], dim=1)
-
-
 def _auto_contrast_levels(levels: Tensor) -> Tensor:
     """Stretch each channel's [min, max] to [0, 255], truncated like PIL and torchvision's uint8 op."""
     low = levels.amin(dim=(-2, -1), keepdim=True)
@@ -220,15 +216,24 @@ def _blend_degenerate(images: Tensor, op_index: Tensor) -> Tensor:
 
 
 def _cutout_box(images: Tensor, magnitudes: Tensor, centres: Tensor) -> Tensor:
-    """[B, 1, H, W] bool: pixels whose centre lies in the square [c - s/2, c + s/2) per axis."""
+    """[B, 1, H, W] bool: BCL's Cutout square, for uniform draws centres [B, 2] in [0, 1).
+
+    BCL clamps the corner at 0 before truncating it, so the square stays whole at the left
+    and top borders; PIL's rectangle paints corner .. int(corner + side) inclusive and
+    clips at the right and bottom. The side is a fraction of the width on both axes, and
+    side 0 paints nothing (BCL's Cutout returns the image).
+    """
     _, _, height, width = images.shape
-    half_side = (_op_value("cutout", magnitudes) * width / 2).view(-1, 1)
-    centre_x = (centres[:, 0] * width).view(-1, 1)
-    centre_y = (centres[:, 1] * height).view(-1, 1)
-    columns = torch.arange(width, device=images.device, dtype=images.dtype) + 0.5
-    rows = torch.arange(height, device=images.device, dtype=images.dtype) + 0.5
-    in_columns = (columns >= centre_x - half_side) & (columns < centre_x + half_side)
-    in_rows = (rows >= centre_y - half_side) & (rows < centre_y + half_side)
+    side = (_op_value("cutout", magnitudes) * width).view(-1, 1)
+    # BCL calls np.random.uniform(w), i.e. uniform(low=w, high=1): the centre lies in (1, W] x (1, H].
+    size = constant((width, height), centres.dtype, centres.device)
+    drawn = size - (size - 1) * centres
+    corner = torch.floor((drawn - side / 2).clamp(min=0))
+    far = torch.floor(corner + side)  # inclusive, like PIL; pixels past the border do not exist
+    columns = torch.arange(width, device=images.device, dtype=corner.dtype)
+    rows = torch.arange(height, device=images.device, dtype=corner.dtype)
+    in_columns = (columns >= corner[:, :1]) & (columns <= far[:, :1]) & (side > 0)
+    in_rows = (rows >= corner[:, 1:]) & (rows <= far[:, 1:])
     return (in_rows.unsqueeze(-1) & in_columns.unsqueeze(-2)).unsqueeze(1)
 
 
@@ -256,27 +261,16 @@ def _pointwise_and_regional(images: Tensor, op_index: Tensor, magnitudes: Tensor
 
 
 def _augment_stage(images: Tensor, op_index: Tensor, magnitudes: Tensor, signs: Tensor, centres: Tensor,
-                   fill: Tensor, interpolation: str, pending: Tensor, next_is_geometric: Tensor) -> tuple[Tensor, Tensor]:
+                   fill: Tensor, interpolation: str) -> Tensor:
     """One RandAugment stage: sample b runs OPS[op_index[b]], or nothing where op_index is -1.
 
-    ``pending`` [B, 3, 3] holds each sample's geometric ops not yet resampled; this stage's
-    geometric op joins it, and the product is applied now unless the sample's next stage is
-    geometric too. Returns the images and the still-pending maps.
+    The stage's geometric ops are resampled here and now, as BCL's PIL call per op does, so
+    what one stage pushes out of the frame is gone for the next.
     """
     magnitudes = magnitudes.to(images.dtype)
-    geometric = _is_geometric(op_index)
-    stage = _homogeneous(_source_matrices(op_index, magnitudes, signs.to(images.dtype), *images.shape[-2:]))
-    pending = torch.where(geometric.view(-1, 1, 1), pending @ stage, pending)
-    resample_now = geometric & ~next_is_geometric
-    images = _resample(images, pending[:, :2], resample_now, fill, interpolation)
-    pending = torch.where(resample_now.view(-1, 1, 1), torch.eye(3, dtype=pending.dtype, device=pending.device),
-                          pending)
-    return _pointwise_and_regional(images, op_index, magnitudes, centres.to(images.dtype)), pending
-
-
-def _identity_maps(images: Tensor) -> Tensor:
-    """[B, 3, 3] identity: no geometric op pending."""
-    return torch.eye(3, dtype=images.dtype, device=images.device).expand(images.shape[0], 3, 3)
+    matrices = _source_matrices(op_index, magnitudes, signs.to(images.dtype), *images.shape[-2:])
+    images = _resample(images, matrices, _is_geometric(op_index), fill, interpolation)
+    return _pointwise_and_regional(images, op_index, magnitudes, centres.to(images.dtype))
 
 
 def _check_images(images: Tensor, where: str) -> None:
@@ -331,10 +325,7 @@ def apply_op(images: Tensor, op: str, magnitudes: Tensor, signs: Tensor | None =
     else:
         centres = torch.zeros(batch, 2, device=images.device)
     op_index = torch.full((batch,), OPS.index(op), dtype=torch.long, device=images.device)
-    nothing_next = torch.zeros(batch, dtype=torch.bool, device=images.device)
-    images, _ = _augment_stage(images, op_index, magnitudes, signs, centres, _fill_tensor(fill, images),
-                               interpolation, _identity_maps(images), nothing_next)
-    return images
+    return _augment_stage(images, op_index, magnitudes, signs, centres, _fill_tensor(fill, images), interpolation)
 
 
 class BoostedRandAugment:
@@ -342,8 +333,8 @@ class BoostedRandAugment:
 
     ``num_ops`` stages per view (BCL-I 1, BCL-D 2). Per stage the generator draws, in
     this order: op index uniform over OPS [B], fire ~ Bernoulli(w) [B], sign +-1 [B],
-    cutout centre [B, 2]; all draws happen whatever the outcome, so the amount of
-    randomness consumed never depends on tensor values.
+    cutout centre [B, 2] uniform in [0, 1) (times W, H); all draws happen whatever the
+    outcome, so the amount of randomness consumed never depends on tensor values.
     """
 
     def __init__(self, num_ops: int, fill: tuple[int, int, int] = GEOMETRIC_FILL, interpolation: str = "nearest"):
@@ -362,17 +353,11 @@ class BoostedRandAugment:
         _check_per_sample(weights, "weights", batch, where)
         _check_per_sample(magnitudes, "magnitudes", batch, where)
         fill = _fill_tensor(self.fill, images)
-        stages = []
         for _ in range(self.num_ops):
             drawn = torch.randint(len(OPS), (batch,), generator=generator, device=device)
             fires = torch.rand(batch, generator=generator, device=device) < weights
             signs = torch.randint(2, (batch,), generator=generator, device=device) * 2 - 1
             centres = torch.rand(batch, 2, generator=generator, device=device)
-            stages.append((torch.where(fires, drawn, torch.full_like(drawn, -1)), signs, centres))
-        pending = _identity_maps(images)
-        for index, (op_index, signs, centres) in enumerate(stages):
-            next_is_geometric = (_is_geometric(stages[index + 1][0]) if index + 1 < len(stages)
-                                 else torch.zeros_like(op_index, dtype=torch.bool))
-            images, pending = _augment_stage(images, op_index, magnitudes, signs, centres, fill,
-                                             self.interpolation, pending, next_is_geometric)
+            op_index = torch.where(fires, drawn, torch.full_like(drawn, -1))
+            images = _augment_stage(images, op_index, magnitudes, signs, centres, fill, self.interpolation)
         return images

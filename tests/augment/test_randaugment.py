@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 from torchvision.transforms import InterpolationMode
 
 from fastlt.augment.randaugment import (
@@ -45,6 +45,21 @@ def random_images(seed: int, batch: int, quantised: bool) -> torch.Tensor:
 
 def as_uint8(image: torch.Tensor) -> torch.Tensor:
     return torch.round(image * 255).to(torch.uint8)
+
+
+def bcl_cutout_corners(fraction: float, centre: tuple[float, float]) -> tuple[float, ...] | None:
+    """BCL's CutoutAbs box (x0, y0, x1, y1) for unit draws `centre` in [0, 1)^2; None where its Cutout returns early.
+
+    BCL's np.random.uniform(w) is uniform(low=w, high=1.0), which numpy computes as low + (high - low) * u.
+    """
+    if fraction <= 0:
+        return None
+    v = fraction * WIDTH
+    x0 = WIDTH + (1.0 - WIDTH) * centre[0]
+    y0 = HEIGHT + (1.0 - HEIGHT) * centre[1]
+    x0 = int(max(0, x0 - v / 2.0))
+    y0 = int(max(0, y0 - v / 2.0))
+    return x0, y0, min(WIDTH, x0 + v), min(HEIGHT, y0 + v)
 
 
 def reference(image: torch.Tensor, op: str, value: float, centre: tuple[float, float]) -> torch.Tensor:
@@ -85,14 +100,13 @@ def reference(image: torch.Tensor, op: str, value: float, centre: tuple[float, f
     if op == "sharpness":
         return TF.adjust_sharpness(image, sharpness_factor=value)
     assert op == "cutout"
-    # Pixel j is covered when its centre j + 0.5 lies in [c - s/2, c + s/2): a numpy slice.
-    pixels = image.permute(1, 2, 0).numpy().astype(np.float64).copy()
-    side = value * WIDTH
-    x_centre, y_centre = centre[0] * WIDTH, centre[1] * HEIGHT
-    x0, x1 = (int(np.clip(math.ceil(c - 0.5), 0, WIDTH)) for c in (x_centre - side / 2, x_centre + side / 2))
-    y0, y1 = (int(np.clip(math.ceil(c - 0.5), 0, HEIGHT)) for c in (y_centre - side / 2, y_centre + side / 2))
-    pixels[y0:y1, x0:x1] = GREY_FLOAT
-    return torch.from_numpy(pixels).permute(2, 0, 1).float()
+    # PIL itself draws BCL's box (on a mask, so that continuous images keep their values).
+    mask = Image.new("L", (WIDTH, HEIGHT), 0)
+    corners = bcl_cutout_corners(value, centre)
+    if corners is not None:
+        ImageDraw.Draw(mask).rectangle(corners, fill=255)
+    covered = torch.from_numpy(np.array(mask) > 0)
+    return torch.where(covered, torch.tensor(GREY_FLOAT).view(3, 1, 1), image)
 
 
 def signed_value(op: str, magnitude: float, sign: float) -> float:
@@ -310,40 +324,101 @@ def test_invalid_settings_raise_one_line_errors() -> None:
         BoostedRandAugment(1)(images, torch.Generator(), torch.zeros(3), torch.zeros(2))
 
 
-def test_consecutive_geometric_ops_of_a_sample_are_one_resample() -> None:
-    # Reproduce the documented draw order to know each sample's ops, then check samples whose
-    # two stages were both geometric against ONE torchvision call with the combined transform.
-    batch = 3000
-    images = random_images(21, batch, quantised=True)
-    weights = torch.ones(batch)
-    magnitudes = torch.full((batch,), 20.0)
-    out = BoostedRandAugment(2)(images, torch.Generator().manual_seed(5), weights, magnitudes)
-    replay = torch.Generator().manual_seed(5)
-    draws = []
-    for _ in range(2):
+def test_cutout_matches_pil_rectangle_drawn_on_the_image() -> None:
+    # BCL's own call on the uint8 PIL image, at the centres fastlt drew (same generator, same draw).
+    batch = 64
+    images = random_images(60, batch, quantised=True)
+    magnitudes = torch.rand(batch, generator=torch.Generator().manual_seed(61)) * 30
+    out = apply_op(images, "cutout", magnitudes, generator=torch.Generator().manual_seed(62))
+    centres = torch.rand(batch, 2, generator=torch.Generator().manual_seed(62)).double()
+    pushed_inside = clipped = 0
+    for b in range(batch):
+        fraction = signed_value("cutout", float(magnitudes[b]), 1.0)
+        corners = bcl_cutout_corners(fraction, (float(centres[b, 0]), float(centres[b, 1])))
+        pil = Image.fromarray(as_uint8(images[b]).permute(1, 2, 0).numpy())
+        ImageDraw.Draw(pil).rectangle(corners, fill=GREY)
+        expected = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+        assert torch.equal(as_uint8(out[b]), expected), b
+        side = fraction * WIDTH
+        pushed_inside += float(centres[b, 0]) * WIDTH < side / 2 or float(centres[b, 1]) * HEIGHT < side / 2
+        clipped += corners[0] + side > WIDTH or corners[1] + side > HEIGHT
+    assert pushed_inside >= 5 and clipped >= 5  # both borders' rules were exercised
+
+
+def test_cutout_centre_is_uniform_over_bcls_range() -> None:
+    # BCL draws the centre with np.random.uniform(w) = uniform(low=w, high=1), i.e. in (1, w].
+    # A square of side 1e-6 pixel paints the one pixel its centre falls in: column and row 0
+    # only for a centre within 5e-7 of 1 (never, here), uniformly every other one (H != W,
+    # so a swapped axis shows).
+    batch = 6000
+    images = torch.zeros(batch, 3, HEIGHT, WIDTH)
+    magnitudes = torch.full((batch,), 30 * 1e-6 / (0.4 * WIDTH))
+    out = apply_op(images, "cutout", magnitudes, generator=torch.Generator().manual_seed(63))
+    painted = out[:, 0] > 0
+    assert torch.all(painted.flatten(1).sum(1) == 1)
+    numpy_draws = np.random.RandomState(0).uniform(WIDTH, size=10_000)  # the reference's call, as written
+    assert numpy_draws.min() > 1 and numpy_draws.max() <= WIDTH
+    for counts, bins in ((painted.sum(dim=(0, 1)), WIDTH), (painted.sum(dim=(0, 2)), HEIGHT)):
+        assert counts[0] == 0
+        expected = batch / (bins - 1)
+        bound = 5 * math.sqrt(expected * (1 - 1 / (bins - 1)))
+        assert torch.all((counts[1:] - expected).abs() < bound), counts
+
+
+def replay_stages(seed: int, batch: int, num_ops: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each stage's (op index, sign) from BoostedRandAugment's documented draw order, with w = 1."""
+    replay = torch.Generator().manual_seed(seed)
+    stages = []
+    for _ in range(num_ops):
         op = torch.randint(len(OPS), (batch,), generator=replay)
         torch.rand(batch, generator=replay)  # fire: always, w = 1
         sign = torch.randint(2, (batch,), generator=replay) * 2 - 1
         torch.rand(batch, 2, generator=replay)  # cutout centres
-        draws.append((op, sign))
-    (op1, sign1), (op2, sign2) = draws
+        stages.append((op, sign))
+    return stages
+
+
+def test_two_geometric_stages_match_sequential_per_image_ops() -> None:
+    # Samples whose two stages are both geometric, against torchvision applied twice in a row.
+    batch = 3000
+    images = random_images(22, batch, quantised=True)
+    magnitudes = torch.rand(batch, generator=torch.Generator().manual_seed(23)) * 30
+    out = BoostedRandAugment(2)(images, torch.Generator().manual_seed(6), torch.ones(batch), magnitudes)
+    (op1, sign1), (op2, sign2) = replay_stages(6, batch, 2)
+    both = [b for b in range(batch) if int(op1[b]) < 5 and int(op2[b]) < 5]
+    assert len(both) > 250
+    for b in both:
+        first = reference(images[b], OPS[op1[b]], signed_value(OPS[op1[b]], float(magnitudes[b]), float(sign1[b])),
+                          (0.0, 0.0))
+        expected = reference(first, OPS[op2[b]], signed_value(OPS[op2[b]], float(magnitudes[b]), float(sign2[b])),
+                             (0.0, 0.0))
+        torch.testing.assert_close(out[b], expected, atol=1e-5, rtol=0, msg=lambda m: f"sample {b}: {m}")
+
+
+def test_translate_then_opposite_translate_leaves_a_black_band() -> None:
+    # BCL's PIL TranslateX/Y twice, as sequential Image.transform calls: what the first shift
+    # pushed out is lost, so +t then -t blackens t columns (rows) instead of giving the input back.
+    batch = 3000
+    images = random_images(24, batch, quantised=True)
+    out = BoostedRandAugment(2)(images, torch.Generator().manual_seed(7), torch.ones(batch),
+                                torch.full((batch,), 20.0))
+    (op1, sign1), (op2, sign2) = replay_stages(7, batch, 2)
     tx, ty = OPS.index("translate_x"), OPS.index("translate_y")
-    rot = OPS.index("rotate")
-    shifts = [b for b in range(batch) if {int(op1[b]), int(op2[b])} == {tx, ty}]
-    rotations = [b for b in range(batch) if int(op1[b]) == rot == int(op2[b])]
-    assert len(shifts) >= 5 and len(rotations) >= 5
-    step = int(20 / 30 * 0.66 * WIDTH), int(20 / 30 * 0.66 * HEIGHT)
-    for b in shifts:
-        sx = int(sign1[b] if int(op1[b]) == tx else sign2[b]) * step[0]
-        sy = int(sign1[b] if int(op1[b]) == ty else sign2[b]) * step[1]
-        expected = TF.affine(images[b], angle=0.0, translate=[sx, sy], scale=1.0, shear=[0.0, 0.0],
-                             interpolation=InterpolationMode.NEAREST, fill=0.0)
-        torch.testing.assert_close(out[b], expected, atol=1e-6, rtol=0)
-    # Two rotations are one rotation by the summed angle, resampled once: nearest rounding may
-    # differ from torchvision's on pixels at exact ties of the float matrix (allow 2%).
-    agree = []
-    for b in rotations:
-        angle = float(sign1[b] + sign2[b]) * 40.0
-        expected = TF.rotate(images[b], angle=angle, interpolation=InterpolationMode.NEAREST, fill=0.0)
-        agree.append(float((out[b] - expected).abs().amax(dim=0).lt(1e-6).float().mean()))
-    assert min(agree) > 0.98
+    undone = [b for b in range(batch)
+              if int(op1[b]) == int(op2[b]) in (tx, ty) and int(sign1[b]) == -int(sign2[b])]
+    assert len(undone) >= 5
+    for b in undone:
+        along_x = int(op1[b]) == tx
+        step = int(20 / 30 * 0.66 * (WIDTH if along_x else HEIGHT))  # fastlt's whole-pixel shift
+        pil = Image.fromarray(as_uint8(images[b]).permute(1, 2, 0).numpy())
+        for sign in (int(sign1[b]), int(sign2[b])):
+            offset = -sign * step  # PIL's AFFINE data maps output to input: content moves by -offset
+            data = (1, 0, offset, 0, 1, 0) if along_x else (1, 0, 0, 0, 1, offset)
+            pil = pil.transform(pil.size, Image.AFFINE, data)
+        expected = torch.from_numpy(np.array(pil)).permute(2, 0, 1)
+        assert torch.equal(as_uint8(out[b]), expected), b
+        # Along the shifted axis: a black band where the first shift pushed content out, the input elsewhere.
+        got, source = (out[b], images[b]) if along_x else (out[b].transpose(1, 2), images[b].transpose(1, 2))
+        band, rest = (slice(-step, None), slice(0, -step)) if int(sign1[b]) > 0 else (slice(0, step), slice(step, None))
+        assert torch.all(got[..., band] == 0)
+        assert torch.equal(got[..., rest], source[..., rest])
