@@ -224,7 +224,9 @@ def info() -> None:
     """Versions, devices, and what `auto` chooses here (precision, memory format, compile) and why."""
     import torch
 
-    from fastlt.train.device import bf16_support, cpu_features, resolve_compile, resolve_precision
+    from fastlt.train.device import (
+        SAFE_1X1_INPUT_CHANNELS, bf16_support, cpu_features, resolve_compile, resolve_precision,
+    )
     from fastlt.train.runinfo import package_versions
 
     features = cpu_features()
@@ -239,7 +241,8 @@ def info() -> None:
             "compile": compiled, "compile_reason": compile_why,
         }
     auto["cpu"]["memory_format"] = ("channels_last, except contiguous for models with a strided 1x1 convolution "
-                                    "of 2-7 input channels" if not features.onednn_avx512 else "channels_last")
+                                    f"of fewer than {SAFE_1X1_INPUT_CHANNELS} input channels" if features.x86
+                                    else "channels_last")
     report = {
         "versions": package_versions(),
         "devices": devices,

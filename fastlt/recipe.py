@@ -103,7 +103,7 @@ class TrainConfig:
     epochs: int = setting(2000, AT_LEAST_1)
     batch_size: int = setting(512, AT_LEAST_2)  # a contrastive batch needs negatives
     seed: int = setting(1, NON_NEGATIVE)
-    drop_last: bool = True
+    drop_last: bool = False  # the reference loaders keep the last batch (fastlt.data.loader.NativeLoader)
     precision: str = setting("auto", one_of("auto", "bf16", "fp16", "fp32"))
     compile: str = setting("auto", one_of("auto", "on", "off"))  # auto: on for CUDA
     memory_format: str = setting("auto", one_of("auto", "channels_last", "contiguous"))

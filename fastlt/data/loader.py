@@ -6,7 +6,6 @@ processes, no per-epoch host-to-device traffic, no host synchronisation per step
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -31,7 +30,10 @@ class NativeLoader:
 
     The images, labels and store indices are put on ``device`` once, here; each epoch draws one
     permutation from ``generator`` (which must live on the same device) when ``shuffle``.
-    drop_last keeps every batch the same shape, so a compiled step never recompiles.
+    With drop_last the partial last batch is skipped; without it (the reference loaders'
+    choice) every sample is seen each epoch and a step sees at most two batch shapes, the
+    full one and the last. A last batch of one sample, which batch norm cannot train on,
+    joins the batch before it (B + 1): samples are never repeated to pad a batch.
     """
 
     def __init__(
@@ -72,9 +74,18 @@ class NativeLoader:
         return int(self._indices.shape[0])
 
     def __len__(self) -> int:
-        if self._drop_last:
-            return self.num_samples // self._batch_size
-        return math.ceil(self.num_samples / self._batch_size)
+        return len(self._bounds())
+
+    def _bounds(self) -> list[tuple[int, int]]:
+        """(start, end) of each batch in the epoch's order."""
+        count, size = self.num_samples, self._batch_size
+        ends = list(range(size, count + 1, size))
+        if not self._drop_last and count % size:
+            if count % size == 1 and ends:
+                ends[-1] = count  # fold a single leftover sample into the last full batch
+            else:
+                ends.append(count)
+        return list(zip([0, *ends[:-1]], ends))
 
     def __iter__(self) -> Iterator[Batch]:
         device = self._images.device
@@ -82,8 +93,8 @@ class NativeLoader:
             order = torch.randperm(self.num_samples, generator=self._generator, device=device)
         else:
             order = torch.arange(self.num_samples, device=device)
-        for start in range(0, len(self) * self._batch_size, self._batch_size):
-            chosen = order[start: start + self._batch_size]
+        for start, end in self._bounds():
+            chosen = order[start:end]
             # Gather rows of the NHWC tensor, then view as NCHW: channels_last memory at no cost.
             images = self._images[chosen].permute(0, 3, 1, 2)
             yield Batch(images=images, labels=self._labels[chosen], indices=self._indices[chosen])

@@ -2,7 +2,8 @@
 
 What is fast depends on the machine, not on the device type: bf16 autocast runs 10-15x
 slower than fp32 on a CPU without bf16 instructions (oneDNN emulates it), and oneDNN's
-AVX2 kernels hang or corrupt memory in one channels_last case (see ``memory_format_hazard``).
+channels_last kernels hang or corrupt memory for narrow strided 1x1 convolutions (see
+``memory_format_hazard``).
 Every resolver returns its choice together with the reason, which ``fastlt info`` prints
 and the run records.
 """
@@ -40,6 +41,9 @@ def resolve_device(name: str, setting: str = "train.device") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise FastltError(f"{setting}: {name!r} requested but CUDA is not available here")
     return device
+
+
+SAFE_1X1_INPUT_CHANNELS = 16  # below this, memory_format_hazard applies on x86 CPUs
 
 
 @dataclass(frozen=True)
@@ -143,19 +147,21 @@ def resolve_precision(name: str, device: torch.device, setting: str = "train.pre
 def memory_format_hazard(model: nn.Module, device: torch.device) -> str:
     """Why channels_last must not be used for this model here, or "" when it is safe.
 
-    oneDNN's AVX2 backward-weights kernel for strided 1x1 convolutions with 2..7 input
-    channels in channels_last memory hangs for minutes or corrupts memory (found with
-    torch 2.14.1 on AVX2-only CPUs, and reproduced with ONEDNN_MAX_CPU_ISA=AVX2: a ResNet-18
-    of width 4 on a batch of 256 never finishes one backward). Its AVX-512 kernels and the
-    contiguous layout are fine, so only that combination is avoided.
+    oneDNN's backward-weights kernels for a strided 1x1 convolution with few input channels
+    in channels_last memory fail on x86 CPUs (torch 2.14.1): the AVX2 kernel hangs for
+    minutes or corrupts memory with 2..7 input channels (a ResNet-18 of width 4 on a batch of
+    256 never finishes one backward), and the AVX-512 kernel corrupts memory ("double free",
+    segfaults) with 4..12 input channels on odd batch sizes, which a partial last batch can
+    be. The gradients are right whenever it survives. From 16 input channels on, every case
+    tried ran and matched the contiguous layout, so narrower models train contiguous.
     """
-    if device.type != "cpu" or cpu_features().onednn_avx512:
+    if device.type != "cpu" or not cpu_features().x86:
         return ""
     for layer_name, module in model.named_modules():
         if (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.stride != (1, 1)
-                and 2 <= module.in_channels < 8):
+                and module.in_channels < SAFE_1X1_INPUT_CHANNELS):
             return (f"{layer_name} is a strided 1x1 convolution with {module.in_channels} input channels, "
-                    "which oneDNN's AVX2 channels_last kernel cannot train (it hangs)")
+                    "which oneDNN's channels_last kernels cannot train (they hang or corrupt memory)")
     return ""
 
 

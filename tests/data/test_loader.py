@@ -36,6 +36,18 @@ def test_every_index_once_per_epoch_without_drop_last(part):
         assert sorted(epoch_indices(loader)) == sorted(SPLIT.tolist())
 
 
+@pytest.mark.parametrize("count, batch_size, sizes", [
+    (21, 5, [5, 5, 5, 6]),  # one leftover sample joins the last full batch: batch norm cannot train on one
+    (22, 5, [5, 5, 5, 5, 2]),
+    (20, 5, [5, 5, 5, 5]),
+    (3, 5, [3]),
+])
+def test_last_batch_is_kept_and_a_single_leftover_is_folded(part, count, batch_size, sizes):
+    loader = make_loader(part, indices=SPLIT[:count], batch_size=batch_size, drop_last=False)
+    assert [len(batch.labels) for batch in loader] == sizes and len(loader) == len(sizes)
+    assert sorted(epoch_indices(loader)) == sorted(SPLIT[:count].tolist())  # no sample repeated or skipped
+
+
 def test_drop_last_gives_full_batches_of_distinct_indices(part):
     loader = make_loader(part, drop_last=True)
     assert len(loader) == len(SPLIT) // 5

@@ -56,18 +56,17 @@ def test_explicit_bf16_on_an_emulating_cpu_works_and_warns_once(cpu_is, capsys):
         resolve_precision("bf17", CPU)
 
 
-def test_channels_last_is_avoided_only_where_onednn_avx2_would_hang(cpu_is):
-    narrow, wide = build_resnet("resnet18", width=4), build_resnet("resnet18", width=8)
-    cpu_is(aten="AVX2")
-    name, why = resolve_memory_format("auto", CPU, narrow)
-    assert name == "contiguous" and "layer2.0.shortcut.0" in why and "4 input channels" in why
-    assert resolve_memory_format("auto", CPU, wide)[0] == "channels_last"
-    with pytest.raises(FastltError, match="channels_last is unsafe on this CPU"):
-        resolve_memory_format("channels_last", CPU, narrow)
-    assert resolve_memory_format("contiguous", CPU, wide) == ("contiguous", "set explicitly")
-    cpu_is(aten="AVX512", onednn_max_isa="AVX2")
-    assert resolve_memory_format("auto", CPU, narrow)[0] == "contiguous"
-    cpu_is(aten="AVX512")
+def test_channels_last_is_avoided_for_narrow_strided_1x1_convolutions_on_x86(cpu_is):
+    narrow, wide = build_resnet("resnet18", width=8), build_resnet("resnet18", width=16)
+    for isa in ({"aten": "AVX2"}, {"aten": "AVX512", "onednn_max_isa": "AVX2"}, {"aten": "AVX512"}):
+        cpu_is(**isa)
+        name, why = resolve_memory_format("auto", CPU, narrow)
+        assert name == "contiguous" and "layer2.0.shortcut.0" in why and "8 input channels" in why
+        assert resolve_memory_format("auto", CPU, wide)[0] == "channels_last"
+        with pytest.raises(FastltError, match="channels_last is unsafe on this CPU"):
+            resolve_memory_format("channels_last", CPU, narrow)
+        assert resolve_memory_format("contiguous", CPU, wide) == ("contiguous", "set explicitly")
+    cpu_is(aten="DEFAULT", x86=False)
     assert resolve_memory_format("auto", CPU, narrow)[0] == "channels_last"
 
 
