@@ -186,21 +186,41 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     click.echo(str(run_dir))
 
 
+class ShotList(click.ParamType):
+    """Comma-separated shot settings: "full" (the probe list) and/or numbers of shots, e.g. "full,100,50"."""
+
+    name = "list"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        if not items or not all(item == "full" or (item.isdigit() and int(item) >= 1) for item in items):
+            self.fail(f"{value!r}: expected 'full' and/or numbers of shots, e.g. full,100,50", param, ctx)
+        return tuple(dict.fromkeys(items))
+
+
 @main.command("linear-eval")
 @click.argument("target", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Report folder (default: <run>/eval).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Folder for the report folders (default: <run>/eval).")
 @click.option("--store", "store_path", type=click.Path(path_type=Path),
               help="Use this store instead of the recipe's (it must hold the data the run trained on).")
 @click.option("--probe-split", type=click.Path(path_type=Path),
               help="Indices of the probe's training samples (default: the recipe's eval.train_split).")
+@click.option("--shots", type=ShotList(), default="full", show_default=True,
+              help="full (the probe list) and/or N-shot evaluations, each the mean and std over the recipe's "
+                   "few-shot lists (eval.shot_lists), e.g. full,100,50.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Probe epochs (default: the recipe's, 500 in the BCL protocol).")
 @click.option("--knn", type=PositiveIntList(), help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
 @click.option("--random-init", is_flag=True, help="Also evaluate a randomly initialised backbone of the same architecture.")
+@click.option("--overwrite", is_flag=True, help="Replace reports of the same evaluation written before.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--precision", default="auto", show_default=True, help="Feature extraction: " + PRECISION_HELP)
 @user_errors
 def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_split: Path | None,
-                epochs: int | None, knn: tuple[int, ...] | None, random_init: bool, device: str, precision: str) -> None:
+                shots: tuple[str, ...], epochs: int | None, knn: tuple[int, ...] | None, random_init: bool,
+                overwrite: bool, device: str, precision: str) -> None:
     """Frozen-feature linear probe and kNN of a run folder or checkpoint, with many/medium/few groups."""
     from fastlt.evaluate.protocol import linear_eval as run_linear_eval
     from fastlt.train.device import resolve_device, resolve_precision
@@ -214,9 +234,10 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
     if knn is not None:
         overrides["knn"] = knn
     result = run_linear_eval(target, out, resolved, store_path, overrides, random_init,
-                             resolve_precision(precision, resolved, "--precision").dtype)
+                             resolve_precision(precision, resolved, "--precision").name, shots, overwrite)
     click.echo(result.markdown)
-    click.echo(f"wrote {result.json_path} and {result.markdown_path}")
+    for folder in result.folders.values():
+        click.echo(f"wrote {folder}")
 
 
 @main.command()

@@ -120,6 +120,10 @@ class EvalConfig:
     """Linear evaluation (BCL protocol by default, docs/evaluation.md) and kNN."""
 
     train_split: str = ""  # the probe's training indices, relative to the recipe's folder; "" = the whole part
+    # Few-shot probe lists (`linear-eval --shots 100,50`): a file pattern with {shots} and {subset}
+    # (1..shot_subsets), relative to the recipe's folder; "" = none.
+    shot_lists: str = ""
+    shot_subsets: int = setting(5, AT_LEAST_1)
     test_part: str = "test"
     groups: str = setting("thirds", one_of("thirds", "thresholds"))  # thirds (CIFAR) | thresholds (ImageNet-100-LT)
     epochs: int = setting(500, AT_LEAST_1)
@@ -135,7 +139,7 @@ class EvalConfig:
 
 
 # Keys that name files: relative values are taken relative to the recipe file that sets them.
-RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split",)}
+RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split", "shot_lists")}
 
 
 @dataclass

@@ -12,7 +12,10 @@ from click.testing import CliRunner
 
 from fastlt.cli import main
 from fastlt.data.sources import read_cifar
-from fastlt.data.store import StorePart, write_native_store
+from fastlt.data.splits import split_checksum
+from fastlt.data.store import NativeStore, StorePart, write_native_store
+from fastlt.evaluate.protocol import linear_eval
+from fastlt.files import file_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_RECIPE = ROOT / "pipelines" / "digits_lt" / "simclr.toml"
@@ -101,7 +104,7 @@ def test_pretrain_reports_progress_as_plain_lines_when_not_a_terminal(tmp_path, 
                  "--set", "train.progress=true", "--set", "train.log_every=5")
     assert "\r" not in result.stderr
     epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
-    assert any(line.startswith("epoch 1/2 step 5/7: loss ") for line in epochs)
+    assert any(line.startswith("epoch 1/2 step 5/8: loss ") for line in epochs)
     summaries = [line for line in epochs if " step " not in line]
     assert len(summaries) == 2 and all("img/s" in line and "loss" in line for line in summaries)
     assert result.stdout.strip().splitlines() == [str(tmp_path / Path(result.stdout.strip()).name)]
@@ -121,13 +124,68 @@ def test_linear_eval_writes_report_with_groups_and_random_baseline(tiny_run, tmp
     result = run("linear-eval", tiny_run, "--epochs", "3", "--knn", "1", "--random-init", "--device", "cpu",
                  "--out", tmp_path / "eval")
     assert "| linear |" in result.output and "| random-init linear |" in result.output
-    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    folder = tmp_path / "eval" / "bcl-linear-all-train"  # digits_lt/simclr probes on the whole train part
+    report = json.loads((folder / "eval.json").read_text())
     assert set(report["reports"]) == {"linear", "knn@1", "random-init linear", "random-init knn@1"}
     linear = report["reports"]["linear"]
-    assert {"overall", "many", "medium", "few", "per_class", "class_std"} <= set(linear)
+    assert {"overall", "many", "medium", "few", "per_class", "class_std", "group_std"} <= set(linear)
+    assert linear["group_std"] == pytest.approx(np.std([linear["many"], linear["medium"], linear["few"]]))
     assert len(linear["per_class"]) == 10
     assert sorted(sum(report["groups"].values(), [])) == list(range(10))
-    assert (tmp_path / "eval" / "eval.md").read_text().count("|") > 20
+    assert [len(report["groups"][g]) for g in ("many", "medium", "few")] == [4, 3, 3]
+    assert (folder / "eval.md").read_text().count("|") > 20
+
+
+def test_linear_eval_report_says_what_it_measured_and_is_not_overwritten(tiny_run):
+    checkpoint = tiny_run / "checkpoints" / "last.pt"
+    run("linear-eval", tiny_run, "--epochs", "2", "--knn", "1", "--device", "cpu", "--precision", "fp32")
+    folder = tiny_run / "eval" / "bcl-linear-all-train"
+    report = json.loads((folder / "eval.json").read_text())
+    split = json.loads((tiny_run / "config.json").read_text())["data"]["split"]
+    assert report["run"] == str(tiny_run) and report["method"] == "simclr" and report["epoch"] == 1
+    assert report["checkpoint"] == {"file": str(checkpoint), "sha256": file_digest(checkpoint)}
+    assert report["pretraining_split"] == {"file": split, "sha256": split_checksum(np.load(split))}
+    assert report["probe_lists"][0]["file"] == "(the whole train part)" and report["probe_lists"][0]["samples"] == 1198
+    assert report["feature_precision"] == "fp32" and report["shots"] == "full"
+    assert report["protocol"]["name"] == "bcl-linear" and report["protocol"]["linear"]["epochs"] == 2
+    markdown = (folder / "eval.md").read_text()
+    assert markdown.startswith(f"# {tiny_run.name}: simclr, epoch 1, BCL linear probe (full-shot)")
+    assert file_digest(checkpoint) in markdown
+    before = (folder / "eval.json").read_bytes()
+    again = run("linear-eval", tiny_run, "--epochs", "3", "--device", "cpu", ok=False)
+    assert_one_line_error(again, str(folder), "report exists already (use --overwrite")
+    assert (folder / "eval.json").read_bytes() == before
+    run("linear-eval", tiny_run, "--epochs", "3", "--knn", "1", "--device", "cpu", "--overwrite")
+    assert json.loads((folder / "eval.json").read_text())["protocol"]["linear"]["epochs"] == 3
+    copy = tiny_run / "checkpoints" / "epoch1.pt"
+    copy.write_bytes(checkpoint.read_bytes())
+    run("linear-eval", copy, "--epochs", "2", "--knn", "1", "--device", "cpu")
+    assert (tiny_run / "eval" / "bcl-linear-all-train-epoch1" / "eval.json").is_file()  # beside the run's others
+    assert not [p for p in (tiny_run / "eval").iterdir() if p.name.startswith(".")]  # no partial folders left
+
+
+def test_few_shot_is_the_mean_and_std_over_subsets_each_a_probe_on_its_list(tiny_run, tmp_path):
+    store = NativeStore.open(Path(json.loads((tiny_run / "config.json").read_text())["data"]["store"]))
+    labels = np.asarray(store.part("train").labels)
+    rng = np.random.default_rng(0)
+    for subset in (1, 2, 3):
+        chosen = np.concatenate([rng.choice(np.flatnonzero(labels == c), 5, replace=False) for c in range(10)])
+        np.save(tmp_path / f"sub{subset}_5shot.npy", chosen)
+    settings = {"epochs": 100, "knn": (1,), "shot_lists": str(tmp_path / "sub{subset}_{shots}shot.npy"), "shot_subsets": 3}
+    result = linear_eval(tiny_run, tmp_path / "reports", overrides=settings, shots=("full", "5"))
+    few = result.reports["5"]["linear, 5-shot"]
+    assert result.folders["5"] == tmp_path / "reports" / "bcl-linear-5shot"
+    for k, subset in enumerate(few["per_subset"], start=1):  # subset k = a full-shot probe on list k
+        alone = linear_eval(tiny_run, tmp_path / f"alone{k}", overrides={**settings, "train_split":
+                            str(tmp_path / f"sub{k}_5shot.npy")}).reports["full"]["linear"]
+        assert subset == alone
+    for key in ("overall", "many", "medium", "few", "group_std", "class_std"):
+        values = [subset[key] for subset in few["per_subset"]]
+        assert few[key] == pytest.approx(np.mean(values)) and few["std_over_subsets"][key] == pytest.approx(np.std(values))
+    assert len({subset["overall"] for subset in few["per_subset"]}) > 1  # the subsets differ
+    recorded = json.loads((result.folders["5"] / "eval.json").read_text())["probe_lists"]
+    assert [entry["file"] for entry in recorded] == [str(tmp_path / f"sub{k}_5shot.npy") for k in (1, 2, 3)]
+    assert "+-" in (result.folders["5"] / "eval.md").read_text()
 
 
 def test_linear_eval_of_a_self_damaging_run(tmp_path, digits_store):
@@ -136,7 +194,7 @@ def test_linear_eval_of_a_self_damaging_run(tmp_path, digits_store):
                  "--set", "train.epochs=1", "--set", "train.name=bcl-d", *TINY)
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     evaluation = run("linear-eval", run_dir, "--epochs", "2", "--knn", "", "--device", "cpu")
-    assert "| linear |" in evaluation.output and (run_dir / "eval" / "eval.json").is_file()
+    assert "| linear |" in evaluation.output and (run_dir / "eval" / "bcl-linear-all-train" / "eval.json").is_file()
 
 
 def test_linear_eval_refuses_other_architectures_and_non_checkpoints(tiny_run, tmp_path):
@@ -165,7 +223,7 @@ def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path, digits_st
     resumed = fastlt("pretrain", "--resume", tmp_path / "half")
     assert "resuming at epoch 2 of 2" in resumed.stderr and resumed.stdout.strip() == str(tmp_path / "half")
     full, half = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True) for name in ("full", "half"))
-    assert full["step"] == half["step"] == 14  # 7 steps an epoch on digits-LT
+    assert full["step"] == half["step"] == 16  # 8 steps an epoch on digits-LT (468 images, the last batch kept)
     assert all(torch.equal(value, half["model"][key]) for key, value in full["model"].items())
     assert fastlt("pretrain", "--resume", tmp_path / "half").stderr.strip().endswith("run already complete (epoch 2 of 2)")
 

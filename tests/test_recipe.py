@@ -4,7 +4,9 @@ from pathlib import Path
 import pytest
 
 from fastlt.errors import FastltError
-from fastlt.recipe import Recipe, load_recipe, recipe_from_dict
+from fastlt.recipe import Recipe, find_recipe, load_recipe, recipe_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -90,3 +92,21 @@ def test_shipped_presets_keep_reference_weight_decays():
     decay = {path.stem: load_recipe(path).optim.weight_decay for path in (PIPELINES / "cifar100_lt").glob("*.toml")}
     assert decay == {"simclr": 5e-4, "bcl-i": 5e-4, "sdclr": 1e-4, "bcl-d": 1e-4}
     assert load_recipe(PIPELINES / "cifar100_lt" / "bcl-d.toml").train.epochs == 2000
+
+
+@pytest.mark.parametrize("data_set, split, probe, shots", [
+    ("cifar100", "sdclr/cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy", "sdclr/cifar100/cifar100_trainIdxList.npy",
+     "bcl/cifar100_imbSub_with_subsets/cifar100_split{subset}_test_{shots}shot.npy"),
+    ("cifar10", "sdclr/cifar10_imbSub_with_subsets/split1_D_i.npy", "sdclr/cifar10/trainIdxList.npy", None),
+])
+@pytest.mark.parametrize("method", ["simclr", "sdclr", "bcl-i", "bcl-d"])
+def test_shipped_cifar_recipes_train_and_probe_on_the_published_split_1(data_set, split, probe, shots, method):
+    published = ROOT / "splits" / "published"
+    recipe = load_recipe(find_recipe(f"{data_set}_lt/{method}"))
+    assert Path(recipe.data.split) == published / split and Path(recipe.eval.train_split) == published / probe
+    assert recipe.train.drop_last is False and recipe.eval.groups == "thirds" and recipe.eval.shot_subsets == 5
+    pattern = recipe.eval.shot_lists
+    if shots is not None:
+        assert pattern == str(published / shots)
+    for count in (100, 50):
+        assert all(Path(pattern.format(shots=count, subset=k)).is_file() for k in range(1, 6))

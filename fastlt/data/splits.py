@@ -148,7 +148,8 @@ def make_sdclr_split(
     return LongTailSplit(**sets, class_order=class_order, class_counts=class_counts)
 
 
-def _sha256_of(indices: np.ndarray) -> str:
+def split_checksum(indices: np.ndarray) -> str:
+    """sha256 of a split's int64 indices: which samples, in which order, wherever the file lies."""
     return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
@@ -192,7 +193,7 @@ def write_cifar_lt_splits(
         val_origin = f"generated: {spec.val_per_class}/class, seed {shared_seed}"
     else:
         val = _check_indices(val_list, num_samples, "val list")
-        val_origin = f"given (sha256 of int64 indices {_sha256_of(val)})"
+        val_origin = f"given (sha256 of int64 indices {split_checksum(val)})"
     pool = np.setdiff1d(everything, val)
     pool_text = f"all {num_samples} train images minus the {len(val)} of val_idx ({len(pool)})"
     eval_train = _class_blocks(labels, pool, np.full(spec.num_classes, spec.eval_train_per_class), shared_rng,
@@ -225,16 +226,42 @@ def write_cifar_lt_splits(
             save(f"split{split_id}_D_b", split.D_b, {"kind": "D_b", **profile, "per_class": balanced}),
             save(f"split{split_id}_S_b", split.S_b, {"kind": "S_b", **profile, "per_class": spec.few_shot_per_class}),
         ]
-        shots_seed = _derived_seed(seed, split_id, SHOTS_STREAM)
-        shots_rng = np.random.default_rng(shots_seed)
-        for shots in spec.shots:
-            subset = _class_blocks(labels, eval_train, np.full(spec.num_classes, shots), shots_rng,
-                                   f"{variant} {shots}-shot subset")
+        for shots, subset, shots_seed in draw_shot_subsets(variant, labels, eval_train, seed, split_id):
             written.append(save(f"split{split_id}_{shots}shot", subset, {
                 "kind": f"{shots}shot", "split": split_id, "derived_seed": shots_seed, "per_class": shots,
                 "pool": "train_idx (the linear-eval train list)"}))
     for path, indices, manifest in pending:
         save_split(path, indices, manifest)
+    return written
+
+
+def draw_shot_subsets(variant: str, labels: np.ndarray, eval_train: np.ndarray, seed: int,
+                      subset_id: int) -> list[tuple[int, np.ndarray, int]]:
+    """(shots, indices, derived seed) of BCL's class-balanced probe subsets of ``eval_train``, one set per id."""
+    spec = CIFAR_LT[variant]
+    shots_seed = _derived_seed(seed, subset_id, SHOTS_STREAM)
+    rng = np.random.default_rng(shots_seed)
+    return [(shots, _class_blocks(labels, eval_train, np.full(spec.num_classes, shots), rng,
+                                  f"{variant} {shots}-shot subset"), shots_seed) for shots in spec.shots]
+
+
+def write_shot_subsets(variant: str, labels: np.ndarray, eval_train: np.ndarray, source: str, out_dir: Path,
+                       subset_ids: Sequence[int] = (1, 2, 3, 4, 5), seed: int = 0) -> list[Path]:
+    """fastlt's own 100-/50-shot subsets of a given linear-eval list (e.g. SDCLR's CIFAR-10 trainIdxList,
+    for which no published few-shot lists exist): ``subset{k}_{shots}shot.npy`` with manifests."""
+    labels = np.asarray(labels).astype(np.int64)
+    eval_train = _check_indices(eval_train, len(labels), source)
+    drawn = [(k, *subset) for k in subset_ids for subset in draw_shot_subsets(variant, labels, eval_train, seed, k)]
+    written = []
+    for subset_id, shots, indices, shots_seed in drawn:
+        path = Path(out_dir) / f"subset{subset_id}_{shots}shot.npy"
+        counts = class_counts(indices, labels, CIFAR_LT[variant].num_classes)
+        save_split(path, indices, {
+            "dataset": f"{variant}_lt", "kind": f"{shots}shot", "subset": subset_id, "seed": seed,
+            "derived_seed": shots_seed, "per_class": shots, "num_samples": len(labels),
+            "pool": f"{source} (sha256 of int64 indices {split_checksum(eval_train)}); drawn by fastlt, not published",
+            "class_counts": counts.tolist(), "total": int(len(indices))})
+        written.append(path)
     return written
 
 

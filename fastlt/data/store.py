@@ -14,7 +14,6 @@ store is only removed after the new one is in place.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -250,11 +249,6 @@ class NativeStore:
                 found = f"{array.dtype} {list(array.shape)}"
                 raise FastltError(f"{files[kind]}: expected {np.dtype(dtype)} {list(shape)}, found {found}")
         return StorePart(images=images, labels=labels)
-
-
-def split_checksum(indices: np.ndarray) -> str:
-    """sha256 of a split's int64 indices: which samples, in which order, wherever the file lies."""
-    return hashlib.sha256(np.ascontiguousarray(indices, dtype=np.int64).tobytes()).hexdigest()
 
 
 _IDENTITY_MEANING = {"store": "data set", "part": "store part", "count": "number of images",

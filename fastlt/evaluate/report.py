@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ from fastlt.errors import FastltError
 from fastlt.files import write_text_atomic
 
 GROUP_NAMES = ("many", "medium", "few")
-COLUMNS = (("overall", "overall"), ("many", "many"), ("medium", "medium"), ("few", "few"), ("class_std", "class std"))
+COLUMNS = (("overall", "overall"), ("many", "many"), ("medium", "medium"), ("few", "few"),
+           ("group_std", "group std"), ("class_std", "class std"))
+SUMMARISED = ("overall", "class_mean", "class_std", *GROUP_NAMES, "group_std")  # averaged over few-shot subsets
 
 
 def _as_ids(values: Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -45,15 +49,16 @@ def accuracy_report(
     num_classes: int,
     groups: dict[str, np.ndarray] | None,
 ) -> dict:
-    """Test accuracy overall, per class, per group and its class-wise spread, in percent.
+    """Test accuracy overall, per class, per group and two spreads, in percent.
 
     Keys: ``overall`` (fraction of test samples right), ``per_class`` (list of
     num_classes values), ``class_mean`` (mean of per_class: the Temperature-Schedules
     kNN metric; equals overall on a balanced test set), ``class_std`` (population
-    standard deviation, ddof=0, of per_class, as SDCLR's np.std), and, when ``groups``
-    is given, one key per group ("many", "medium", "few") holding the mean per-class
-    accuracy of that group's class ids. A class with no test samples has accuracy
-    None and is left out of every mean and of the std.
+    standard deviation, ddof=0, of per_class), and, when ``groups`` is given, one key per
+    group ("many", "medium", "few") holding the mean per-class accuracy of that group's
+    class ids, and ``group_std``: numpy.std of the three group accuracies, the "Std" of
+    the SDCLR and BCL tables. A class with no test samples has accuracy None and is left
+    out of every mean and of the std.
     """
     predictions = _as_ids(predictions, "predictions")
     labels = _as_ids(labels, "labels")
@@ -80,45 +85,90 @@ def accuracy_report(
         if len(ids) and (ids.min() < 0 or ids.max() >= num_classes):
             raise FastltError(f"groups: {name} holds class ids outside [0, {num_classes})")
         report[name] = _mean_or_none(per_class[ids])
+    group_accuracies = [report.get(name) for name in GROUP_NAMES]
+    if None not in group_accuracies:
+        report["group_std"] = float(np.std(group_accuracies))
     return report
 
 
-def _cell(value: float | None) -> str:
-    """A percentage with 2 decimals, or a dash where the value does not exist."""
-    return "-" if value is None else f"{value:.2f}"
+def summarise_subsets(reports: list[dict]) -> dict:
+    """Mean over few-shot subsets of each summary measure, with the std (ddof=0) over subsets beside it.
+
+    BCL reports few-shot accuracy as the mean over 5 probe subsets; the spread shows how much
+    of a difference between methods the choice of subset alone can make.
+    """
+    summary: dict[str, Any] = {"subsets": len(reports), "std_over_subsets": {}}
+    for key in SUMMARISED:
+        values = [report.get(key) for report in reports]
+        if values and None not in values:
+            summary[key] = float(np.mean(values))
+            summary["std_over_subsets"][key] = float(np.std(values))
+    summary["per_subset"] = reports
+    return summary
+
+
+def _cell(report: dict, key: str) -> str:
+    """A percentage with 2 decimals (and +- its std over subsets, if any), or a dash where it does not exist."""
+    value = report.get(key)
+    if value is None:
+        return "-"
+    spread = report.get("std_over_subsets", {}).get(key)
+    return f"{value:.2f}" if spread is None else f"{value:.2f} +- {spread:.2f}"
 
 
 def markdown_table(reports: dict[str, dict]) -> str:
-    """One row per evaluated thing (e.g. "linear", "knn@10"): overall, many, medium, few, class std in percent."""
+    """One row per evaluated thing (e.g. "linear", "knn@10"): overall, many, medium, few and the two stds."""
     lines = [
         "| evaluation | " + " | ".join(title for _, title in COLUMNS) + " |",
         "|---|" + "---:|" * len(COLUMNS),
     ]
     for row, report in reports.items():
-        lines.append(f"| {row} | " + " | ".join(_cell(report.get(key)) for key, _ in COLUMNS) + " |")
+        lines.append(f"| {row} | " + " | ".join(_cell(report, key) for key, _ in COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, reports: dict[str, dict], extra: dict) -> tuple[Path, Path]:
-    """Write eval.json ({"reports": ..., **extra}) and eval.md (the table) into out_dir, each atomically.
+CAPTION = (
+    "Test accuracy in percent. many / medium / few: mean per-class accuracy over each group's classes "
+    "(groups from the pretraining split's class counts); group std: numpy.std of the three group "
+    "accuracies, the Std of the SDCLR and BCL tables; class std: standard deviation over all "
+    "per-class accuracies. Few-shot rows: mean +- std over the probe subsets.\n"
+)
 
-    ``extra`` carries the context (checkpoint, protocol, timings) and must not use the
-    key "reports". Numpy scalars and arrays in it are written as plain numbers and lists.
+
+def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: dict, overwrite: bool = False
+                 ) -> tuple[Path, Path]:
+    """Write eval.json ({"title", "reports", **context}) and eval.md into the folder out_dir, as a whole.
+
+    The folder is built beside its final place and renamed into it, so a report is never
+    half written; an existing report folder is replaced only with ``overwrite``. ``context``
+    names what was measured (run, checkpoint, probe lists, protocol) and must not use the
+    keys "title" and "reports". Numpy values in it are written as plain numbers and lists.
     """
-    if "reports" in extra:
-        raise ValueError("extra: the key 'reports' is reserved for the accuracy reports")
+    if {"title", "reports"} & set(context):
+        raise ValueError("context: the keys 'title' and 'reports' are reserved")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, markdown_path = out_dir / "eval.json", out_dir / "eval.md"
-    document = {"reports": reports, **extra}
+    if out_dir.exists() and not overwrite:
+        raise FastltError(f"{out_dir}: report exists already (use --overwrite to replace it)")
+    document = {"title": title, "reports": reports, **context}
     text = json.dumps(document, indent=2, allow_nan=False, default=_numpy_to_builtin)
-    write_text_atomic(json_path, text + "\n")
-    caption = (
-        "Test accuracy in percent. many / medium / few: mean per-class accuracy over each group's classes; "
-        "class std: standard deviation of per-class accuracy.\n\n"
-    )
-    write_text_atomic(markdown_path, "# Evaluation\n\n" + caption + markdown_table(reports))
-    return json_path, markdown_path
+    details = "".join(f"- {key}: {_describe(value)}\n" for key, value in context.items() if key != "timings")
+    building = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.partial")
+    building.mkdir(parents=True)
+    try:
+        write_text_atomic(building / "eval.json", text + "\n")
+        write_text_atomic(building / "eval.md", f"# {title}\n\n{CAPTION}\n{markdown_table(reports)}\n{details}")
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        building.rename(out_dir)
+    finally:
+        if building.exists():
+            shutil.rmtree(building)
+    return out_dir / "eval.json", out_dir / "eval.md"
+
+
+def _describe(value: Any) -> str:
+    """A context value on one Markdown line."""
+    return value if isinstance(value, str) else json.dumps(value, default=_numpy_to_builtin)
 
 
 def _numpy_to_builtin(value: Any) -> Any:

@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from fastlt.data.loader import NativeLoader
-from fastlt.data.splits import class_counts, class_groups, split_or_all
-from fastlt.data.store import NativeStore, check_same_data, split_checksum
+from fastlt.data.splits import class_counts, class_groups, split_checksum, split_or_all
+from fastlt.data.store import NativeStore, check_same_data
 from fastlt.errors import FastltError
 from fastlt.files import write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method

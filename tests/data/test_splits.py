@@ -18,6 +18,7 @@ from fastlt.data.splits import (
     make_digits_lt_split,
     make_sdclr_split,
     write_cifar_lt_splits,
+    write_shot_subsets,
 )
 from fastlt.data.store import NativeStore
 from fastlt.errors import FastltError
@@ -126,7 +127,27 @@ def check_generated_folder(folder: Path, variant: str, labels: np.ndarray, split
 
 @pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
 def test_shipped_splits_have_the_sdclr_invariants(variant, cifar_labels):
-    check_generated_folder(SHIPPED / f"{variant}_lt", variant, cifar_labels[variant])
+    check_generated_folder(SHIPPED / f"{variant}_lt", variant, cifar_labels[variant], split_ids=(1, 2, 3, 4, 5))
+
+
+def test_cifar10_shot_subsets_of_the_published_list_are_balanced_subsets_and_reproducible(
+        reference_splits, cifar_labels, tmp_path):
+    labels = cifar_labels["cifar10"]
+    published = load_split(reference_splits / "sdclr" / "cifar10" / "trainIdxList.npy", N_TRAIN)
+    written = write_shot_subsets("cifar10", labels, published, "SDCLR's cifar10/trainIdxList.npy", tmp_path)
+    shipped = SHIPPED / "cifar10_lt" / "shots_of_published_trainIdxList"
+    assert sorted(p.name for p in written) == sorted(p.name for p in shipped.glob("*.npy"))
+    assert len(written) == 10
+    subsets = {}
+    for path in written:
+        assert path.read_bytes() == (shipped / path.name).read_bytes()
+        subset = load_split(path, N_TRAIN)
+        shots = int(path.stem.split("_")[1].removesuffix("shot"))
+        assert set(subset.tolist()) <= set(published.tolist()) and grouped_by_class(subset, labels)
+        assert Counter(labels[subset].tolist()) == {c: shots for c in range(10)}
+        assert "not published" in json.loads(path.with_suffix(".json").read_text())["pool"]
+        subsets.setdefault(shots, []).append(frozenset(subset.tolist()))
+    assert all(len(set(drawn)) == 5 for drawn in subsets.values())  # five different subsets per shot count
 
 
 @pytest.mark.parametrize("variant", ["cifar10", "cifar100"])

@@ -158,7 +158,7 @@ def test_a_non_finite_loss_stops_the_run_before_memory_and_checkpoint(digits_sto
         observed.append(bool(torch.isfinite(self.momentum_loss).all()))
 
     monkeypatch.setattr(boost.MemorisationBoost, "observe", observe)
-    with pytest.raises(FastltError, match=r"epoch 2, step 5 of 18: the loss is nan; .*last checkpoint: epoch 1"):
+    with pytest.raises(FastltError, match=r"epoch 2, step 5 of 19: the loss is nan; .*last checkpoint: epoch 1"):
         resume_run(run)
     assert observed and all(observed)  # NaN never entered the memory
     checkpoint = load_checkpoint(run / CHECKPOINT_NAME)

@@ -1,0 +1,128 @@
+"""The wiring between the parts, seen from outside: what reaches BCL's memory, the views and the probe.
+
+The parts are tested alone elsewhere; here spies on a real training run and a real
+evaluation check that the trainer hands each part the right thing: BCL's memory gets the
+store indices and the dense loss L1 (not SDCLR's pruned loss), BCL-D's U is shared by the
+two views of a sample, the probe trains on the recipe's probe list, and the groups come
+from the pretraining split.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fastlt.evaluate.protocol as protocol
+import fastlt.methods.sdclr as sdclr
+from fastlt.data.splits import class_counts, class_groups
+from fastlt.data.store import NativeStore
+from fastlt.methods.boost import BoostStage, MemorisationBoost
+from fastlt.recipe import recipe_from_dict
+from fastlt.train.trainer import pretrain
+
+ROOT = Path(__file__).resolve().parents[2]
+SPLIT = ROOT / "splits" / "digits_lt" / "ratio10_seed1.npy"
+
+
+def bcl_d_recipe(store: Path, out: Path):
+    return recipe_from_dict({
+        "data": {"store": str(store), "split": str(SPLIT)},
+        "model": {"width": 8, "projector_hidden": 16, "projector_out": 8},
+        "method": {"name": "bcl-d", "pruning_ratio": 0.5},
+        "optim": {"lr": 0.1, "warmup_epochs": 1},
+        "train": {"epochs": 2, "batch_size": 100, "out_dir": str(out), "progress": False, "precision": "fp32",
+                  "device": "cpu", "name": "wiring"},
+    }, "test")
+
+
+@pytest.fixture(scope="module")
+def spied_bcl_d_run(digits_store, tmp_path_factory):
+    """A 2-epoch BCL-D run with the memory's inputs, SDCLR's losses and the boost stage's inputs recorded."""
+    observed, losses, strengths = [], [], []
+    original_observe, original_info_nce, original_stage = MemorisationBoost.observe, sdclr.info_nce, BoostStage.__call__
+
+    def observe(self, indices, per_sample):
+        observed.append((indices.clone(), per_sample.clone()))
+        return original_observe(self, indices, per_sample)
+
+    def info_nce(z1, z2, temperature):
+        result = original_info_nce(z1, z2, temperature)
+        losses.append(result[1].detach().clone())
+        return result
+
+    def stage(self, images, generator, strength):
+        strengths.append(strength.clone())
+        return original_stage(self, images, generator, strength)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MemorisationBoost, "observe", observe)
+        patch.setattr(sdclr, "info_nce", info_nce)
+        patch.setattr(BoostStage, "__call__", stage)
+        pretrain(bcl_d_recipe(digits_store, tmp_path_factory.mktemp("wiring")))
+    return observed, losses, strengths
+
+
+def test_bcl_memory_gets_store_indices_of_the_split_every_epoch(spied_bcl_d_run):
+    observed, _, _ = spied_bcl_d_run
+    split = np.load(SPLIT)
+    steps = len(observed) // 2
+    for epoch in (observed[:steps], observed[steps:]):
+        indices = torch.cat([batch for batch, _ in epoch]).tolist()
+        assert sorted(indices) == sorted(split.tolist())  # store indices, each once: the last batch is kept
+    assert max(split) >= len(split)  # so positions in the split could not pass for store indices
+
+
+def test_bcl_d_memory_gets_the_dense_loss_of_each_step(spied_bcl_d_run):
+    # L1 = NT-Xent(dense z1, pruned z2 without grad) and L2 = NT-Xent(z1 detached, pruned z2) have the same
+    # values (they differ in where the gradient goes), so this pins the memory to L1's per-sample losses
+    # of the same step, one update per step.
+    observed, losses, _ = spied_bcl_d_run
+    assert len(losses) == 2 * len(observed)  # per step: dense L1, then pruned L2
+    for step, (indices, per_sample) in enumerate(observed):
+        assert per_sample.shape == indices.shape and torch.equal(per_sample, losses[2 * step])
+
+
+def test_bcl_d_shares_u_between_the_two_views_of_a_sample(spied_bcl_d_run):
+    observed, _, strengths = spied_bcl_d_run
+    assert len(strengths) == 2 * len(observed)  # one boost stage per view
+    for step in range(len(observed)):
+        view1, view2 = strengths[2 * step], strengths[2 * step + 1]
+        assert torch.equal(view1, view2)
+    second_epoch = strengths[len(strengths) // 2:]
+    weights, magnitudes = second_epoch[0][:, 0], second_epoch[0][:, 1]
+    u = (magnitudes - 5) / (25 * weights).clamp_min(1e-12)  # M = 5 + 25 w U
+    assert weights.std() > 0 and u.min() >= 0 and u.max() <= 1 and u.std() > 0.1  # U varies between samples
+
+
+def test_probe_trains_on_the_recipe_probe_list_and_groups_come_from_the_pretraining_split(
+        digits_store, tmp_path, monkeypatch):
+    run = pretrain(recipe_from_dict({
+        "data": {"store": str(digits_store), "split": str(SPLIT)},
+        "model": {"width": 4, "projector_hidden": 16, "projector_out": 8},
+        "train": {"epochs": 1, "batch_size": 128, "out_dir": str(tmp_path), "progress": False,
+                  "precision": "fp32", "device": "cpu", "name": "probe"},
+    }, "test"))
+    labels = np.asarray(NativeStore.open(digits_store).part("train").labels)
+    probe_list = np.random.default_rng(0).choice(len(labels), 300, replace=False)
+    np.save(tmp_path / "probe.npy", probe_list)
+    seen = []
+    original = protocol.train_linear_probe
+
+    def train_linear_probe(features, targets, num_classes, config):
+        seen.append((features.shape[0], targets.clone()))
+        return original(features, targets, num_classes, config)
+
+    monkeypatch.setattr(protocol, "train_linear_probe", train_linear_probe)
+    result = protocol.linear_eval(run, overrides={"train_split": str(tmp_path / "probe.npy"), "epochs": 2,
+                                                   "knn": ()})
+    [(rows, targets)] = seen
+    assert rows == 300 and targets.tolist() == labels[np.sort(probe_list)].tolist()
+    expected = class_groups(class_counts(np.load(SPLIT), labels, 10), "thirds")
+    recorded = result.reports["full"]["linear"]
+    report = (result.folders["full"] / "eval.json").read_text()
+    assert str(tmp_path / "probe.npy") in report
+    groups = json.loads(report)["groups"]
+    assert groups == {name: ids.tolist() for name, ids in expected.items()}
+    per_class = recorded["per_class"]
+    assert recorded["few"] == pytest.approx(np.mean([per_class[c] for c in expected["few"]]))
