@@ -31,18 +31,35 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class PositiveIntList(click.ParamType):
-    """Comma-separated integers >= 1, e.g. "1,10"; an empty string is the empty list."""
+class CommaList(click.ParamType):
+    """Comma-separated items, each kept if ``accept(item)``; an empty string is the empty list unless
+    ``allow_empty`` is false. Items are returned as ``convert_item(item)``, repeats dropped."""
 
     name = "list"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[int, ...]:
+    def __init__(self, accept: Callable[[str], bool], convert_item: Callable[[str], Any], expected: str,
+                 allow_empty: bool = True):
+        self.accept, self.convert_item, self.expected, self.allow_empty = accept, convert_item, expected, allow_empty
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[Any, ...]:
         if isinstance(value, tuple):
             return value
         items = [item.strip() for item in str(value).split(",") if item.strip()]
-        if not all(item.isdigit() and int(item) >= 1 for item in items):
-            self.fail(f"{value!r}: expected comma-separated integers >= 1, e.g. 1,10", param, ctx)
-        return tuple(int(item) for item in items)
+        if (not items and not self.allow_empty) or not all(self.accept(item) for item in items):
+            self.fail(f"{value!r}: expected {self.expected}", param, ctx)
+        return tuple(dict.fromkeys(self.convert_item(item) for item in items))
+
+
+def positive_ints() -> CommaList:
+    """Integers >= 1, e.g. "1,10"."""
+    return CommaList(lambda item: item.isdigit() and int(item) >= 1, int,
+                     "comma-separated integers >= 1, e.g. 1,10")
+
+
+def shot_settings() -> CommaList:
+    """Shot settings: "full" (the probe list) and/or numbers of shots, e.g. "full,100,50"."""
+    return CommaList(lambda item: item == "full" or (item.isdigit() and int(item) >= 1), str,
+                     "'full' and/or numbers of shots, e.g. full,100,50", allow_empty=False)
 
 
 DEVICE_HELP = "auto (the first CUDA device, else the CPU), cpu, cuda or cuda:N."
@@ -117,7 +134,7 @@ def splits() -> None:
 @click.option("--store", "store_path", type=click.Path(path_type=Path), required=True,
               help="Native CIFAR store whose train labels define the classes.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the split files.")
-@click.option("--split-ids", type=PositiveIntList(), default="1,2,3", show_default=True,
+@click.option("--split-ids", type=positive_ints(), default="1,2,3,4,5", show_default=True,
               help="Comma-separated split numbers.")
 @click.option("--val-list", type=click.Path(path_type=Path), help="Use this val index file (e.g. SDCLR's) as the held-out set.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
@@ -186,20 +203,6 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     click.echo(str(run_dir))
 
 
-class ShotList(click.ParamType):
-    """Comma-separated shot settings: "full" (the probe list) and/or numbers of shots, e.g. "full,100,50"."""
-
-    name = "list"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
-        if isinstance(value, tuple):
-            return value
-        items = [item.strip() for item in str(value).split(",") if item.strip()]
-        if not items or not all(item == "full" or (item.isdigit() and int(item) >= 1) for item in items):
-            self.fail(f"{value!r}: expected 'full' and/or numbers of shots, e.g. full,100,50", param, ctx)
-        return tuple(dict.fromkeys(items))
-
-
 @main.command("linear-eval")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path),
@@ -208,11 +211,11 @@ class ShotList(click.ParamType):
               help="Use this store instead of the recipe's (it must hold the data the run trained on).")
 @click.option("--probe-split", type=click.Path(path_type=Path),
               help="Indices of the probe's training samples (default: the recipe's eval.train_split).")
-@click.option("--shots", type=ShotList(), default="full", show_default=True,
+@click.option("--shots", type=shot_settings(), default="full", show_default=True,
               help="full (the probe list) and/or N-shot evaluations, each the mean and std over the recipe's "
                    "few-shot lists (eval.shot_lists), e.g. full,100,50.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Probe epochs (default: the recipe's, 500 in the BCL protocol).")
-@click.option("--knn", type=PositiveIntList(), help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
+@click.option("--knn", type=positive_ints(), help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
 @click.option("--random-init", is_flag=True, help="Also evaluate a randomly initialised backbone of the same architecture.")
 @click.option("--overwrite", is_flag=True, help="Replace reports of the same evaluation written before.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)

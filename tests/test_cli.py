@@ -285,6 +285,9 @@ BAD_INPUTS = [
     ("pretrain --resume {run} --set train.epochs=3 --until-epoch 1", "has completed 1 epochs already"),
     # linear-eval
     ("linear-eval {run} --knn a", "Invalid value for '--knn'"),
+    ("linear-eval {run} --shots 0", "Invalid value for '--shots'"),
+    ("linear-eval {run} --shots ,", "Invalid value for '--shots'"),
+    ("linear-eval {run} --shots 100 --device cpu", "--shots 100: the recipe names no few-shot lists"),
     ("linear-eval {run} --knn 0", "Invalid value for '--knn'"),
     ("linear-eval {run} --knn 5000 --device cpu", "knn k = 5000: larger than the 1198 samples"),
     ("linear-eval {run} --epochs 0", "Invalid value for '--epochs'"),

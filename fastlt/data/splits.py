@@ -162,7 +162,7 @@ def write_cifar_lt_splits(
     variant: str,
     labels: np.ndarray,
     out_dir: Path,
-    split_ids: Sequence[int] = (1, 2, 3),
+    split_ids: Sequence[int] = (1, 2, 3, 4, 5),
     val_list: np.ndarray | None = None,
     seed: int = 0,
 ) -> list[Path]:
