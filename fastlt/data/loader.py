@@ -44,7 +44,7 @@ class NativeLoader:
         device: torch.device | str,
         generator: torch.Generator,
         shuffle: bool = True,
-        drop_last: bool = True,
+        drop_last: bool = False,
     ) -> None:
         device = torch.device(device)
         rows = np.arange(len(part.labels), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)

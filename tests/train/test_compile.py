@@ -18,7 +18,10 @@ from fastlt.methods.base import StepContext
 from fastlt.recipe import recipe_from_dict
 
 
-def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch():
+def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch(tmp_path, monkeypatch):
+    # A cold cache of its own: inductor's on-disk cache is keyed without the oneDNN/ATen ISA limits
+    # (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), and reusing kernels built under other limits crashed here.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     recipe = recipe_from_dict({"method": {"name": "sdclr", "pruning_ratio": 0.5},
                                "model": {"width": 16, "projector_hidden": 16, "projector_out": 8}}, "test")
     torch.manual_seed(0)
