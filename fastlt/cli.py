@@ -178,13 +178,24 @@ def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
 @click.option("--device", help=DEVICE_HELP + " Same as --set train.device=...")
 @click.option("--precision", help=PRECISION_HELP + " Same as --set train.precision=...")
 @click.option("--until-epoch", type=click.IntRange(min=1), help="Stop after this epoch (the schedule still spans train.epochs).")
+@click.option("--list", "list_methods", is_flag=True, help="Print the method presets and the axes' choices, and exit.")
 @user_errors
 def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, split: Path | None,
-             device: str | None, precision: str | None, until_epoch: int | None) -> None:
+             device: str | None, precision: str | None, until_epoch: int | None, list_methods: bool) -> None:
     """Self-supervised pretraining from a TOML recipe or a shipped recipe's name (e.g. cifar100_lt/bcl-d).
 
     Progress goes to stderr; the run folder is printed last on stdout.
     """
+    if list_methods:
+        from fastlt.methods import AXES, PRESETS
+
+        click.echo("presets (method.name), one choice per axis:")
+        for name, axes in PRESETS.items():
+            click.echo(f"  {name:10} " + ", ".join(f"{axis}={choice}" for axis, choice in vars(axes).items()))
+        click.echo("axes (method.<axis> changes a preset's choice):")
+        for axis, choices in AXES.items():
+            click.echo(f"  {axis:21} {' | '.join(choices)}")
+        return
     shortcuts = {"data.split": split and str(split.resolve()), "train.device": device, "train.precision": precision}
     overrides = (*overrides, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value))
     from fastlt.recipe import find_recipe, load_recipe

@@ -30,6 +30,7 @@ NON_NEGATIVE = _rule(lambda v: v >= 0, ">= 0")
 AT_LEAST_1 = _rule(lambda v: v >= 1, ">= 1")
 AT_LEAST_2 = _rule(lambda v: v >= 2, ">= 2")
 FRACTION = _rule(lambda v: 0 <= v < 1, "in [0, 1)")
+SIGN = _rule(lambda v: v in (-1, 1), "+1 or -1")
 ALL_AT_LEAST_1 = _rule(lambda values: all(v >= 1 for v in values), "a list of integers >= 1")
 
 
@@ -67,15 +68,23 @@ class ModelConfig:
 class MethodConfig:
     """A method preset, optionally changed on any axis, and the settings of each axis.
 
-    Presets: simclr = plain + fixed, sdclr = self-damaging + fixed, bcl-i = plain + bcl-i,
-    bcl-d = self-damaging + bcl-d. Setting ``encoder`` or ``view_strength`` overrides the
-    preset's choice on that axis, so e.g. SDCLR with BCL-I views is one line.
+    A preset (fastlt.methods.PRESETS) is one choice per axis: encoder, view strength,
+    objective, temperature schedule, sample weights. Setting an axis here overrides the
+    preset's choice on it, so e.g. SDCLR with BCL-I views, or BCL-D with a cosine
+    temperature, is one line.
     """
 
     name: str = "simclr"
     encoder: str = ""  # plain | self-damaging ("" = the preset's)
     view_strength: str = ""  # fixed | bcl-i | bcl-d ("" = the preset's)
-    temperature: float = setting(0.2, POSITIVE)
+    objective: str = ""  # infonce | flatnce ("" = the preset's)
+    temperature_schedule: str = ""  # constant | cosine ("" = the preset's)
+    sample_weights: str = ""  # none | lotar ("" = the preset's)
+    temperature: float = setting(0.2, POSITIVE)  # the constant temperature
+    temperature_min: float = setting(0.1, POSITIVE)  # cosine schedule: tau at epoch t_max
+    temperature_max: float = setting(1.0, POSITIVE)  # cosine schedule: tau at epoch 0 and 2 t_max
+    temperature_period: int = setting(200, AT_LEAST_1)  # cosine schedule: t_max, half the period in epochs
+    lotar_sign: float = setting(1.0, SIGN)  # LoTaR weights 1 + sign * (d - mean d) / (max d - min d)
     pruning_ratio: float = setting(0.9, FRACTION)  # self-damaging: fraction of convolution weights pruned
     boost_momentum: float = setting(0.97, FRACTION)  # memorisation boost: beta of the per-sample momentum loss
 

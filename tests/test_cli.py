@@ -314,3 +314,13 @@ def test_bad_input_is_one_line_and_writes_nothing(command, fragment, tmp_path, t
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "out").exists()
     assert snapshot(tiny_run) == before
+
+
+def test_pretrain_list_names_every_preset_and_axis_choice():
+    from fastlt.methods import AXES, PRESETS
+
+    output = run("pretrain", "--list").output
+    for name, axes in PRESETS.items():
+        assert f"  {name} " in output and f"temperature_schedule={axes.temperature_schedule}" in output
+    for axis, choices in AXES.items():
+        assert " | ".join(choices) in output

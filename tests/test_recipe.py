@@ -90,7 +90,8 @@ def test_extends_lays_a_recipe_over_its_base(tmp_path):
 
 def test_shipped_presets_keep_reference_weight_decays():
     decay = {path.stem: load_recipe(path).optim.weight_decay for path in (PIPELINES / "cifar100_lt").glob("*.toml")}
-    assert decay == {"simclr": 5e-4, "bcl-i": 5e-4, "sdclr": 1e-4, "bcl-d": 1e-4}
+    assert decay == {"simclr": 5e-4, "bcl-i": 5e-4, "sdclr": 1e-4, "bcl-d": 1e-4,
+                     "simclr-ts": 5e-4, "lotar": 5e-4, "sdclr-ts": 1e-4, "bcl-d-ts": 1e-4}
     assert load_recipe(PIPELINES / "cifar100_lt" / "bcl-d.toml").train.epochs == 2000
 
 
@@ -99,7 +100,7 @@ def test_shipped_presets_keep_reference_weight_decays():
      "bcl/cifar100_imbSub_with_subsets/cifar100_split{subset}_test_{shots}shot.npy"),
     ("cifar10", "sdclr/cifar10_imbSub_with_subsets/split1_D_i.npy", "sdclr/cifar10/trainIdxList.npy", None),
 ])
-@pytest.mark.parametrize("method", ["simclr", "sdclr", "bcl-i", "bcl-d"])
+@pytest.mark.parametrize("method", ["simclr", "sdclr", "bcl-i", "bcl-d", "simclr-ts", "sdclr-ts", "bcl-d-ts", "lotar"])
 def test_shipped_cifar_recipes_train_and_probe_on_the_published_split_1(data_set, split, probe, shots, method):
     published = ROOT / "splits" / "published"
     recipe = load_recipe(find_recipe(f"{data_set}_lt/{method}"))

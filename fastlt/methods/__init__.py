@@ -1,9 +1,12 @@
-"""Method presets: choices on the encoder and view-strength axes, wired to an objective.
+"""Method presets: one choice per axis (encoder, view strength, objective, temperature, sample weights).
 
-``build_method`` is the registry: ``method.name`` picks a preset, ``method.encoder`` and
-``method.view_strength`` may change either axis.
+``build_method`` is the registry: ``method.name`` picks a preset, and any ``method.<axis>``
+key changes that axis, so every combination runs, not only the published ones.
 """
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
@@ -11,6 +14,7 @@ from fastlt.augment.views import SimCLRViews
 from fastlt.errors import FastltError
 from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
 from fastlt.methods.boost import MAPPINGS, MemorisationBoost
+from fastlt.methods.contrast import SAMPLE_WEIGHTS, TEMPERATURE_SCHEDULES, ContrastiveLoss
 from fastlt.methods.sdclr import SDCLR
 from fastlt.methods.simclr import SimCLR
 from fastlt.models.heads import projector
@@ -20,38 +24,54 @@ from fastlt.models.self_damaging import (
     dual_norm_factory,
     masked_conv_factory,
 )
+from fastlt.objectives import OBJECTIVES
 from fastlt.recipe import Recipe
 
-__all__ = ["ContrastiveMethod", "StepContext", "StepOutput", "PRESETS", "build_method", "build_views", "resolve_axes"]
+__all__ = ["AXES", "Axes", "ContrastiveMethod", "StepContext", "StepOutput", "PRESETS", "build_method",
+           "build_views", "resolve_axes"]
 
-# preset name -> (encoder, view strength)
-PRESETS: dict[str, tuple[str, str]] = {
-    "simclr": ("plain", "fixed"),
-    "sdclr": ("self-damaging", "fixed"),
-    "bcl-i": ("plain", "bcl-i"),
-    "bcl-d": ("self-damaging", "bcl-d"),
+
+@dataclass(frozen=True)
+class Axes:
+    """One choice per axis; a preset is a named Axes."""
+
+    encoder: str = "plain"
+    view_strength: str = "fixed"
+    objective: str = "infonce"
+    temperature_schedule: str = "constant"
+    sample_weights: str = "none"
+
+
+AXES: dict[str, tuple[str, ...]] = {
+    "encoder": ("plain", "self-damaging"),
+    "view_strength": ("fixed", *MAPPINGS),
+    "objective": tuple(OBJECTIVES),
+    "temperature_schedule": TEMPERATURE_SCHEDULES,
+    "sample_weights": SAMPLE_WEIGHTS,
 }
-ENCODERS = ("plain", "self-damaging")
-VIEW_STRENGTHS = ("fixed", *MAPPINGS)
+
+PRESETS: dict[str, Axes] = {
+    "simclr": Axes(),
+    "sdclr": Axes(encoder="self-damaging"),
+    "bcl-i": Axes(view_strength="bcl-i"),
+    "bcl-d": Axes(encoder="self-damaging", view_strength="bcl-d"),
+    "simclr-ts": Axes(temperature_schedule="cosine"),
+    "sdclr-ts": Axes(encoder="self-damaging", temperature_schedule="cosine"),
+    "bcl-d-ts": Axes(encoder="self-damaging", view_strength="bcl-d", temperature_schedule="cosine"),
+    "lotar": Axes(sample_weights="lotar"),
+}
 
 
-def resolve_axes(recipe: Recipe) -> tuple[str, str]:
-    """(encoder, view strength) of the recipe: the preset's, changed where the recipe says so."""
+def resolve_axes(recipe: Recipe) -> Axes:
+    """The recipe's choice on every axis: the preset's, changed where ``method.<axis>`` says so."""
     config = recipe.method
     if config.name not in PRESETS:
         raise FastltError(f"method.name: unknown method {config.name!r} (expected one of {sorted(PRESETS)})")
-    encoder, strength = PRESETS[config.name]
-    encoder = config.encoder or encoder
-    strength = config.view_strength or strength
-    if encoder not in ENCODERS:
-        raise FastltError(f"method.encoder: unknown encoder {encoder!r} (expected one of {list(ENCODERS)})")
-    if strength not in VIEW_STRENGTHS:
-        raise FastltError(f"method.view_strength: unknown {strength!r} (expected one of {list(VIEW_STRENGTHS)})")
-    if not 0.0 <= config.pruning_ratio < 1.0:
-        raise FastltError(f"method.pruning_ratio: must be in [0, 1), got {config.pruning_ratio}")
-    if not 0.0 <= config.boost_momentum < 1.0:
-        raise FastltError(f"method.boost_momentum: must be in [0, 1), got {config.boost_momentum}")
-    return encoder, strength
+    chosen = {axis: getattr(config, axis) or getattr(PRESETS[config.name], axis) for axis in AXES}
+    for axis, choice in chosen.items():
+        if choice not in AXES[axis]:
+            raise FastltError(f"method.{axis}: unknown {choice!r} (expected one of {list(AXES[axis])})")
+    return dataclasses.replace(PRESETS[config.name], **chosen)
 
 
 def build_views(recipe: Recipe, boost: MemorisationBoost | None = None) -> SimCLRViews:
@@ -66,16 +86,18 @@ def build_method(recipe: Recipe, num_samples: int, sample_groups: Tensor | None 
     sample_groups ([num_samples] int, 0/1/2 = many/medium/few, -1 = not in the split) only
     feeds the boost's per-group weight diagnostics.
     """
-    encoder, strength = resolve_axes(recipe)
-    m = recipe.model
+    axes, m, c = resolve_axes(recipe), recipe.model, recipe.method
     boost = None
-    if strength != "fixed":
-        boost = MemorisationBoost(num_samples, strength, recipe.method.boost_momentum, sample_groups)
+    if axes.view_strength != "fixed":
+        boost = MemorisationBoost(num_samples, axes.view_strength, c.boost_momentum, sample_groups)
     views = build_views(recipe, boost)
-    if encoder == "plain":
+    contrast = ContrastiveLoss(axes.objective, c.temperature, axes.temperature_schedule,
+                               (c.temperature_min, c.temperature_max, c.temperature_period),
+                               axes.sample_weights, c.lotar_sign)
+    if axes.encoder == "plain":
         backbone = build_resnet(m.arch, stem=m.stem, width=m.width)
         head = projector(backbone.feature_dim, m.projector_hidden, m.projector_out, m.projector_layers)
-        return SimCLR(views, backbone, head, recipe.method.temperature, boost)
+        return SimCLR(views, backbone, head, contrast, boost)
     switch = BranchSwitch()
     backbone = build_resnet(
         m.arch, stem=m.stem, width=m.width,
@@ -85,4 +107,4 @@ def build_method(recipe: Recipe, num_samples: int, sample_groups: Tensor | None 
         backbone.feature_dim, m.projector_hidden, m.projector_out, m.projector_layers,
         norm=dual_norm_factory(nn.BatchNorm1d, switch),
     )
-    return SDCLR(views, backbone, head, switch, recipe.method.temperature, recipe.method.pruning_ratio, boost)
+    return SDCLR(views, backbone, head, switch, contrast, c.pruning_ratio, boost)

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from fastlt.augment.views import SimCLRViews
 from fastlt.data.loader import Batch
 from fastlt.methods.boost import MemorisationBoost
+from fastlt.methods.contrast import ContrastiveLoss
 
 
 @dataclass(frozen=True)
@@ -34,15 +35,17 @@ class ContrastiveMethod(nn.Module):
 
     Subclasses set ``self.backbone`` (images -> features, what linear evaluation keeps)
     and implement ``forward`` (the compilable part) and ``step`` (forwards and backwards
-    on a pair of views). The view-strength axis lives here: with a MemorisationBoost the
-    views get per-sample RandAugment strength and every step's per-sample losses feed it.
+    on a pair of views). Two axes live here: the view strength (with a MemorisationBoost
+    the views get per-sample RandAugment strength and every step's per-sample losses feed
+    it) and the loss (``contrast``: objective, temperature schedule, sample weights).
     """
 
     backbone: nn.Module
 
-    def __init__(self, views: SimCLRViews, boost: MemorisationBoost | None = None):
+    def __init__(self, views: SimCLRViews, contrast: ContrastiveLoss, boost: MemorisationBoost | None = None):
         super().__init__()
         self.views = views
+        self.contrast = contrast
         self.boost = boost
         self.memory_format = torch.channels_last
         self._forward = self.forward
@@ -83,11 +86,13 @@ class ContrastiveMethod(nn.Module):
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> None:
-        """Called before the first step of each epoch (1-based); default does nothing."""
+        """Called before the first step of each epoch (1-based): sets the epoch's temperature."""
+        self.contrast.set_epoch(epoch)
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Called after the last step of each epoch; returns extra metrics to log."""
-        return self.boost.end_epoch() if self.boost is not None else {}
+        boost = self.boost.end_epoch() if self.boost is not None else {}
+        return {"temperature": round(self.contrast.value, 6), **boost}
 
     def feature_extractor(self) -> nn.Module:
         """The module linear evaluation freezes: float images in [0, 1] -> features."""

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from fastlt.augment.views import SimCLRViews
 from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
 from fastlt.methods.boost import MemorisationBoost
+from fastlt.methods.contrast import ContrastiveLoss
 from fastlt.models.self_damaging import (
     DENSE,
     PRUNED,
@@ -14,7 +15,6 @@ from fastlt.models.self_damaging import (
     prunable_convolutions,
     update_masks,
 )
-from fastlt.objectives.infonce import info_nce
 
 
 class DenseBranch(nn.Module):
@@ -35,8 +35,8 @@ class SDCLR(ContrastiveMethod):
 
     One iteration, in this order:
       1. pruned branch on view 2 without grad -> z2 (its BN copy updates its statistics);
-      2. dense branch on view 1 -> z1; L1 = NT-Xent(z1, z2); backward (L1 is the logged loss);
-      3. pruned branch on view 2 with grad -> z2'; L2 = NT-Xent(z1.detach(), z2'); backward;
+      2. dense branch on view 1 -> z1; L1 = loss(z1, z2); backward (L1 is the logged loss);
+      3. pruned branch on view 2 with grad -> z2'; L2 = loss(z1.detach(), z2'); backward;
     then the trainer takes one optimiser step. Summing L1 and L2 with both branches live
     would give different gradients (the dense branch would also receive L2's gradient).
     The pruning mask is recomputed from the current weights at the start of every epoch.
@@ -48,15 +48,14 @@ class SDCLR(ContrastiveMethod):
         backbone: nn.Module,
         head: nn.Module,
         switch: BranchSwitch,
-        temperature: float,
+        contrast: ContrastiveLoss,
         pruning_ratio: float,
         boost: MemorisationBoost | None = None,
     ):
-        super().__init__(views, boost)
+        super().__init__(views, contrast, boost)
         self.backbone = backbone
         self.head = head
         self.switch = switch
-        self.temperature = temperature
         self.pruning_ratio = pruning_ratio
         self.sparsity = 0.0
 
@@ -65,6 +64,7 @@ class SDCLR(ContrastiveMethod):
         return self.head(self.backbone(x))
 
     def on_epoch_start(self, epoch: int) -> None:
+        super().on_epoch_start(epoch)
         self.sparsity = update_masks(prunable_convolutions(self.backbone), self.pruning_ratio)
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
@@ -77,11 +77,11 @@ class SDCLR(ContrastiveMethod):
                 z2 = self._forward(view2)
             self.switch.active = DENSE
             z1 = self._forward(view1)
-            dense_loss, per_sample = info_nce(z1, z2, self.temperature)
+            dense_loss, per_sample = self.contrast(z1, z2)
         context.backward(dense_loss)
         with context.autocast():
             self.switch.active = PRUNED
-            pruned_loss, _ = info_nce(z1.detach(), self._forward(view2), self.temperature)
+            pruned_loss, _ = self.contrast(z1.detach(), self._forward(view2))
         context.backward(pruned_loss)
         self.switch.active = DENSE
         return StepOutput(dense_loss.detach(), per_sample.detach())

@@ -7,11 +7,11 @@ from torch import Tensor, nn
 from fastlt.augment.views import SimCLRViews
 from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
 from fastlt.methods.boost import MemorisationBoost
-from fastlt.objectives.infonce import info_nce
+from fastlt.methods.contrast import ContrastiveLoss
 
 
 class SimCLR(ContrastiveMethod):
-    """Backbone + projector trained with InfoNCE at a fixed temperature.
+    """Backbone + projector trained with the contrastive loss of the recipe (InfoNCE by default).
 
     Both views go through the network as one batch of 2B, so batch-norm statistics are
     taken over both views, as in the reference implementations.
@@ -22,18 +22,17 @@ class SimCLR(ContrastiveMethod):
         views: SimCLRViews,
         backbone: nn.Module,
         head: nn.Module,
-        temperature: float,
+        contrast: ContrastiveLoss,
         boost: MemorisationBoost | None = None,
     ):
-        super().__init__(views, boost)
+        super().__init__(views, contrast, boost)
         self.backbone = backbone
         self.head = head
-        self.temperature = temperature
 
     def forward(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
         embeddings = self.head(self.backbone(torch.cat([view1, view2])))
         z1, z2 = embeddings.chunk(2)
-        return info_nce(z1, z2, self.temperature)
+        return self.contrast(z1, z2)
 
     def step(self, view1: Tensor, view2: Tensor, context: StepContext) -> StepOutput:
         with context.autocast():

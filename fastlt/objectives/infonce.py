@@ -1,4 +1,4 @@
-"""InfoNCE / NT-Xent over two views, returning the per-sample losses BCL needs."""
+"""InfoNCE / NT-Xent over two views, per anchor, so sample weights and BCL's memory can use it."""
 from __future__ import annotations
 
 import torch
@@ -6,23 +6,39 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
-    """NT-Xent (docs/simclr.md) for embeddings z1, z2 of shape [B, D].
+def pair_logits(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+    """Cosine similarities / tau of the 2B embeddings [z1; z2], self-similarity masked to -inf, in float32.
 
-    Each of the 2B embeddings is an anchor; its positive is the other view of the same
-    image and its negatives are the other 2B - 2 embeddings. The similarities and the
-    cross-entropy run in float32 with autocast disabled: under bf16 autocast a matmul would
-    round every logit to about 0.004 / tau, and BCL ranks samples by these losses.
-    temperature may be a 0-d tensor so a schedule does not recompile.
-
-    Returns (mean over the 2B anchors, per-sample loss [B] = mean of the sample's two anchors).
+    Returns (logits [2B, 2B], index of each anchor's positive [2B]). Call it with autocast
+    disabled: under bf16 autocast the matmul would round every logit to about 0.004 / tau,
+    and BCL ranks samples by the losses built from them.
     """
     batch = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
+    logits = z @ z.T / temperature
+    logits = logits.masked_fill(torch.eye(2 * batch, dtype=torch.bool, device=z.device), float("-inf"))
+    positives = torch.arange(2 * batch, device=z.device).roll(batch)
+    return logits, positives
+
+
+def info_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> Tensor:
+    """NT-Xent (docs/simclr.md) of each of the 2B anchors [z1; z2], float32 [2B].
+
+    An anchor's positive is the other view of its image; its negatives are the other 2B - 2
+    embeddings. temperature may be a 0-d tensor, so a schedule does not recompile.
+    """
     with torch.autocast(z1.device.type, enabled=False):
-        z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-        logits = z @ z.T / temperature
-        logits = logits.masked_fill(torch.eye(2 * batch, dtype=torch.bool, device=z.device), float("-inf"))
-        positives = torch.arange(2 * batch, device=z.device).roll(batch)
-        per_anchor = F.cross_entropy(logits, positives, reduction="none")
-    per_sample = (per_anchor[:batch] + per_anchor[batch:]) / 2
-    return per_anchor.mean(), per_sample
+        logits, positives = pair_logits(z1, z2, temperature)
+        return F.cross_entropy(logits, positives, reduction="none")
+
+
+def per_sample_of(per_anchor: Tensor) -> Tensor:
+    """[2B] per-anchor losses -> [B] per-sample losses: the mean of a sample's two anchors."""
+    first, second = per_anchor.chunk(2)
+    return (first + second) / 2
+
+
+def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+    """(mean over the 2B anchors, per-sample loss [B]) of NT-Xent for embeddings z1, z2 of shape [B, D]."""
+    per_anchor = info_nce_per_anchor(z1, z2, temperature)
+    return per_anchor.mean(), per_sample_of(per_anchor)

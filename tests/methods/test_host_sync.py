@@ -33,9 +33,15 @@ class CountSyncingOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# The BCL presets, and every loss axis at once on top of BCL-D.
+METHODS = {"bcl-i": {}, "bcl-d": {},
+           "bcl-d+flatnce+lotar+cosine": {"name": "bcl-d", "objective": "flatnce", "sample_weights": "lotar",
+                                          "temperature_schedule": "cosine"}}
+
+
 def bcl_step(name: str, device: str):
     """A BCL method and optimizer on `device`, and a function running one training step."""
-    recipe = recipe_from_dict({"method": {"name": name, "pruning_ratio": 0.5},
+    recipe = recipe_from_dict({"method": {"name": name, "pruning_ratio": 0.5, **METHODS[name]},
                                "model": {"width": 8, "projector_hidden": 16, "projector_out": 8},
                                "views": {"size": 16}}, "test")
     torch.manual_seed(0)
@@ -58,7 +64,7 @@ def bcl_step(name: str, device: str):
     return method, step
 
 
-@pytest.mark.parametrize("name", ["bcl-i", "bcl-d"])
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_bcl_step_builds_no_tensor_from_python_and_reads_no_scalar(name):
     method, step = bcl_step(name, "cpu")
     step()  # warm-up: constants are built once per device and dtype
@@ -71,7 +77,7 @@ def test_bcl_step_builds_no_tensor_from_python_and_reads_no_scalar(name):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("name", ["bcl-i", "bcl-d"])
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_bcl_step_has_no_cuda_sync(name):
     method, step = bcl_step(name, "cuda")
     step()

@@ -1,5 +1,6 @@
 """Every preset trains on the built-in digits; BCL's strength reaches the views; BCL state survives resume."""
 import json
+import math
 
 import numpy as np
 import pytest
@@ -7,18 +8,19 @@ import torch
 
 from fastlt.data.loader import Batch
 from fastlt.data.store import NativeStore
-from fastlt.methods import PRESETS, build_method, resolve_axes
+from fastlt.errors import FastltError
+from fastlt.methods import PRESETS, Axes, build_method, resolve_axes
 from fastlt.recipe import recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
 
-def recipe(store, out_dir, name, **train):
+def recipe(store, out_dir, name, method=None, **train):
     return recipe_from_dict(
         {
             "data": {"store": str(store)},
             "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
-            "method": {"name": name, "pruning_ratio": 0.5},
+            "method": {"name": name, "pruning_ratio": 0.5, **(method or {})},
             "optim": {"lr": 0.1, "warmup_epochs": 1},
             "train": {"epochs": 5, "batch_size": 128, "out_dir": str(out_dir), "progress": False,
                       "precision": "fp32", "device": "cpu", "name": name, **train},
@@ -36,7 +38,8 @@ def test_preset_trains_and_logs_its_diagnostics(digits_store, tmp_path, name):
     run = pretrain(recipe(digits_store, tmp_path, name))
     epochs = epochs_of(run)
     assert min(e["loss"] for e in epochs[1:]) < epochs[0]["loss"]
-    encoder, strength = resolve_axes(recipe(digits_store, tmp_path, name))
+    axes = resolve_axes(recipe(digits_store, tmp_path, name))
+    encoder, strength = axes.encoder, axes.view_strength
     if encoder == "self-damaging":
         assert all(abs(e["sparsity"] - 0.5) < 1e-3 for e in epochs)
     if strength != "fixed":
@@ -49,7 +52,7 @@ def test_preset_trains_and_logs_its_diagnostics(digits_store, tmp_path, name):
 def test_axes_compose_beyond_the_presets(digits_store, tmp_path):
     mixed = recipe_from_dict({"data": {"store": str(digits_store)},
                               "method": {"name": "sdclr", "view_strength": "bcl-i"}}, "test")
-    assert resolve_axes(mixed) == ("self-damaging", "bcl-i")
+    assert resolve_axes(mixed) == Axes(encoder="self-damaging", view_strength="bcl-i")
 
 
 def test_resume_restores_bcl_state_bit_for_bit(digits_store, tmp_path):
@@ -77,3 +80,31 @@ def test_higher_weight_gives_stronger_views(digits_store):
         changes.append(float((view - baseline).abs().mean()))
     assert changes[0] == 0.0  # w = 0: no op fires, the SimCLR view is untouched
     assert 0.0 < changes[1] < changes[2]
+
+
+# Combinations no reference repository can run: each axis from another paper.
+COMBINATIONS = [
+    ("bcl-d", {"temperature_schedule": "cosine", "temperature_period": 20}),  # BCL-D with a temperature schedule
+    ("sdclr", {"sample_weights": "lotar"}),  # SDCLR with LoTaR weights
+    ("bcl-i", {"objective": "flatnce", "sample_weights": "lotar", "lotar_sign": -1.0}),
+]
+
+
+@pytest.mark.parametrize("name, axes", COMBINATIONS, ids=[f"{n}+{'+'.join(a)}" for n, a in COMBINATIONS])
+def test_cross_axis_combinations_learn_and_resume_exactly(digits_store, tmp_path, name, axes):
+    full = pretrain(recipe(digits_store, tmp_path / "full", name, axes, epochs=4))
+    half = pretrain(recipe(digits_store, tmp_path / "half", name, axes, epochs=4), until_epoch=2)
+    resume_run(half)
+    epochs = epochs_of(full)
+    assert min(e["loss"] for e in epochs[1:]) < epochs[0]["loss"]
+    a, b = load_checkpoint(full / CHECKPOINT_NAME)["model"], load_checkpoint(half / CHECKPOINT_NAME)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
+    if axes.get("temperature_schedule") == "cosine":  # t_max 20: tau falls from 1.0 towards 0.1
+        expected = [0.1 + 0.45 * (1 + math.cos(math.pi * e / 20)) for e in (1, 2, 3, 4)]
+        assert [e["temperature"] for e in epochs] == pytest.approx(expected, abs=1e-6)
+
+
+def test_axis_choices_are_checked():
+    for axis, bad in (("objective", "nce"), ("temperature_schedule", "linear"), ("sample_weights", "focal")):
+        with pytest.raises(FastltError, match=f"method.{axis}: unknown '{bad}'"):
+            resolve_axes(recipe_from_dict({"method": {"name": "simclr", axis: bad}}, "test"))

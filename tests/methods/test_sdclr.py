@@ -50,7 +50,7 @@ def branch_tensors(method, branch: int, params: dict) -> dict:
             if f".copies.{branch}." not in name:
                 continue
             name = name.replace(f".copies.{branch}.", ".")
-        elif name.endswith(".mask"):
+        elif name.endswith(".mask") or name.startswith("contrast."):  # the loss's temperature is no weight
             continue
         elif branch == 1 and name.endswith(".weight") and name[: -len(".weight")] in masks:
             tensor = tensor * masks[name[: -len(".weight")]]

@@ -49,3 +49,29 @@ def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch(tmp_path, monk
         # gradients that are zero in exact arithmetic, such as a bias followed by batch norm).
         scale = float(a.grad.abs().max())
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4 * scale + 1e-5, msg=name)
+
+
+def test_a_new_temperature_each_epoch_does_not_recompile_the_step(tmp_path, monkeypatch):
+    """SimCLR's compiled forward holds the loss, so the scheduled temperature enters the graph as a tensor."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    recipe = recipe_from_dict({"method": {"name": "simclr-ts", "temperature_period": 2},
+                               "model": {"width": 16, "projector_hidden": 16, "projector_out": 8}}, "test")
+    torch.manual_seed(0)
+    eager = build_method(recipe, num_samples=8).to(memory_format=torch.channels_last)
+    compiled = copy.deepcopy(eager)
+    compiled.enable_compile()
+    generator = torch.Generator().manual_seed(0)
+    views = [torch.rand(8, 3, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
+             for _ in range(2)]
+    context = StepContext(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
+    graphs, losses = [], []
+    for epoch in (1, 2, 3):  # tau 0.55, 0.1, 0.55
+        for method in (eager, compiled):
+            method.on_epoch_start(epoch)
+        expected = eager.step(*views, context)
+        result = compiled.step(*views, context)
+        assert torch.allclose(result.loss, expected.loss, atol=1e-5)
+        graphs.append(counters["stats"]["unique_graphs"])
+        losses.append(float(result.loss))
+    assert graphs[0] == graphs[1] == graphs[2]
+    assert losses[1] != losses[0]  # the new temperature did reach the compiled graph

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import fastlt.evaluate.protocol as protocol
-import fastlt.methods.sdclr as sdclr
 from fastlt.data.splits import class_counts, class_groups
 from fastlt.data.store import NativeStore
 from fastlt.methods.boost import BoostStage, MemorisationBoost
+from fastlt.methods.contrast import ContrastiveLoss
 from fastlt.recipe import recipe_from_dict
 from fastlt.train.trainer import pretrain
 
@@ -40,14 +40,14 @@ def bcl_d_recipe(store: Path, out: Path):
 def spied_bcl_d_run(digits_store, tmp_path_factory):
     """A 2-epoch BCL-D run with the memory's inputs, SDCLR's losses and the boost stage's inputs recorded."""
     observed, losses, strengths = [], [], []
-    original_observe, original_info_nce, original_stage = MemorisationBoost.observe, sdclr.info_nce, BoostStage.__call__
+    original_observe, original_loss, original_stage = MemorisationBoost.observe, ContrastiveLoss.forward, BoostStage.__call__
 
     def observe(self, indices, per_sample):
         observed.append((indices.clone(), per_sample.clone()))
         return original_observe(self, indices, per_sample)
 
-    def info_nce(z1, z2, temperature):
-        result = original_info_nce(z1, z2, temperature)
+    def contrastive_loss(self, z1, z2):
+        result = original_loss(self, z1, z2)
         losses.append(result[1].detach().clone())
         return result
 
@@ -57,7 +57,7 @@ def spied_bcl_d_run(digits_store, tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MemorisationBoost, "observe", observe)
-        patch.setattr(sdclr, "info_nce", info_nce)
+        patch.setattr(ContrastiveLoss, "forward", contrastive_loss)
         patch.setattr(BoostStage, "__call__", stage)
         pretrain(bcl_d_recipe(digits_store, tmp_path_factory.mktemp("wiring")))
     return observed, losses, strengths

@@ -1,0 +1,47 @@
+"""The objective, temperature and sample-weight axes of a two-view method, as one module.
+
+A method hands it the two views' embeddings and gets (loss, per-sample loss). The
+temperature is a 0-d buffer on the model's device, refilled once per epoch by a schedule,
+so a compiled step sees a new value without recompiling. BCL's memory gets the
+objective's per-sample loss before any sample weighting.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from fastlt.objectives import OBJECTIVES
+from fastlt.objectives.infonce import per_sample_of
+from fastlt.objectives.temperature import cosine_temperature
+from fastlt.objectives.weights import lotar_weights
+
+TEMPERATURE_SCHEDULES = ("constant", "cosine")
+SAMPLE_WEIGHTS = ("none", "lotar")
+
+
+class ContrastiveLoss(nn.Module):
+    """Embeddings of two views -> (mean loss, per-sample loss [B]) for the recipe's objective, tau and weights."""
+
+    def __init__(self, objective: str, temperature: float, schedule: str = "constant",
+                 schedule_range: tuple[float, float, int] = (0.1, 1.0, 200), sample_weights: str = "none",
+                 lotar_sign: float = 1.0):
+        super().__init__()
+        self.objective = OBJECTIVES[objective]
+        self.schedule, self.schedule_range = schedule, schedule_range
+        self.sample_weights, self.lotar_sign = sample_weights, lotar_sign
+        self.value = float(temperature)
+        self.register_buffer("temperature", torch.tensor(self.value), persistent=False)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set this epoch's temperature (1-based epochs); a constant one stays as it is."""
+        if self.schedule == "cosine":
+            self.value = cosine_temperature(epoch, *self.schedule_range)
+            self.temperature.fill_(self.value)
+
+    def forward(self, z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
+        per_anchor = self.objective(z1, z2, self.temperature)
+        if self.sample_weights == "lotar":
+            loss = (per_anchor * lotar_weights(z1, z2, self.lotar_sign).repeat(2)).mean()
+        else:
+            loss = per_anchor.mean()
+        return loss, per_sample_of(per_anchor)
