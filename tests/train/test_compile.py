@@ -1,11 +1,12 @@
 """torch.compile of a method's step forward: same losses and gradients as eager (CPU inductor),
 for a full batch and a partial last one, with one extra graph per shape and none after.
 
-This is the only test that compiles (a cold compile costs tens of seconds here). It uses
-SDCLR because its branch switch is the part most likely to confuse tracing: the compiled
+This is the only file that compiles (a cold compile costs tens of seconds here). The first
+test uses SDCLR because its branch switch is the part most likely to confuse tracing: the compiled
 forward must keep one graph per branch and per grad mode. Width 16 in channels_last: narrower
 strided 1x1 shortcuts are what oneDNN's channels_last kernels cannot train
-(fastlt.train.device.memory_format_hazard).
+(fastlt.train.device.memory_format_hazard). The second checks that a temperature schedule
+reaches a compiled SimCLR loss without recompiling it.
 """
 import contextlib
 import copy
@@ -17,27 +18,39 @@ from fastlt.methods import build_method
 from fastlt.methods.base import StepContext
 from fastlt.recipe import recipe_from_dict
 
+CONTEXT = StepContext(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
 
-def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch(tmp_path, monkeypatch):
+
+def eager_and_compiled(method: dict, tmp_path, monkeypatch):
+    """Two copies of one freshly seeded method (width 16, channels_last), the second compiled."""
     # A cold cache of its own: inductor's on-disk cache is keyed without the oneDNN/ATen ISA limits
     # (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY), and reusing kernels built under other limits crashed here.
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    recipe = recipe_from_dict({"method": {"name": "sdclr", "pruning_ratio": 0.5},
+    recipe = recipe_from_dict({"method": method,
                                "model": {"width": 16, "projector_hidden": 16, "projector_out": 8}}, "test")
     torch.manual_seed(0)
     eager = build_method(recipe, num_samples=8).to(memory_format=torch.channels_last)
     compiled = copy.deepcopy(eager)
     compiled.enable_compile()
+    return eager, compiled
+
+
+def view_pair(size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    return [torch.rand(size, 3, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
+            for _ in range(2)]
+
+
+def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch(tmp_path, monkeypatch):
+    eager, compiled = eager_and_compiled({"name": "sdclr", "pruning_ratio": 0.5}, tmp_path, monkeypatch)
     generator = torch.Generator().manual_seed(0)
-    batches = {size: [torch.rand(size, 3, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
-                      for _ in range(2)] for size in (8, 5)}  # a full batch and a partial last one
-    context = StepContext(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
+    batches = {size: view_pair(size, generator) for size in (8, 5)}  # a full batch and a partial last one
+
     for method in (eager, compiled):
         method.on_epoch_start(1)
     graphs, graphs_before = [], counters["stats"]["unique_graphs"]
     for size in (8, 5, 8, 5):  # the second epoch reuses the cached graphs
-        expected = eager.step(*batches[size], context)
-        result = compiled.step(*batches[size], context)
+        expected = eager.step(*batches[size], CONTEXT)
+        result = compiled.step(*batches[size], CONTEXT)
         assert torch.allclose(result.loss, expected.loss, atol=1e-5)
         assert torch.allclose(result.per_sample, expected.per_sample, atol=1e-5)
         graphs.append(counters["stats"]["unique_graphs"])
@@ -53,23 +66,15 @@ def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch(tmp_path, monk
 
 def test_a_new_temperature_each_epoch_does_not_recompile_the_step(tmp_path, monkeypatch):
     """SimCLR's compiled forward holds the loss, so the scheduled temperature enters the graph as a tensor."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    recipe = recipe_from_dict({"method": {"name": "simclr-ts", "temperature_period": 2},
-                               "model": {"width": 16, "projector_hidden": 16, "projector_out": 8}}, "test")
-    torch.manual_seed(0)
-    eager = build_method(recipe, num_samples=8).to(memory_format=torch.channels_last)
-    compiled = copy.deepcopy(eager)
-    compiled.enable_compile()
-    generator = torch.Generator().manual_seed(0)
-    views = [torch.rand(8, 3, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
-             for _ in range(2)]
-    context = StepContext(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
+    eager, compiled = eager_and_compiled({"name": "simclr-ts", "temperature_period": 2}, tmp_path, monkeypatch)
+    views = view_pair(8, torch.Generator().manual_seed(0))
+
     graphs, losses = [], []
     for epoch in (1, 2, 3):  # tau 0.55, 0.1, 0.55
         for method in (eager, compiled):
             method.on_epoch_start(epoch)
-        expected = eager.step(*views, context)
-        result = compiled.step(*views, context)
+        expected = eager.step(*views, CONTEXT)
+        result = compiled.step(*views, CONTEXT)
         assert torch.allclose(result.loss, expected.loss, atol=1e-5)
         graphs.append(counters["stats"]["unique_graphs"])
         losses.append(float(result.loss))
