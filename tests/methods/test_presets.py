@@ -20,7 +20,9 @@ def recipe(store, out_dir, name, method=None, **train):
         {
             "data": {"store": str(store)},
             "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
-            "method": {"name": name, "pruning_ratio": 0.5, **(method or {})},
+            # A cosine temperature starts near temperature_max; at 1.0 a few epochs of a width-4 network barely
+            # move the loss, so the schedule presets run from 0.3 here (constant presets are unaffected).
+            "method": {"name": name, "pruning_ratio": 0.5, "temperature_max": 0.3, **(method or {})},
             "optim": {"lr": 0.1, "warmup_epochs": 1},
             "train": {"epochs": 5, "batch_size": 128, "out_dir": str(out_dir), "progress": False,
                       "precision": "fp32", "device": "cpu", "name": name, **train},
@@ -92,15 +94,15 @@ COMBINATIONS = [
 
 @pytest.mark.parametrize("name, axes", COMBINATIONS, ids=[f"{n}+{'+'.join(a)}" for n, a in COMBINATIONS])
 def test_cross_axis_combinations_learn_and_resume_exactly(digits_store, tmp_path, name, axes):
-    full = pretrain(recipe(digits_store, tmp_path / "full", name, axes, epochs=4))
-    half = pretrain(recipe(digits_store, tmp_path / "half", name, axes, epochs=4), until_epoch=2)
+    full = pretrain(recipe(digits_store, tmp_path / "full", name, axes, epochs=6))
+    half = pretrain(recipe(digits_store, tmp_path / "half", name, axes, epochs=6), until_epoch=3)
     resume_run(half)
     epochs = epochs_of(full)
     assert min(e["loss"] for e in epochs[1:]) < epochs[0]["loss"]
     a, b = load_checkpoint(full / CHECKPOINT_NAME)["model"], load_checkpoint(half / CHECKPOINT_NAME)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
-    if axes.get("temperature_schedule") == "cosine":  # t_max 20: tau falls from 1.0 towards 0.1
-        expected = [0.1 + 0.45 * (1 + math.cos(math.pi * e / 20)) for e in (1, 2, 3, 4)]
+    if axes.get("temperature_schedule") == "cosine":  # t_max 20: tau falls from 0.3 towards 0.1
+        expected = [0.1 + 0.1 * (1 + math.cos(math.pi * e / 20)) for e in range(1, 7)]
         assert [e["temperature"] for e in epochs] == pytest.approx(expected, abs=1e-6)
 
 
