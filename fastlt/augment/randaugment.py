@@ -21,8 +21,9 @@ Conventions (chosen to match torchvision's RandAugment, the tests' reference):
   ops pass no fill colour, so PIL fills 0, as torchvision's RandAugment does. Cutout
   paints its square with the CIFAR mean grey (125, 123, 114), as BCL's Cutout does.
 * Cutout places its square as BCL's PIL code does: the centre is uniform in (1, W] x
-  (1, H] (its ``np.random.uniform(w)`` is ``uniform(low=w, high=1)``), the top-left corner is max(0, centre - side / 2) truncated to a pixel, and PIL's
-  rectangle paints through int(corner + side) inclusive. Near the left and top borders
+  (1, H] (its ``np.random.uniform(w)`` is ``uniform(low=w, high=1)``), the top-left corner
+  is max(0, centre - side / 2) truncated to a pixel, and PIL's rectangle paints through
+  int(corner + side) inclusive. Near the left and top borders
   the square is pushed inside whole; only the right and bottom borders cut it.
 * Interpolation is nearest by default (PIL's and torchvision RandAugment's default), so
   a geometric op moves pixels without blurring them; "bilinear" is available.

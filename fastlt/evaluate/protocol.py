@@ -24,11 +24,18 @@ from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
 from fastlt.evaluate.knn import knn_predict
 from fastlt.evaluate.linear import LinearProbeConfig, predict_linear, train_linear_probe
-from fastlt.evaluate.report import accuracy_report, markdown_table, summarise_subsets, write_report
+from fastlt.evaluate.report import (
+    accuracy_report,
+    check_report_free,
+    markdown_table,
+    summarise_subsets,
+    write_report,
+)
 from fastlt.files import file_digest
 from fastlt.methods import build_method
 from fastlt.recipe import EvalConfig, Recipe, recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint, load_model_state
+from fastlt.train.device import PRECISION_TYPES
 
 CHECKPOINT_IN_RUN = Path("checkpoints/last.pt")
 PROTOCOL = "bcl-linear"  # BCL's linear probe on frozen features, with kNN beside it
@@ -156,8 +163,7 @@ def linear_eval(
             if too_large:
                 raise FastltError(f"knn k = {too_large[0]}: larger than the "
                                   f"{len(plan.probe_lists[0].indices)} samples of the probe set")
-        if plan.folder.exists() and not overwrite:
-            raise FastltError(f"{plan.folder}: report exists already (use --overwrite to replace it)")
+        check_report_free(plan.folder, overwrite)
 
     test_part = store.part(settings.test_part)
     groups = class_groups(class_counts(pretrain_indices, train_part.labels, store.num_classes), settings.groups)
@@ -168,7 +174,7 @@ def linear_eval(
     needed = np.unique(np.concatenate([p.indices for plan in plans for p in plan.probe_lists]))
     train_labels = torch.as_tensor(train_part.labels[needed], device=device)
     test_labels = torch.as_tensor(np.asarray(test_part.labels), device=device)
-    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    autocast_dtype = PRECISION_TYPES[precision][0]
 
     backbones = {"": pretrained_backbone(payload, recipe, num_samples, checkpoint)}
     if random_init:

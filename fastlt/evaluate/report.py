@@ -135,6 +135,12 @@ CAPTION = (
 )
 
 
+def check_report_free(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing report folder unless ``overwrite``; callers check before computing."""
+    if out_dir.exists() and not overwrite:
+        raise FastltError(f"{out_dir}: report exists already (use --overwrite to replace it)")
+
+
 def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: dict, overwrite: bool = False
                  ) -> tuple[Path, Path]:
     """Write eval.json ({"title", "reports", **context}) and eval.md into the folder out_dir, as a whole.
@@ -147,8 +153,7 @@ def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: d
     if {"title", "reports"} & set(context):
         raise ValueError("context: the keys 'title' and 'reports' are reserved")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not overwrite:
-        raise FastltError(f"{out_dir}: report exists already (use --overwrite to replace it)")
+    check_report_free(out_dir, overwrite)
     document = {"title": title, "reports": reports, **context}
     text = json.dumps(document, indent=2, allow_nan=False, default=_numpy_to_builtin)
     details = "".join(f"- {key}: {_describe(value)}\n" for key, value in context.items() if key != "timings")
