@@ -187,14 +187,17 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     Progress goes to stderr; the run folder is printed last on stdout.
     """
     if list_methods:
-        from fastlt.methods import AXES, PRESETS
+        from fastlt.methods import INCOMPATIBLE, PRESETS, axis_choices
 
         click.echo("presets (method.name), one choice per axis:")
         for name, axes in PRESETS.items():
             click.echo(f"  {name:10} " + ", ".join(f"{axis}={choice}" for axis, choice in vars(axes).items()))
         click.echo("axes (method.<axis> changes a preset's choice):")
-        for axis, choices in AXES.items():
+        for axis, choices in axis_choices().items():
             click.echo(f"  {axis:21} {' | '.join(choices)}")
+        click.echo("cannot be combined:")
+        for axis_a, choice_a, axis_b, choice_b, why in INCOMPATIBLE:
+            click.echo(f"  {axis_a}={choice_a} with {axis_b}={choice_b}: {why}")
         return
     shortcuts = {"data.split": split and str(split.resolve()), "train.device": device, "train.precision": precision}
     overrides = (*overrides, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value))
@@ -214,6 +217,41 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     click.echo(str(run_dir))
 
 
+@main.group("recipe")
+def recipe_group() -> None:
+    """Inspect recipes: every key, its value, its default and what it means."""
+
+
+@recipe_group.command("show")
+@click.argument("recipe")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe value.")
+@user_errors
+def recipe_show(recipe: str, overrides: tuple[str, ...]) -> None:
+    """Every key of RECIPE (a TOML file or a shipped name) with its resolved value, default and meaning.
+
+    A '*' marks values that differ from the default.
+    """
+    from fastlt.recipe import find_recipe, load_recipe, recipe_keys
+
+    path = find_recipe(recipe)
+    keys = recipe_keys(load_recipe(path, overrides))
+    click.echo(f"{path}")
+    width = {column: max(len(json.dumps(getattr(k, column))) for k in keys) for column in ("value", "default")}
+    key_width = max(len(k.key) for k in keys)
+    for k in keys:
+        mark = "*" if k.value != k.default else " "
+        click.echo(f"{mark} {k.key:{key_width}}  {json.dumps(k.value):{width['value']}}  "
+                   f"{json.dumps(k.default):{width['default']}}  {k.meaning}")
+
+
+@recipe_group.command("keys")
+def recipe_keys_table() -> None:
+    """The Markdown table of every recipe key, its default and meaning (the README's)."""
+    from fastlt.recipe import keys_markdown
+
+    click.echo(keys_markdown())
+
+
 @main.command("linear-eval")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path),
@@ -228,13 +266,16 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
 @click.option("--epochs", type=click.IntRange(min=1), help="Probe epochs (default: the recipe's, 500 in the BCL protocol).")
 @click.option("--knn", type=positive_ints(), help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
 @click.option("--random-init", is_flag=True, help="Also evaluate a randomly initialised backbone of the same architecture.")
+@click.option("--exit", "exit_name", type=click.Choice(["backbone", "sub-network", "ensemble"]),
+              help="Which exit of a multi-exit (SelfCon) encoder gives the features (default: the recipe's "
+                   "eval.exit, backbone); ensemble concatenates both.")
 @click.option("--overwrite", is_flag=True, help="Replace reports of the same evaluation written before.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--precision", default="auto", show_default=True, help="Feature extraction: " + PRECISION_HELP)
 @user_errors
 def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_split: Path | None,
                 shots: tuple[str, ...], epochs: int | None, knn: tuple[int, ...] | None, random_init: bool,
-                overwrite: bool, device: str, precision: str) -> None:
+                exit_name: str | None, overwrite: bool, device: str, precision: str) -> None:
     """Frozen-feature linear probe and kNN of a run folder or checkpoint, with many/medium/few groups."""
     from fastlt.evaluate.protocol import linear_eval as run_linear_eval
     from fastlt.train.device import resolve_device, resolve_precision
@@ -247,6 +288,8 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
         overrides["epochs"] = epochs
     if knn is not None:
         overrides["knn"] = knn
+    if exit_name is not None:
+        overrides["exit"] = exit_name
     result = run_linear_eval(target, out, resolved, store_path, overrides, random_init,
                              resolve_precision(precision, resolved, "--precision").name, shots, overwrite)
     click.echo(result.markdown)

@@ -8,6 +8,7 @@ overrides are parsed as TOML values and checked the same way.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -38,30 +39,38 @@ def one_of(*choices: str) -> dict[str, Any]:
     return _rule(lambda v: v in choices, "one of " + ", ".join(choices))
 
 
-def setting(default: Any, rule: dict[str, Any]) -> Any:
-    """A dataclass field with its valid range attached."""
-    return field(default=default, metadata=rule)
+def setting(default: Any, meaning: str, rule: dict[str, Any] | None = None) -> Any:
+    """A dataclass field with its one-line meaning (``fastlt recipe show``) and valid range attached."""
+    return field(default=default, metadata={**(rule or {}), "meaning": meaning})
 
 
 @dataclass
 class DataConfig:
     """Which store to train on and which of its samples (split file or all of the part)."""
 
-    store: str = ""  # relative to the current folder
-    part: str = "train"
-    split: str = ""  # SDCLR-format .npy of indices into the part, relative to the recipe's folder; "" = all
+    store: str = setting("", "native store folder (fastlt convert), relative to the current folder")
+    part: str = setting("train", "part of the store to pretrain on")
+    split: str = setting("", "SDCLR-format .npy of indices into the part, relative to the recipe's folder; "
+                             "empty = the whole part")
 
 
 @dataclass
 class ModelConfig:
     """Backbone and projection head."""
 
-    arch: str = "resnet18"
-    stem: str = setting("cifar", one_of("cifar", "imagenet"))
-    width: int = setting(64, AT_LEAST_1)
-    projector_hidden: int = setting(512, AT_LEAST_1)
-    projector_out: int = setting(128, AT_LEAST_1)
-    projector_layers: int = setting(2, AT_LEAST_1)
+    arch: str = setting("resnet18", "backbone: resnet18, resnet34 or resnet50")
+    stem: str = setting("cifar", "cifar: 3x3 stride-1 convolution, no max-pool; imagenet: 7x7 stride 2 + max-pool",
+                        one_of("cifar", "imagenet"))
+    width: int = setting(64, "channels of the first stage (64 = the standard ResNet)", AT_LEAST_1)
+    projector_hidden: int = setting(512, "hidden size of the head", AT_LEAST_1)
+    projector_out: int = setting(128, "embedding size the loss sees", AT_LEAST_1)
+    projector_layers: int = setting(2, "linear layers in the head (SDCLR's own head has 3)", AT_LEAST_1)
+    head: str = setting("projector", "projector: SimCLR's, batch norm after each linear; mlp: SupCon's, "
+                                     "Linear ReLU Linear", one_of("projector", "mlp"))
+    exit_after: int = setting(2, "multi-exit encoder: the stage after which the sub-network leaves",
+                              _rule(lambda v: v in (1, 2, 3), "1, 2 or 3"))
+    subnetwork: str = setting("fc", "multi-exit encoder: fc (pool + linear), same (unshared later stages) "
+                                    "or small (half as deep)", one_of("fc", "same", "small"))
 
 
 @dataclass
@@ -74,31 +83,36 @@ class MethodConfig:
     temperature, is one line.
     """
 
-    name: str = "simclr"
-    encoder: str = ""  # plain | self-damaging ("" = the preset's)
-    view_strength: str = ""  # fixed | bcl-i | bcl-d ("" = the preset's)
-    objective: str = ""  # infonce | flatnce ("" = the preset's)
-    temperature_schedule: str = ""  # constant | cosine ("" = the preset's)
-    sample_weights: str = ""  # none | lotar ("" = the preset's)
-    temperature: float = setting(0.2, POSITIVE)  # the constant temperature
-    temperature_min: float = setting(0.1, POSITIVE)  # cosine schedule: tau at epoch t_max
-    temperature_max: float = setting(1.0, POSITIVE)  # cosine schedule: tau at epoch 0 and 2 t_max
-    temperature_period: int = setting(200, AT_LEAST_1)  # cosine schedule: t_max, half the period in epochs
-    lotar_sign: float = setting(1.0, SIGN)  # LoTaR weights 1 + sign * (d - mean d) / (max d - min d)
-    pruning_ratio: float = setting(0.9, FRACTION)  # self-damaging: fraction of convolution weights pruned
-    boost_momentum: float = setting(0.97, FRACTION)  # memorisation boost: beta of the per-sample momentum loss
+    name: str = setting("simclr", "method preset, one choice per axis (fastlt pretrain --list)")
+    encoder: str = setting("", "encoder axis: plain, self-damaging or multi-exit; empty = the preset's")
+    view_strength: str = setting("", "view-strength axis: fixed, bcl-i or bcl-d; empty = the preset's")
+    objective: str = setting("", "objective axis: infonce, flatnce, supcon, supcon-unsupervised or one registered "
+                                 "by a plugin; empty = the preset's")
+    temperature_schedule: str = setting("", "temperature axis: constant or cosine; empty = the preset's")
+    sample_weights: str = setting("", "sample-weight axis: none or lotar; empty = the preset's")
+    temperature: float = setting(0.2, "the constant temperature tau", POSITIVE)
+    temperature_min: float = setting(0.1, "cosine schedule: tau at epoch temperature_period", POSITIVE)
+    temperature_max: float = setting(1.0, "cosine schedule: tau at epoch 0 and 2 x temperature_period", POSITIVE)
+    temperature_period: int = setting(200, "cosine schedule: t_max, half the period in epochs", AT_LEAST_1)
+    lotar_sign: float = setting(1.0, "LoTaR weights 1 + sign (d - mean d) / (max d - min d): +1 the README's, "
+                                     "-1 the code's", SIGN)
+    pruning_ratio: float = setting(0.9, "self-damaging: fraction of convolution weights pruned each epoch", FRACTION)
+    boost_momentum: float = setting(0.97, "BCL: beta of the per-sample momentum loss", FRACTION)
 
 
 @dataclass
 class OptimConfig:
-    """SGD with per-iteration linear warm-up then cosine decay."""
+    """SGD or LARS with per-iteration linear warm-up then cosine decay."""
 
-    lr: float = setting(0.5, POSITIVE)
-    momentum: float = setting(0.9, FRACTION)
-    weight_decay: float = setting(5e-4, NON_NEGATIVE)
-    exclude_bn_bias: bool = False  # no weight decay on BN parameters and biases
-    warmup_epochs: float = setting(10.0, NON_NEGATIVE)
-    final_lr: float = setting(1e-6, NON_NEGATIVE)
+    name: str = setting("sgd", "optimiser: sgd, or lars (timm's LARS, FlatCLR)", one_of("sgd", "lars"))
+    lr: float = setting(0.5, "peak learning rate, reached after the warm-up", POSITIVE)
+    momentum: float = setting(0.9, "momentum", FRACTION)
+    weight_decay: float = setting(5e-4, "weight decay", NON_NEGATIVE)
+    exclude_bn_bias: bool = setting(False, "no weight decay (and no LARS trust ratio) on batch-norm parameters "
+                                           "and biases")
+    lars_trust: float = setting(1e-3, "LARS trust coefficient eta (timm's trust_coeff)", POSITIVE)
+    warmup_epochs: float = setting(10.0, "epochs of linear warm-up from 0, per iteration", NON_NEGATIVE)
+    final_lr: float = setting(1e-6, "learning rate the cosine decay ends at", NON_NEGATIVE)
 
     def check(self) -> None:
         if self.final_lr > self.lr:
@@ -109,38 +123,43 @@ class OptimConfig:
 class TrainConfig:
     """The loop: length, batch, hardware choices, checkpoints, and where the run folder goes."""
 
-    epochs: int = setting(2000, AT_LEAST_1)
-    batch_size: int = setting(512, AT_LEAST_2)  # a contrastive batch needs negatives
-    seed: int = setting(1, NON_NEGATIVE)
-    drop_last: bool = False  # the reference loaders keep the last batch (fastlt.data.loader.NativeLoader)
-    precision: str = setting("auto", one_of("auto", "bf16", "fp16", "fp32"))
-    compile: str = setting("auto", one_of("auto", "on", "off"))  # auto: on for CUDA
-    memory_format: str = setting("auto", one_of("auto", "channels_last", "contiguous"))
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out_dir: str = "runs"  # relative to the current folder
-    name: str = ""  # run folder name; "" = recipe stem + timestamp
-    log_every: int = setting(50, AT_LEAST_1)  # steps between reads of the device-side loss accumulator
-    checkpoint_every: int = setting(1, AT_LEAST_1)  # epochs between checkpoints; the last is always saved
-    progress: bool = True
+    epochs: int = setting(2000, "length of the schedule in epochs", AT_LEAST_1)
+    batch_size: int = setting(512, "images per step (a contrastive batch needs negatives)", AT_LEAST_2)
+    seed: int = setting(1, "seed of the initialisation, the batch order and the views", NON_NEGATIVE)
+    drop_last: bool = setting(False, "drop the partial last batch (the reference loaders keep it; FlatNCE drops it)")
+    precision: str = setting("auto", "autocast: auto (bf16 where native, fp16 + loss scaling on other GPUs, "
+                                     "else fp32), bf16, fp16 or fp32", one_of("auto", "bf16", "fp16", "fp32"))
+    compile: str = setting("auto", "torch.compile the step: auto (on for CUDA), on or off", one_of("auto", "on", "off"))
+    memory_format: str = setting("auto", "auto (channels_last unless a CPU kernel fails), channels_last or "
+                                         "contiguous", one_of("auto", "channels_last", "contiguous"))
+    device: str = setting("auto", "auto (the first CUDA device, else the CPU), cpu, cuda or cuda:N")
+    out_dir: str = setting("runs", "folder for run folders, relative to the current folder")
+    name: str = setting("", "run folder name; empty = the recipe's stem and a timestamp")
+    log_every: int = setting(50, "steps between reads of the device-side loss", AT_LEAST_1)
+    checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch is always saved", AT_LEAST_1)
+    progress: bool = setting(True, "a progress line on stderr")
 
 
 @dataclass
 class EvalConfig:
     """Linear evaluation (BCL protocol by default, docs/evaluation.md) and kNN."""
 
-    train_split: str = ""  # the probe's training indices, relative to the recipe's folder; "" = the whole part
-    # Few-shot probe lists (`linear-eval --shots 100,50`): a file pattern with {shots} and {subset}
-    # (1..shot_subsets), relative to the recipe's folder; "" = none.
-    shot_lists: str = ""
-    shot_subsets: int = setting(5, AT_LEAST_1)
-    test_part: str = "test"
-    groups: str = setting("thirds", one_of("thirds", "thresholds"))  # thirds (CIFAR) | thresholds (ImageNet-100-LT)
-    epochs: int = setting(500, AT_LEAST_1)
-    lr: float = setting(1e-2, POSITIVE)
-    final_lr: float = setting(1e-6, POSITIVE)
-    weight_decay: float = setting(5e-6, NON_NEGATIVE)
-    batch_size: int = setting(1000, AT_LEAST_1)
-    knn: tuple[int, ...] = setting((1, 10), ALL_AT_LEAST_1)
+    train_split: str = setting("", "the probe's training indices, relative to the recipe's folder; "
+                                   "empty = the whole part")
+    shot_lists: str = setting("", "few-shot probe lists: a file pattern with {shots} and {subset}, relative to "
+                                  "the recipe's folder; empty = none")
+    shot_subsets: int = setting(5, "few-shot subsets {subset} = 1..shot_subsets", AT_LEAST_1)
+    test_part: str = setting("test", "part of the store the probe is tested on")
+    groups: str = setting("thirds", "many/medium/few: thirds (CIFAR) or thresholds (ImageNet-100-LT)",
+                          one_of("thirds", "thresholds"))
+    epochs: int = setting(500, "probe epochs", AT_LEAST_1)
+    lr: float = setting(1e-2, "probe Adam learning rate, decayed exponentially", POSITIVE)
+    final_lr: float = setting(1e-6, "probe learning rate at the last epoch", POSITIVE)
+    weight_decay: float = setting(5e-6, "probe weight decay", NON_NEGATIVE)
+    batch_size: int = setting(1000, "probe batch size", AT_LEAST_1)
+    knn: tuple[int, ...] = setting((1, 10), "k values of the kNN accuracies", ALL_AT_LEAST_1)
+    exit: str = setting("backbone", "multi-exit encoders: backbone, sub-network or ensemble (both side by side)",
+                        one_of("backbone", "sub-network", "ensemble"))
 
     def check(self) -> None:
         if self.final_lr > self.lr:
@@ -166,6 +185,36 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """A plain nested dict (tuples as lists) for JSON run records and checkpoints."""
         return json_ready(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class RecipeKey:
+    """One recipe key as ``fastlt recipe show`` prints it."""
+
+    key: str  # section.key
+    value: Any
+    default: Any
+    meaning: str
+
+
+def recipe_keys(recipe: Recipe | None = None) -> list[RecipeKey]:
+    """Every key of every section with its value in ``recipe`` (the defaults if None), its default and meaning."""
+    recipe = recipe or Recipe()
+    keys = []
+    for section in dataclasses.fields(Recipe):
+        config = getattr(recipe, section.name)
+        for key in dataclasses.fields(config):
+            if "meaning" not in key.metadata:
+                raise ValueError(f"{section.name}.{key.name} has no meaning: give it one where it is defined")
+            keys.append(RecipeKey(f"{section.name}.{key.name}", json_ready(getattr(config, key.name)),
+                                  json_ready(key.default), key.metadata["meaning"]))
+    return keys
+
+
+def keys_markdown() -> str:
+    """The README's table of recipe keys (tests/test_recipe.py checks the README holds exactly this)."""
+    rows = [f"| `{k.key}` | `{json.dumps(k.default)}` | {k.meaning} |" for k in recipe_keys()]
+    return "\n".join(["| key | default | meaning |", "|---|---|---|", *rows])
 
 
 def json_ready(value: Any) -> Any:

@@ -317,10 +317,12 @@ def test_bad_input_is_one_line_and_writes_nothing(command, fragment, tmp_path, t
 
 
 def test_pretrain_list_names_every_preset_and_axis_choice():
-    from fastlt.methods import AXES, PRESETS
+    from fastlt.methods import INCOMPATIBLE, PRESETS, axis_choices
 
     output = run("pretrain", "--list").output
     for name, axes in PRESETS.items():
         assert f"  {name} " in output and f"temperature_schedule={axes.temperature_schedule}" in output
-    for axis, choices in AXES.items():
+    for axis, choices in axis_choices().items():
         assert " | ".join(choices) in output
+    for axis_a, choice_a, axis_b, choice_b, _ in INCOMPATIBLE:
+        assert f"{axis_a}={choice_a} with {axis_b}={choice_b}" in output

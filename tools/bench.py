@@ -94,7 +94,7 @@ def bench_step(recipe_path: Path, overrides: list[str], images: torch.Tensor, de
     batch = Batch(images.to(device), torch.zeros(len(images), dtype=torch.long, device=device),
                   torch.arange(len(images), device=device))
     context = StepContext(autocast=precision.autocast(device), backward=lambda loss: loss.backward())
-    pair = method.make_views(batch, generator)
+    views = method.make_views(batch, generator)
     return {
         "recipe": str(recipe_path.relative_to(REPO) if recipe_path.is_relative_to(REPO) else recipe_path),
         "method": recipe.method.name,
@@ -105,7 +105,7 @@ def bench_step(recipe_path: Path, overrides: list[str], images: torch.Tensor, de
         "batch": len(images),
         "seconds": {
             "views": round(timed(device, lambda: method.make_views(batch, generator), repeats), 4),
-            "forward_backward": round(timed(device, lambda: method.step(*pair, context), repeats), 4),
+            "forward_backward": round(timed(device, lambda: method.step(views, batch.labels, context), repeats), 4),
             "optimizer": round(timed(device, optimizer.step, repeats), 4),
         },
     }

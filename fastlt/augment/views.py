@@ -9,8 +9,8 @@ The pipeline ends at float32 in [0, 1]; mean/std normalisation is a layer of the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -38,6 +38,11 @@ def _check_probability(name: str, value: float) -> None:
         raise FastltError(f"views.{name}: must be a probability in [0, 1], got {value}")
 
 
+def _meaning(default: Any, meaning: str) -> Any:
+    """A field with its one-line meaning, which ``fastlt recipe show`` prints."""
+    return field(default=default, metadata={"meaning": meaning})
+
+
 @dataclass(frozen=True)
 class ViewConfig:
     """Settings of one SimCLR view pipeline; defaults are the CIFAR views of docs/simclr.md.
@@ -46,16 +51,17 @@ class ViewConfig:
     factors U[max(0, 1 - s), 1 + s] for the first three, hue shift U[-h, h].
     """
 
-    size: int = 32
-    scale: tuple[float, float] = (0.1, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    interpolation: str = "bicubic"
-    flip_p: float = 0.5
-    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    size: int = _meaning(32, "side of the square view in pixels")
+    scale: tuple[float, float] = _meaning((0.1, 1.0), "random resized crop: range of the area fraction")
+    ratio: tuple[float, float] = _meaning((3 / 4, 4 / 3), "random resized crop: range of the aspect ratio")
+    interpolation: str = _meaning("bicubic", "resize filter: bicubic or bilinear (antialiased, as torchvision)")
+    flip_p: float = _meaning(0.5, "probability of a horizontal flip")
+    jitter: tuple[float, float, float, float] = _meaning(
+        (0.4, 0.4, 0.4, 0.1), "colour jitter strengths: brightness, contrast, saturation, hue")
+    jitter_p: float = _meaning(0.8, "probability of the colour jitter")
+    grayscale_p: float = _meaning(0.2, "probability of turning the view grey")
+    blur_p: float = _meaning(0.0, "probability of a Gaussian blur (0.5 for ImageNet views)")
+    blur_sigma: tuple[float, float] = _meaning((0.1, 2.0), "range of the blur's sigma in pixels")
 
     def __post_init__(self) -> None:
         for name in SEQUENCE_FIELDS:  # recipes give lists; keep the config hashable

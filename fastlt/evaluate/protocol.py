@@ -84,17 +84,18 @@ def run_folder_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_IN_RUN.parent.name else checkpoint.parent
 
 
-def pretrained_backbone(payload: dict[str, Any], recipe: Recipe, num_samples: int, checkpoint: Path) -> nn.Module:
-    """Rebuild the method the checkpoint's recipe names, load its weights strictly, keep the backbone."""
+def pretrained_backbone(payload: dict[str, Any], recipe: Recipe, num_samples: int, checkpoint: Path,
+                        exit: str = "backbone") -> nn.Module:
+    """Rebuild the method the checkpoint's recipe names, load its weights strictly, keep the chosen exit."""
     method = build_method(recipe, num_samples=num_samples)
     load_model_state(method, payload["model"], checkpoint)
-    return method.feature_extractor()
+    return method.feature_extractor(exit)
 
 
-def random_backbone(recipe: Recipe, num_samples: int, seed: int) -> nn.Module:
+def random_backbone(recipe: Recipe, num_samples: int, seed: int, exit: str = "backbone") -> nn.Module:
     """The same architecture with a fresh seeded initialisation: the baseline pretraining must beat."""
     torch.manual_seed(seed)
-    return build_method(recipe, num_samples=num_samples).feature_extractor()
+    return build_method(recipe, num_samples=num_samples).feature_extractor(exit)
 
 
 def few_shot_lists(settings: EvalConfig, shots: str, num_samples: int) -> list[ProbeList]:
@@ -156,6 +157,7 @@ def linear_eval(
 
     run_dir = run_folder_of(checkpoint)
     suffix = "" if checkpoint.name == CHECKPOINT_IN_RUN.name else f"-{checkpoint.stem}"
+    suffix += "" if settings.exit == "backbone" else f"-{settings.exit}-exit"
     plans = plan_evaluations(settings, shots, num_samples, out_dir or run_dir / "eval", suffix)
     for plan in plans:
         if plan.shots == FULL:
@@ -176,9 +178,9 @@ def linear_eval(
     test_labels = torch.as_tensor(np.asarray(test_part.labels), device=device)
     autocast_dtype = PRECISION_TYPES[precision][0]
 
-    backbones = {"": pretrained_backbone(payload, recipe, num_samples, checkpoint)}
+    backbones = {"": pretrained_backbone(payload, recipe, num_samples, checkpoint, settings.exit)}
     if random_init:
-        backbones["random-init "] = random_backbone(recipe, num_samples, seed=recipe.train.seed)
+        backbones["random-init "] = random_backbone(recipe, num_samples, recipe.train.seed, settings.exit)
     rows: dict[str, dict[str, dict[str, Any]]] = {plan.shots: {} for plan in plans}
     timings: dict[str, float] = {}
     for prefix, module in backbones.items():
@@ -216,6 +218,7 @@ def linear_eval(
                               "sha256": split_checksum(pretrain_indices)},
         "test_samples": int(len(test_part.labels)),
         "feature_precision": precision,
+        "exit": settings.exit,
         "protocol": {"name": PROTOCOL, "linear": vars(probe_config), "knn": list(settings.knn),
                      "groups": settings.groups},
         "groups": {name: ids.tolist() for name, ids in groups.items()},
@@ -224,7 +227,8 @@ def linear_eval(
     folders, tables = {}, []
     for plan in plans:
         what = "full-shot" if plan.shots == FULL else f"{plan.shots}-shot, mean over {len(plan.probe_lists)} subsets"
-        title = f"{run_dir.name}: {recipe.method.name}, epoch {payload['epoch']}, BCL linear probe ({what})"
+        exit = "" if settings.exit == "backbone" else f", {settings.exit} exit"
+        title = f"{run_dir.name}: {recipe.method.name}, epoch {payload['epoch']}{exit}, BCL linear probe ({what})"
         write_report(plan.folder, title, rows[plan.shots],
                      {**context, "shots": plan.shots, "probe_lists": [p.record() for p in plan.probe_lists]},
                      overwrite)

@@ -16,19 +16,21 @@ from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
 from fastlt.methods.boost import MAPPINGS, MemorisationBoost
 from fastlt.methods.contrast import SAMPLE_WEIGHTS, TEMPERATURE_SCHEDULES, ContrastiveLoss
 from fastlt.methods.sdclr import SDCLR
+from fastlt.methods.selfcon import SelfCon
 from fastlt.methods.simclr import SimCLR
-from fastlt.models.heads import projector
+from fastlt.models.heads import mlp_head, projector
+from fastlt.models.multi_exit import MultiExitEncoder
 from fastlt.models.resnet import build_resnet
 from fastlt.models.self_damaging import (
     BranchSwitch,
     dual_norm_factory,
     masked_conv_factory,
 )
-from fastlt.objectives import OBJECTIVES
+from fastlt.objectives import OBJECTIVES, load_objective_plugins
 from fastlt.recipe import Recipe
 
-__all__ = ["AXES", "Axes", "ContrastiveMethod", "StepContext", "StepOutput", "PRESETS", "build_method",
-           "build_views", "resolve_axes"]
+__all__ = ["Axes", "ContrastiveMethod", "INCOMPATIBLE", "PRESETS", "StepContext", "StepOutput", "axis_choices",
+           "build_method", "build_views", "resolve_axes"]
 
 
 @dataclass(frozen=True)
@@ -42,13 +44,17 @@ class Axes:
     sample_weights: str = "none"
 
 
-AXES: dict[str, tuple[str, ...]] = {
-    "encoder": ("plain", "self-damaging"),
-    "view_strength": ("fixed", *MAPPINGS),
-    "objective": tuple(OBJECTIVES),
-    "temperature_schedule": TEMPERATURE_SCHEDULES,
-    "sample_weights": SAMPLE_WEIGHTS,
-}
+def axis_choices() -> dict[str, tuple[str, ...]]:
+    """The choices on every axis; the objectives include those registered by other packages."""
+    load_objective_plugins()
+    return {
+        "encoder": ("plain", "self-damaging", "multi-exit"),
+        "view_strength": ("fixed", *MAPPINGS),
+        "objective": tuple(OBJECTIVES),
+        "temperature_schedule": TEMPERATURE_SCHEDULES,
+        "sample_weights": SAMPLE_WEIGHTS,
+    }
+
 
 PRESETS: dict[str, Axes] = {
     "simclr": Axes(),
@@ -59,24 +65,46 @@ PRESETS: dict[str, Axes] = {
     "sdclr-ts": Axes(encoder="self-damaging", temperature_schedule="cosine"),
     "bcl-d-ts": Axes(encoder="self-damaging", view_strength="bcl-d", temperature_schedule="cosine"),
     "lotar": Axes(sample_weights="lotar"),
+    "flatclr": Axes(objective="flatnce"),
+    "supcon": Axes(objective="supcon"),
+    "selfcon": Axes(encoder="multi-exit", objective="supcon"),
+    "selfcon-su": Axes(encoder="multi-exit", objective="supcon-unsupervised"),
 }
+
+# Choices that exist on their axes but cannot meet: (axis, choice, axis, choice, why).
+INCOMPATIBLE = (
+    ("encoder", "multi-exit", "sample_weights", "lotar",
+     "LoTaR weights a sample by the distance between its two augmented views, and a multi-exit encoder sees one view"),
+    ("encoder", "multi-exit", "view_strength", "bcl-d",
+     "BCL-D draws one uniform U per sample shared by its two augmented views, and a multi-exit encoder sees one view"),
+)
 
 
 def resolve_axes(recipe: Recipe) -> Axes:
     """The recipe's choice on every axis: the preset's, changed where ``method.<axis>`` says so."""
-    config = recipe.method
+    config, choices = recipe.method, axis_choices()
     if config.name not in PRESETS:
         raise FastltError(f"method.name: unknown method {config.name!r} (expected one of {sorted(PRESETS)})")
-    chosen = {axis: getattr(config, axis) or getattr(PRESETS[config.name], axis) for axis in AXES}
+    chosen = {axis: getattr(config, axis) or getattr(PRESETS[config.name], axis) for axis in choices}
     for axis, choice in chosen.items():
-        if choice not in AXES[axis]:
-            raise FastltError(f"method.{axis}: unknown {choice!r} (expected one of {list(AXES[axis])})")
+        if choice not in choices[axis]:
+            raise FastltError(f"method.{axis}: unknown {choice!r} (expected one of {list(choices[axis])})")
+    for axis_a, choice_a, axis_b, choice_b, why in INCOMPATIBLE:
+        if chosen[axis_a] == choice_a and chosen[axis_b] == choice_b:
+            raise FastltError(f"method: {axis_a} {choice_a!r} cannot be combined with {axis_b} {choice_b!r}: {why}")
     return dataclasses.replace(PRESETS[config.name], **chosen)
 
 
 def build_views(recipe: Recipe, boost: MemorisationBoost | None = None) -> SimCLRViews:
     """The SimCLR view pipeline of the recipe's [views] table, with the boost's RandAugment stage if any."""
     return SimCLRViews(recipe.views, extra=boost.stage if boost is not None else None)
+
+
+def build_head(recipe: Recipe, in_dim: int) -> nn.Module:
+    """The recipe's head: SimCLR's batch-normed projector or SupCon's plain MLP."""
+    m = recipe.model
+    make = projector if m.head == "projector" else mlp_head
+    return make(in_dim, m.projector_hidden, m.projector_out, m.projector_layers)
 
 
 def build_method(recipe: Recipe, num_samples: int, sample_groups: Tensor | None = None) -> ContrastiveMethod:
@@ -96,8 +124,14 @@ def build_method(recipe: Recipe, num_samples: int, sample_groups: Tensor | None 
                                axes.sample_weights, c.lotar_sign)
     if axes.encoder == "plain":
         backbone = build_resnet(m.arch, stem=m.stem, width=m.width)
-        head = projector(backbone.feature_dim, m.projector_hidden, m.projector_out, m.projector_layers)
-        return SimCLR(views, backbone, head, contrast, boost)
+        return SimCLR(views, backbone, build_head(recipe, backbone.feature_dim), contrast, boost)
+    if axes.encoder == "multi-exit":
+        encoder = MultiExitEncoder(build_resnet(m.arch, stem=m.stem, width=m.width), m.exit_after, m.subnetwork)
+        return SelfCon(views, encoder, build_head(recipe, encoder.feature_dim), build_head(recipe, encoder.feature_dim),
+                       contrast, boost)
+    if m.head != "projector":
+        raise FastltError("model.head: the self-damaging encoder needs 'projector' (its batch norms are doubled "
+                          f"per branch), got {m.head!r}")
     switch = BranchSwitch()
     backbone = build_resnet(
         m.arch, stem=m.stem, width=m.width,

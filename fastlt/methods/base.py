@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
 from fastlt.data.loader import Batch
+from fastlt.errors import FastltError
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
 
@@ -31,16 +32,18 @@ class StepOutput:
 
 
 class ContrastiveMethod(nn.Module):
-    """Base class: two views per image, a loss, one or more backward passes per step.
+    """Base class: ``num_views`` views per image, a loss, one or more backward passes per step.
 
     Subclasses set ``self.backbone`` (images -> features, what linear evaluation keeps)
     and implement ``forward`` (the compilable part) and ``step`` (forwards and backwards
-    on a pair of views). Two axes live here: the view strength (with a MemorisationBoost
-    the views get per-sample RandAugment strength and every step's per-sample losses feed
-    it) and the loss (``contrast``: objective, temperature schedule, sample weights).
+    on the views of a batch, with its labels for objectives that use them). Two axes live
+    here: the view strength (with a MemorisationBoost the views get per-sample RandAugment
+    strength and every step's per-sample losses feed it) and the loss (``contrast``:
+    objective, temperature schedule, sample weights).
     """
 
     backbone: nn.Module
+    num_views: int = 2  # augmented views per image: two for the two-view methods, one for multi-exit
 
     def __init__(self, views: SimCLRViews, contrast: ContrastiveLoss, boost: MemorisationBoost | None = None):
         super().__init__()
@@ -63,26 +66,25 @@ class ContrastiveMethod(nn.Module):
         """
         self._forward = torch.compile(self.forward, dynamic=False)
 
-    def make_views(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """Two independent augmentations of the batch (float [B, 3, S, S] in [0, 1]).
+    def make_views(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """``num_views`` independent augmentations of the batch (float [B, 3, S, S] in [0, 1]).
 
-        Per-sample boost strengths are drawn once and shared by both views.
+        Per-sample boost strengths are drawn once and shared by the views.
         """
         strength = self.boost.strengths(batch.indices, generator) if self.boost is not None else None
         return tuple(
             self.views(batch.images, generator, strength).contiguous(memory_format=self.memory_format)
-            for _ in range(2)
+            for _ in range(self.num_views)
         )
 
     def train_step(self, batch: Batch, generator: torch.Generator, context: StepContext) -> StepOutput:
         """Views, the method's forwards and backwards, the boost memory update; the trainer then steps."""
-        view1, view2 = self.make_views(batch, generator)
-        output = self.step(view1, view2, context)
+        output = self.step(self.make_views(batch, generator), batch.labels, context)
         if self.boost is not None:
             self.boost.observe(batch.indices, output.per_sample)
         return output
 
-    def step(self, view1: Tensor, view2: Tensor, context: StepContext) -> StepOutput:
+    def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
         raise NotImplementedError
 
     def on_epoch_start(self, epoch: int) -> None:
@@ -94,6 +96,15 @@ class ContrastiveMethod(nn.Module):
         boost = self.boost.end_epoch() if self.boost is not None else {}
         return {"temperature": round(self.contrast.value, 6), **boost}
 
-    def feature_extractor(self) -> nn.Module:
-        """The module linear evaluation freezes: float images in [0, 1] -> features."""
+    def feature_extractor(self, exit: str = "backbone") -> nn.Module:
+        """The module linear evaluation freezes: float images in [0, 1] -> features.
+
+        ``exit`` picks among a multi-exit encoder's exits; single-exit methods have only "backbone".
+        """
+        check_single_exit(exit)
         return self.backbone
+
+
+def check_single_exit(exit: str) -> None:
+    if exit != "backbone":
+        raise FastltError(f"eval.exit: {exit!r} needs a multi-exit encoder (SelfCon); this method has only 'backbone'")

@@ -20,7 +20,7 @@ SAMPLE_WEIGHTS = ("none", "lotar")
 
 
 class ContrastiveLoss(nn.Module):
-    """Embeddings of two views -> (mean loss, per-sample loss [B]) for the recipe's objective, tau and weights."""
+    """Two views' (or exits') embeddings and labels -> (mean loss, per-sample loss [B]), as the recipe says."""
 
     def __init__(self, objective: str, temperature: float, schedule: str = "constant",
                  schedule_range: tuple[float, float, int] = (0.1, 1.0, 200), sample_weights: str = "none",
@@ -38,8 +38,8 @@ class ContrastiveLoss(nn.Module):
             self.value = cosine_temperature(epoch, *self.schedule_range)
             self.temperature.fill_(self.value)
 
-    def forward(self, z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor]:
-        per_anchor = self.objective(z1, z2, self.temperature)
+    def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        per_anchor = self.objective(z1, z2, self.temperature, labels)
         if self.sample_weights == "lotar":
             loss = (per_anchor * lotar_weights(z1, z2, self.lotar_sign).repeat(2)).mean()
         else:

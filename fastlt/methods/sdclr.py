@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
-from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
+from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput, check_single_exit
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
 from fastlt.models.self_damaging import (
@@ -70,21 +70,23 @@ class SDCLR(ContrastiveMethod):
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return {**super().on_epoch_end(epoch), "sparsity": round(self.sparsity, 6)}
 
-    def step(self, view1: Tensor, view2: Tensor, context: StepContext) -> StepOutput:
+    def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
+        view1, view2 = views
         with context.autocast():
             self.switch.active = PRUNED
             with torch.no_grad():
                 z2 = self._forward(view2)
             self.switch.active = DENSE
             z1 = self._forward(view1)
-            dense_loss, per_sample = self.contrast(z1, z2)
+            dense_loss, per_sample = self.contrast(z1, z2, labels)
         context.backward(dense_loss)
         with context.autocast():
             self.switch.active = PRUNED
-            pruned_loss, _ = self.contrast(z1.detach(), self._forward(view2))
+            pruned_loss, _ = self.contrast(z1.detach(), self._forward(view2), labels)
         context.backward(pruned_loss)
         self.switch.active = DENSE
         return StepOutput(dense_loss.detach(), per_sample.detach())
 
-    def feature_extractor(self) -> nn.Module:
+    def feature_extractor(self, exit: str = "backbone") -> nn.Module:
+        check_single_exit(exit)
         return DenseBranch(self.backbone, self.switch)

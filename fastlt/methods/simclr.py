@@ -29,13 +29,13 @@ class SimCLR(ContrastiveMethod):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, view1: Tensor, view2: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, view1: Tensor, view2: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         embeddings = self.head(self.backbone(torch.cat([view1, view2])))
         z1, z2 = embeddings.chunk(2)
-        return self.contrast(z1, z2)
+        return self.contrast(z1, z2, labels)
 
-    def step(self, view1: Tensor, view2: Tensor, context: StepContext) -> StepOutput:
+    def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
         with context.autocast():
-            loss, per_sample = self._forward(view1, view2)
+            loss, per_sample = self._forward(*views, labels)
         context.backward(loss)
         return StepOutput(loss.detach(), per_sample.detach())

@@ -31,3 +31,16 @@ def projector(
         dim = hidden_dim
     layers += [nn.Linear(dim, out_dim, bias=False), norm(out_dim)]
     return nn.Sequential(*layers)
+
+
+def mlp_head(in_dim: int, hidden_dim: int = 512, out_dim: int = 128, num_layers: int = 2) -> nn.Sequential:
+    """SupCon's and SelfCon's head: (Linear ReLU) x (num_layers - 1), then Linear; no batch norm."""
+    if num_layers < 1:
+        raise FastltError(f"model.projector_layers: must be >= 1, got {num_layers}")
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers - 1):
+        layers += [nn.Linear(dim, hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)

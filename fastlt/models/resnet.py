@@ -85,6 +85,28 @@ def _shortcut(in_planes: int, out_planes: int, stride: int, conv: ConvFactory, n
     return nn.Sequential(conv(in_planes, out_planes, 1, stride=stride, bias=False), norm(out_planes))
 
 
+def stage_channels(block: type[BasicBlock] | type[Bottleneck], index: int, width: int) -> int:
+    """Output channels of stage ``index`` (0-3) of a ResNet of this block type and width."""
+    return width * 2**index * block.expansion
+
+
+def resnet_stage(
+    block: type[BasicBlock] | type[Bottleneck],
+    in_planes: int,
+    index: int,
+    width: int,
+    num_blocks: int,
+    conv: ConvFactory = nn.Conv2d,
+    norm: NormFactory = nn.BatchNorm2d,
+) -> nn.Sequential:
+    """Stage ``index`` (0-3): ``num_blocks`` blocks, the first one strided by 2 except in stage 0."""
+    planes, blocks = width * 2**index, []
+    for block_index in range(num_blocks):
+        blocks.append(block(in_planes, planes, 2 if index > 0 and block_index == 0 else 1, conv, norm))
+        in_planes = planes * block.expansion
+    return nn.Sequential(*blocks)
+
+
 class ResNet(nn.Module):
     """A ResNet trunk that maps float images in [0, 1] to pooled features [B, feature_dim].
 
@@ -117,16 +139,12 @@ class ResNet(nn.Module):
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
+        self.block, self.width, self.stage_blocks = block, width, layers
         stages = []
         in_planes = width
         for index, num_blocks in enumerate(layers):
-            planes = width * 2**index
-            blocks = []
-            for block_index in range(num_blocks):
-                stride = 2 if index > 0 and block_index == 0 else 1
-                blocks.append(block(in_planes, planes, stride, conv, norm))
-                in_planes = planes * block.expansion
-            stages.append(nn.Sequential(*blocks))
+            stages.append(resnet_stage(block, in_planes, index, width, num_blocks, conv, norm))
+            in_planes = stage_channels(block, index, width)
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.feature_dim = in_planes

@@ -8,8 +8,8 @@ from torch import Tensor
 from fastlt.objectives.infonce import pair_logits
 
 
-def flat_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> Tensor:
-    """FlatNCE of each of the 2B anchors [z1; z2], float32 [2B].
+def flat_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None) -> Tensor:
+    """FlatNCE of each of the 2B anchors [z1; z2], float32 [2B] (labels are not used).
 
     Per anchor i with positive p: l_ij = (s_ij - s_ip) / tau over its negatives j,
     v_i = logsumexp_j l_ij, and the loss is exp(v_i - sg(v_i)) - 1 + sg(InfoNCE_i). Its value

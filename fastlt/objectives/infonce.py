@@ -21,11 +21,12 @@ def pair_logits(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> tuple[Te
     return logits, positives
 
 
-def info_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> Tensor:
+def info_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None) -> Tensor:
     """NT-Xent (docs/simclr.md) of each of the 2B anchors [z1; z2], float32 [2B].
 
     An anchor's positive is the other view of its image; its negatives are the other 2B - 2
-    embeddings. temperature may be a 0-d tensor, so a schedule does not recompile.
+    embeddings (labels are not used). temperature may be a 0-d tensor, so a schedule does
+    not recompile.
     """
     with torch.autocast(z1.device.type, enabled=False):
         logits, positives = pair_logits(z1, z2, temperature)

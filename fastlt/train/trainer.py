@@ -27,7 +27,7 @@ from fastlt.errors import FastltError
 from fastlt.files import write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
-from fastlt.recipe import Recipe, recipe_with_overrides
+from fastlt.recipe import OptimConfig, Recipe, recipe_with_overrides
 from fastlt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from fastlt.train.device import (
     PRECISION_TYPES,
@@ -80,6 +80,16 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: boo
     decayed = [p for p in params if p.ndim > 1]
     undecayed = [p for p in params if p.ndim <= 1]
     return [{"params": decayed, "weight_decay": weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SGD, or timm's LARS (a maintained implementation; it skips the trust ratio where weight decay is 0)."""
+    groups = parameter_groups(model, o.weight_decay, o.exclude_bn_bias)
+    if o.name == "lars":
+        from timm.optim import Lars  # imported here: only LARS recipes pay for timm's import
+
+        return Lars(groups, lr=o.lr, momentum=o.momentum, trust_coeff=o.lars_trust)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, foreach=device.type == "cuda" or None)
 
 
 @dataclass(frozen=True)
@@ -177,11 +187,7 @@ def build_run_state(recipe: Recipe, data: TrainingData, choices: HardwareChoices
     device = data.generator.device
     method = method.to(device)
     method.set_memory_format(choices.memory_format)
-    o = recipe.optim
-    optimizer = torch.optim.SGD(
-        parameter_groups(method, o.weight_decay, o.exclude_bn_bias), lr=o.lr, momentum=o.momentum,
-        foreach=device.type == "cuda" or None,
-    )
+    optimizer = build_optimizer(method, recipe.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=PRECISION_TYPES[choices.precision][1])
     view_generator = torch.Generator(device).manual_seed(recipe.train.seed + 1)
     return RunState(method, optimizer, scaler, data.generator, view_generator)

@@ -33,10 +33,12 @@ class CountSyncingOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-# The BCL presets, and every loss axis at once on top of BCL-D.
+# The BCL presets, every loss axis at once on top of BCL-D, and SelfCon's one-view path with BCL-I
+# views and supervised SupCon (labels reach the loss).
 METHODS = {"bcl-i": {}, "bcl-d": {},
            "bcl-d+flatnce+lotar+cosine": {"name": "bcl-d", "objective": "flatnce", "sample_weights": "lotar",
-                                          "temperature_schedule": "cosine"}}
+                                          "temperature_schedule": "cosine"},
+           "selfcon+bcl-i+cosine": {"name": "selfcon", "view_strength": "bcl-i", "temperature_schedule": "cosine"}}
 
 
 def bcl_step(name: str, device: str):
@@ -50,7 +52,7 @@ def bcl_step(name: str, device: str):
     optimizer = torch.optim.SGD(method.parameters(), lr=0.1, momentum=0.9)
     generator = torch.Generator(device).manual_seed(0)
     images = torch.randint(0, 256, (16, 16, 16, 3), dtype=torch.uint8, generator=generator, device=device)
-    batch = Batch(images.permute(0, 3, 1, 2), torch.zeros(16, dtype=torch.long, device=device),
+    batch = Batch(images.permute(0, 3, 1, 2), torch.arange(16, device=device) % 3,
                   torch.arange(16, device=device) * 4)
     context = StepContext(autocast=lambda: torch.autocast(device, enabled=False), backward=lambda l: l.backward())
     method.train()

@@ -36,10 +36,14 @@ def epochs_of(run):
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
-def test_preset_trains_and_logs_its_diagnostics(digits_store, tmp_path, name):
-    run = pretrain(recipe(digits_store, tmp_path, name))
+def test_preset_trains_resumes_exactly_and_logs_its_diagnostics(digits_store, tmp_path, name):
+    run = pretrain(recipe(digits_store, tmp_path / "full", name))
     epochs = epochs_of(run)
     assert min(e["loss"] for e in epochs[1:]) < epochs[0]["loss"]
+    half = pretrain(recipe(digits_store, tmp_path / "half", name), until_epoch=2)
+    resume_run(half)
+    a, b = load_checkpoint(run / CHECKPOINT_NAME)["model"], load_checkpoint(half / CHECKPOINT_NAME)["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     axes = resolve_axes(recipe(digits_store, tmp_path, name))
     encoder, strength = axes.encoder, axes.view_strength
     if encoder == "self-damaging":
@@ -89,6 +93,7 @@ COMBINATIONS = [
     ("bcl-d", {"temperature_schedule": "cosine", "temperature_period": 20}),  # BCL-D with a temperature schedule
     ("sdclr", {"sample_weights": "lotar"}),  # SDCLR with LoTaR weights
     ("bcl-i", {"objective": "flatnce", "sample_weights": "lotar", "lotar_sign": -1.0}),
+    ("selfcon", {"temperature_schedule": "cosine", "temperature_period": 20, "view_strength": "bcl-i"}),
 ]
 
 

@@ -87,7 +87,7 @@ def test_iteration_gradients_equal_the_two_backward_definition():
     shortcut, _ = reference_gradients(method, view1, view2, summed_shortcut=True)
 
     context = StepContext(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
-    output = method.step(view1, view2, context)
+    output = method.step((view1, view2), torch.zeros(8, dtype=torch.long), context)
     assert abs(float(output.loss) - dense_loss) < 1e-5  # the logged loss is L1
     assert output.per_sample.shape == (8,)
     differs_from_shortcut = False

@@ -35,22 +35,23 @@ def eager_and_compiled(method: dict, tmp_path, monkeypatch):
     return eager, compiled
 
 
-def view_pair(size: int, generator: torch.Generator) -> list[torch.Tensor]:
-    return [torch.rand(size, 3, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
-            for _ in range(2)]
+def view_pair(size: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.rand(size, 3, 16, 16, generator=generator).contiguous(memory_format=torch.channels_last)
+                 for _ in range(2))
 
 
 def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch(tmp_path, monkeypatch):
     eager, compiled = eager_and_compiled({"name": "sdclr", "pruning_ratio": 0.5}, tmp_path, monkeypatch)
     generator = torch.Generator().manual_seed(0)
     batches = {size: view_pair(size, generator) for size in (8, 5)}  # a full batch and a partial last one
+    labels = {size: torch.zeros(size, dtype=torch.long) for size in (8, 5)}
 
     for method in (eager, compiled):
         method.on_epoch_start(1)
     graphs, graphs_before = [], counters["stats"]["unique_graphs"]
     for size in (8, 5, 8, 5):  # the second epoch reuses the cached graphs
-        expected = eager.step(*batches[size], CONTEXT)
-        result = compiled.step(*batches[size], CONTEXT)
+        expected = eager.step(batches[size], labels[size], CONTEXT)
+        result = compiled.step(batches[size], labels[size], CONTEXT)
         assert torch.allclose(result.loss, expected.loss, atol=1e-5)
         assert torch.allclose(result.per_sample, expected.per_sample, atol=1e-5)
         graphs.append(counters["stats"]["unique_graphs"])
@@ -73,8 +74,8 @@ def test_a_new_temperature_each_epoch_does_not_recompile_the_step(tmp_path, monk
     for epoch in (1, 2, 3):  # tau 0.55, 0.1, 0.55
         for method in (eager, compiled):
             method.on_epoch_start(epoch)
-        expected = eager.step(*views, CONTEXT)
-        result = compiled.step(*views, CONTEXT)
+        expected = eager.step(views, torch.zeros(8, dtype=torch.long), CONTEXT)
+        result = compiled.step(views, torch.zeros(8, dtype=torch.long), CONTEXT)
         assert torch.allclose(result.loss, expected.loss, atol=1e-5)
         graphs.append(counters["stats"]["unique_graphs"])
         losses.append(float(result.loss))

@@ -192,3 +192,28 @@ def test_parameter_groups_exclude_bn_and_bias_on_request():
     decayed, undecayed = parameter_groups(model, 5e-4, exclude_bn_bias=True)
     assert {id(p) for p in decayed["params"]} == {id(model[0].weight), id(model[2].weight)}
     assert undecayed["weight_decay"] == 0.0 and len(undecayed["params"]) == 4
+
+
+def test_lars_scales_decayed_weights_by_the_trust_ratio_and_leaves_bn_and_bias_plain():
+    from torch import nn
+
+    from fastlt.recipe import OptimConfig
+    from fastlt.train.trainer import build_optimizer
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
+    config = OptimConfig(name="lars", lr=0.5, momentum=0.9, weight_decay=0.01, exclude_bn_bias=True, lars_trust=1e-3)
+    optimizer = build_optimizer(model, config, torch.device("cpu"))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    grads = {name: torch.randn_like(p) for name, p in model.named_parameters()}
+    for name, p in model.named_parameters():
+        p.grad = grads[name].clone()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        w, g = before[name], grads[name]
+        if name == "0.weight":  # decayed: lr * eta * |w| / (|g| + wd |w|) * (g + wd w), You et al.'s local rate
+            local = 1e-3 * w.norm() / (g.norm() + 0.01 * w.norm())
+            expected = w - 0.5 * local * (g + 0.01 * w)
+        else:  # BN parameters and the bias: no decay and no trust ratio, a plain SGD step
+            expected = w - 0.5 * g
+        torch.testing.assert_close(p.detach(), expected, msg=name)

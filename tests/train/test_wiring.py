@@ -126,3 +126,27 @@ def test_probe_trains_on_the_recipe_probe_list_and_groups_come_from_the_pretrain
     assert groups == {name: ids.tolist() for name, ids in expected.items()}
     per_class = recorded["per_class"]
     assert recorded["few"] == pytest.approx(np.mean([per_class[c] for c in expected["few"]]))
+
+
+def test_linear_eval_of_a_multi_exit_run_reads_the_chosen_exit(digits_store, tmp_path, monkeypatch):
+    run = pretrain(recipe_from_dict({
+        "data": {"store": str(digits_store), "split": str(SPLIT)},
+        "method": {"name": "selfcon"},
+        "model": {"width": 4, "head": "mlp", "projector_hidden": 16, "projector_out": 8},
+        "train": {"epochs": 1, "batch_size": 128, "out_dir": str(tmp_path), "progress": False,
+                  "precision": "fp32", "device": "cpu", "name": "selfcon"},
+    }, "test"))
+    widths = []
+    original = protocol.train_linear_probe
+
+    def train_linear_probe(features, targets, num_classes, config):
+        widths.append(features.shape[1])
+        return original(features, targets, num_classes, config)
+
+    monkeypatch.setattr(protocol, "train_linear_probe", train_linear_probe)
+    folders = {exit: protocol.linear_eval(run, overrides={"epochs": 1, "knn": (), "exit": exit}).folders["full"]
+               for exit in ("backbone", "sub-network", "ensemble")}
+    assert widths == [32, 32, 64]  # width 4: 32 features per exit, both side by side for the ensemble
+    assert [folder.name for folder in folders.values()] == [
+        "bcl-linear-all-train", "bcl-linear-all-train-sub-network-exit", "bcl-linear-all-train-ensemble-exit"]
+    assert json.loads((folders["sub-network"] / "eval.json").read_text())["exit"] == "sub-network"

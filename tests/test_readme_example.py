@@ -1,0 +1,76 @@
+"""The README's "Add your own method" example runs as printed, registers its objective and trains with it;
+objectives from installed packages arrive by entry point."""
+import importlib.metadata
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastlt.errors import FastltError
+from fastlt.methods import axis_choices
+from fastlt.objectives import OBJECTIVES, PLUGIN_GROUP, register_objective
+from fastlt.recipe import recipe_from_dict
+from fastlt.train.trainer import pretrain
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture
+def readme_objective():
+    block = re.search(r"<!-- example: a custom objective -->\n```python\n(.*?)```", README.read_text(), re.S)
+    assert block, "README: the custom-objective example block is missing"
+    namespace = {}
+    exec(compile(block.group(1), str(README), "exec"), namespace)
+    yield namespace["decoupled_per_anchor"]
+    OBJECTIVES.pop("dcl")
+
+
+def loop_dcl(z1, z2, tau):
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n, batch = len(z), len(z1)
+    return torch.stack([-(z[i] @ z[(i + batch) % n]) / tau + torch.log(sum(
+        torch.exp(z[i] @ z[j] / tau) for j in range(n) if j not in (i, (i + batch) % n))) for i in range(n)])
+
+
+def test_the_example_objective_is_registered_and_matches_its_formula(readme_objective):
+    assert OBJECTIVES["dcl"] is readme_objective and "dcl" in axis_choices()["objective"]
+    generator = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(5, 4, generator=generator), torch.randn(5, 4, generator=generator)
+    torch.testing.assert_close(readme_objective(z1, z2, 0.2), loop_dcl(z1, z2, 0.2), rtol=1e-5, atol=1e-5)
+
+
+def test_a_recipe_trains_with_the_example_objective(readme_objective, digits_store, tmp_path):
+    run = pretrain(recipe_from_dict({
+        "data": {"store": str(digits_store)},
+        "method": {"name": "bcl-i", "objective": "dcl"},
+        "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
+        "optim": {"lr": 0.1, "warmup_epochs": 1},
+        "train": {"epochs": 4, "batch_size": 128, "out_dir": str(tmp_path), "progress": False,
+                  "precision": "fp32", "device": "cpu", "name": "dcl"}}, "test"))
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert min(losses[1:]) < losses[0]
+
+
+def test_a_name_is_registered_once(readme_objective):
+    with pytest.raises(FastltError, match="objective 'dcl': a different objective is registered"):
+        register_objective("dcl")(lambda z1, z2, temperature, labels=None: z1)
+
+
+def test_installed_packages_register_objectives_by_entry_point(monkeypatch):
+    entry = importlib.metadata.EntryPoint("infonce-by-plugin", "fastlt.objectives.infonce:info_nce_per_anchor",
+                                          PLUGIN_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group: [entry] if group == PLUGIN_GROUP else [])
+    try:
+        assert "infonce-by-plugin" in axis_choices()["objective"]
+        assert OBJECTIVES["infonce-by-plugin"].__name__ == "info_nce_per_anchor"
+    finally:
+        OBJECTIVES.pop("infonce-by-plugin")
+    broken = importlib.metadata.EntryPoint("broken", "no_such_package.losses:fn", PLUGIN_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken])
+    with pytest.raises(FastltError, match=r"objective plugin 'broken' \(no_such_package.losses:fn\): cannot load"):
+        axis_choices()
+
