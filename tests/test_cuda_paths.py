@@ -20,13 +20,13 @@ from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 pytestmark = pytest.mark.cuda
 
 
-def cuda_recipe(store, out_dir, method="simclr", **train):
+def cuda_recipe(store, out_dir, method="simclr", lr=0.3, **train):
     return recipe_from_dict(
         {
             "method": {"name": method},
             "data": {"store": str(store)},
             "model": {"width": 16, "projector_hidden": 64, "projector_out": 32},
-            "optim": {"lr": 0.3, "warmup_epochs": 1},
+            "optim": {"lr": lr, "warmup_epochs": 1},
             "train": {"epochs": 6, "batch_size": 128, "out_dir": str(out_dir), "progress": False,
                       "device": "cuda", "log_every": 1, **train},
         },
@@ -38,10 +38,10 @@ def epoch_losses(run):
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", ["simclr", "bcl-d-ts"])
-def test_auto_on_cuda_is_compiled_bf16_channels_last_and_learns(digits_store, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize("method, lr", [("simclr", 0.3), ("bcl-d-ts", 0.3), ("selfcon", 0.05)])
+def test_auto_on_cuda_is_compiled_bf16_channels_last_and_learns(digits_store, tmp_path, monkeypatch, method, lr):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    run = pretrain(cuda_recipe(digits_store, tmp_path, method=method, name=method))
+    run = pretrain(cuda_recipe(digits_store, tmp_path, method=method, lr=lr, name=method))
     hardware = json.loads((run / "run.json").read_text())["hardware"]
     expected_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     assert (hardware["device"], hardware["precision"], hardware["memory_format"], hardware["compile"]) == (
