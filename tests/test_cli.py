@@ -1,6 +1,5 @@
 """The command line end to end on tiny data, its progress output, and one-line errors for every bad input."""
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

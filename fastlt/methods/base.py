@@ -35,11 +35,11 @@ class ContrastiveMethod(nn.Module):
     """Base class: ``num_views`` views per image, a loss, one or more backward passes per step.
 
     Subclasses set ``self.backbone`` (images -> features, what linear evaluation keeps)
-    and implement ``forward`` (the compilable part) and ``step`` (forwards and backwards
-    on the views of a batch, with its labels for objectives that use them). Two axes live
-    here: the view strength (with a MemorisationBoost the views get per-sample RandAugment
-    strength and every step's per-sample losses feed it) and the loss (``contrast``:
-    objective, temperature schedule, sample weights).
+    and implement ``forward``, the compilable part: views and labels -> (loss, per-sample
+    loss). ``step`` runs it with one backward; a method with more passes overrides it.
+    Two axes live here: the view strength (with a MemorisationBoost the views get
+    per-sample RandAugment strength and every step's per-sample losses feed it) and the
+    loss (``contrast``: objective, temperature schedule, sample weights).
     """
 
     backbone: nn.Module
@@ -85,7 +85,11 @@ class ContrastiveMethod(nn.Module):
         return output
 
     def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
-        raise NotImplementedError
+        """One forward of all views (compiled when enabled) and one backward; SDCLR overrides it."""
+        with context.autocast():
+            loss, per_sample = self._forward(*views, labels)
+        context.backward(loss)
+        return StepOutput(loss.detach(), per_sample.detach())
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first step of each epoch (1-based): sets the epoch's temperature."""

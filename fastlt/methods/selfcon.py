@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
 from fastlt.errors import FastltError
-from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
+from fastlt.methods.base import ContrastiveMethod
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
 from fastlt.models.multi_exit import EnsembleExit, MultiExitEncoder, SubnetworkExit
@@ -45,12 +45,6 @@ class SelfCon(ContrastiveMethod):
     def forward(self, view: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         subnetwork, backbone = self.encoder(view)
         return self.contrast(self.subnetwork_head(subnetwork), self.head(backbone), labels)
-
-    def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
-        with context.autocast():
-            loss, per_sample = self._forward(*views, labels)
-        context.backward(loss)
-        return StepOutput(loss.detach(), per_sample.detach())
 
     def feature_extractor(self, exit: str = "backbone") -> nn.Module:
         """The backbone exit (default), the sub-network exit, or both exits' features concatenated."""

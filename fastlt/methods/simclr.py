@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
-from fastlt.methods.base import ContrastiveMethod, StepContext, StepOutput
+from fastlt.methods.base import ContrastiveMethod
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
 
@@ -33,9 +33,3 @@ class SimCLR(ContrastiveMethod):
         embeddings = self.head(self.backbone(torch.cat([view1, view2])))
         z1, z2 = embeddings.chunk(2)
         return self.contrast(z1, z2, labels)
-
-    def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
-        with context.autocast():
-            loss, per_sample = self._forward(*views, labels)
-        context.backward(loss)
-        return StepOutput(loss.detach(), per_sample.detach())
