@@ -142,9 +142,9 @@ def test_a_non_finite_loss_stops_the_run_before_memory_and_checkpoint(digits_sto
 
     real_loss = ContrastiveLoss.forward
 
-    def poisoned(self, z1, z2):  # the 5th step of epoch 2 gives NaN
+    def poisoned(self, z1, z2, labels=None):  # the 5th step of epoch 2 gives NaN
         calls.append(1)
-        loss, per_sample = real_loss(self, z1, z2)
+        loss, per_sample = real_loss(self, z1, z2, labels)
         if len(calls) == 5:
             return loss * float("nan"), per_sample * float("nan")
         return loss, per_sample

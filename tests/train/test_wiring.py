@@ -46,8 +46,8 @@ def spied_bcl_d_run(digits_store, tmp_path_factory):
         observed.append((indices.clone(), per_sample.clone()))
         return original_observe(self, indices, per_sample)
 
-    def contrastive_loss(self, z1, z2):
-        result = original_loss(self, z1, z2)
+    def contrastive_loss(self, z1, z2, labels=None):
+        result = original_loss(self, z1, z2, labels)
         losses.append(result[1].detach().clone())
         return result
 
