@@ -43,21 +43,20 @@ class MultiExitEncoder(nn.Module):
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
-    def trunk_to_exit(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(feature map at the exit, backbone feature map after layer4) of float images in [0, 1]."""
+    def to_exit(self, x: Tensor) -> Tensor:
+        """The shared trunk: float images in [0, 1] -> the feature map where the sub-network leaves."""
         b = self.backbone
         x = b.stem(b.normalize(x))
-        stages = (b.layer1, b.layer2, b.layer3, b.layer4)
-        for stage in stages[: self.exit_after]:
+        for stage in (b.layer1, b.layer2, b.layer3)[: self.exit_after]:
             x = stage(x)
-        tapped = x
-        for stage in stages[self.exit_after:]:
-            x = stage(x)
-        return tapped, x
+        return x
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        tapped, last = self.trunk_to_exit(x)
-        return self.subnetwork(tapped), torch.flatten(self.backbone.pool(last), 1)
+        tapped = last = self.to_exit(x)
+        b = self.backbone
+        for stage in (b.layer1, b.layer2, b.layer3, b.layer4)[self.exit_after:]:
+            last = stage(last)
+        return self.subnetwork(tapped), torch.flatten(b.pool(last), 1)
 
 
 class SubnetworkExit(nn.Module):
@@ -69,11 +68,7 @@ class SubnetworkExit(nn.Module):
         self.feature_dim = encoder.feature_dim
 
     def forward(self, x: Tensor) -> Tensor:
-        b = self.encoder.backbone
-        x = b.stem(b.normalize(x))
-        for stage in (b.layer1, b.layer2, b.layer3)[: self.encoder.exit_after]:
-            x = stage(x)
-        return self.encoder.subnetwork(x)
+        return self.encoder.subnetwork(self.encoder.to_exit(x))
 
 
 class EnsembleExit(nn.Module):
