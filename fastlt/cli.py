@@ -266,8 +266,8 @@ def recipe_keys_table() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), help="Probe epochs (default: the recipe's, 500 in the BCL protocol).")
 @click.option("--knn", type=positive_ints(), help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
 @click.option("--random-init", is_flag=True, help="Also evaluate a randomly initialised backbone of the same architecture.")
-@click.option("--exit", "exit_name", type=click.Choice(["backbone", "sub-network", "ensemble"]),
-              help="Which exit of a multi-exit (SelfCon) encoder gives the features (default: the recipe's "
+@click.option("--exit", "exit_name",
+              help="backbone, sub-network or ensemble: which exit of a multi-exit (SelfCon) encoder gives the features (default: the recipe's "
                    "eval.exit, backbone); ensemble concatenates both.")
 @click.option("--overwrite", is_flag=True, help="Replace reports of the same evaluation written before.")
 @click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)

@@ -39,6 +39,9 @@ def one_of(*choices: str) -> dict[str, Any]:
     return _rule(lambda v: v in choices, "one of " + ", ".join(choices))
 
 
+EVAL_EXITS = ("backbone", "sub-network", "ensemble")  # the features linear evaluation can take
+
+
 def setting(default: Any, meaning: str, rule: dict[str, Any] | None = None) -> Any:
     """A dataclass field with its one-line meaning (``fastlt recipe show``) and valid range attached."""
     return field(default=default, metadata={**(rule or {}), "meaning": meaning})
@@ -159,7 +162,7 @@ class EvalConfig:
     batch_size: int = setting(1000, "probe batch size", AT_LEAST_1)
     knn: tuple[int, ...] = setting((1, 10), "k values of the kNN accuracies", ALL_AT_LEAST_1)
     exit: str = setting("backbone", "multi-exit encoders: backbone, sub-network or ensemble (both side by side)",
-                        one_of("backbone", "sub-network", "ensemble"))
+                        one_of(*EVAL_EXITS))
 
     def check(self) -> None:
         if self.final_lr > self.lr:

@@ -8,7 +8,6 @@ report folder, ``RUN/eval/<protocol>-<probe list>/``, that names what it measure
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,11 +141,10 @@ def linear_eval(
     """
     checkpoint = resolve_checkpoint(target)
     payload = load_checkpoint(checkpoint)
-    recipe = recipe_from_dict(payload["recipe"], source=f"{checkpoint} (recipe)")
-    unknown = sorted(set(overrides or {}) - {f.name for f in dataclasses.fields(recipe.eval)})
-    if unknown:
-        raise FastltError(f"linear-eval: unknown eval setting {unknown[0]!r}")
-    settings = dataclasses.replace(recipe.eval, **(overrides or {}))
+    raw = {**payload["recipe"], "eval": {**payload["recipe"].get("eval", {}), **(overrides or {})}}
+    recipe = recipe_from_dict(raw, source=f"{checkpoint} (recipe)",
+                              origins={("eval", key): "linear-eval" for key in overrides or {}})
+    settings = recipe.eval
     device = torch.device(device)
     store = NativeStore.open(store_path or Path(recipe.data.store))
     check_same_data(payload["data"], store.identity(recipe.data.part), f"{checkpoint}: store {store.path}")

@@ -9,8 +9,8 @@ from fastlt.methods.base import ContrastiveMethod
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
 from fastlt.models.multi_exit import EnsembleExit, MultiExitEncoder, SubnetworkExit
+from fastlt.recipe import EVAL_EXITS
 
-EXITS = ("backbone", "sub-network", "ensemble")
 
 
 class SelfCon(ContrastiveMethod):
@@ -48,8 +48,8 @@ class SelfCon(ContrastiveMethod):
 
     def feature_extractor(self, exit: str = "backbone") -> nn.Module:
         """The backbone exit (default), the sub-network exit, or both exits' features concatenated."""
-        if exit not in EXITS:
-            raise FastltError(f"eval.exit: expected one of {list(EXITS)}, got {exit!r}")
+        if exit not in EVAL_EXITS:
+            raise FastltError(f"eval.exit: expected one of {list(EVAL_EXITS)}, got {exit!r}")
         if exit == "sub-network":
             return SubnetworkExit(self.encoder)
         return EnsembleExit(self.encoder) if exit == "ensemble" else self.encoder.backbone

@@ -16,6 +16,7 @@ import torch
 import fastlt.evaluate.protocol as protocol
 from fastlt.data.splits import class_counts, class_groups
 from fastlt.data.store import NativeStore
+from fastlt.errors import FastltError
 from fastlt.methods.boost import BoostStage, MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
 from fastlt.recipe import recipe_from_dict
@@ -150,3 +151,8 @@ def test_linear_eval_of_a_multi_exit_run_reads_the_chosen_exit(digits_store, tmp
     assert [folder.name for folder in folders.values()] == [
         "bcl-linear-all-train", "bcl-linear-all-train-sub-network-exit", "bcl-linear-all-train-ensemble-exit"]
     assert json.loads((folders["sub-network"] / "eval.json").read_text())["exit"] == "sub-network"
+    for bad, message in (({"exit": "head"}, "eval.exit: must be one of backbone"),
+                         ({"epochs": 0}, "eval.epochs: must be >= 1"),
+                         ({"lr_decay": 0.1}, "eval.lr_decay: unknown key")):
+        with pytest.raises(FastltError, match=message):
+            protocol.linear_eval(run, overrides=bad)
