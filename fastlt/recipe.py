@@ -149,6 +149,9 @@ class EvalConfig:
 
     train_split: str = setting("", "the probe's training indices, relative to the recipe's folder; "
                                    "empty = the whole part")
+    val_split: str = setting("", "held-out indices of the training part (SDCLR protocol's best epoch, the online "
+                                 "monitor), relative to the recipe's folder; empty = the part's samples "
+                                 "outside data.split")
     shot_lists: str = setting("", "few-shot probe lists: a file pattern with {shots} and {subset}, relative to "
                                   "the recipe's folder; empty = none")
     shot_subsets: int = setting(5, "few-shot subsets {subset} = 1..shot_subsets", AT_LEAST_1)
@@ -170,7 +173,7 @@ class EvalConfig:
 
 
 # Keys that name files: relative values are taken relative to the recipe file that sets them.
-RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split", "shot_lists")}
+RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split", "val_split", "shot_lists")}
 
 
 @dataclass
