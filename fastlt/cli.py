@@ -266,6 +266,10 @@ def recipe_keys_table() -> None:
 @click.option("--epochs", type=click.IntRange(min=1), help="Probe epochs (default: the recipe's, 500 in the BCL protocol).")
 @click.option("--knn", type=positive_ints(), help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
 @click.option("--random-init", is_flag=True, help="Also evaluate a randomly initialised backbone of the same architecture.")
+@click.option("--protocol", help="bcl (default: the linear probe on cached features, with kNN), sdclr (the fc "
+                                 "trained through the frozen backbone on augmented images, best epoch on the "
+                                 "held-out list), ts (kNN and LinearSVCs on the long-tailed split) or all; "
+                                 "the recipe's eval.protocol when not given.")
 @click.option("--exit", "exit_name",
               help="backbone, sub-network or ensemble: which exit of a multi-exit (SelfCon) encoder gives the features (default: the recipe's "
                    "eval.exit, backbone); ensemble concatenates both.")
@@ -275,8 +279,8 @@ def recipe_keys_table() -> None:
 @user_errors
 def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_split: Path | None,
                 shots: tuple[str, ...], epochs: int | None, knn: tuple[int, ...] | None, random_init: bool,
-                exit_name: str | None, overwrite: bool, device: str, precision: str) -> None:
-    """Frozen-feature linear probe and kNN of a run folder or checkpoint, with many/medium/few groups."""
+                protocol: str | None, exit_name: str | None, overwrite: bool, device: str, precision: str) -> None:
+    """The papers' evaluation protocols on a run folder or checkpoint, with many/medium/few groups."""
     from fastlt.evaluate.protocol import linear_eval as run_linear_eval
     from fastlt.train.device import resolve_device, resolve_precision
 
@@ -288,6 +292,8 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
         overrides["epochs"] = epochs
     if knn is not None:
         overrides["knn"] = knn
+    if protocol is not None:
+        overrides["protocol"] = protocol
     if exit_name is not None:
         overrides["exit"] = exit_name
     result = run_linear_eval(target, out, resolved, store_path, overrides, random_init,

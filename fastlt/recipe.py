@@ -40,6 +40,7 @@ def one_of(*choices: str) -> dict[str, Any]:
 
 
 EVAL_EXITS = ("backbone", "sub-network", "ensemble")  # the features linear evaluation can take
+EVAL_PROTOCOLS = ("bcl", "sdclr", "ts")  # docs/evaluation.md
 
 
 def setting(default: Any, meaning: str, rule: dict[str, Any] | None = None) -> Any:
@@ -147,6 +148,9 @@ class TrainConfig:
 class EvalConfig:
     """Linear evaluation (BCL protocol by default, docs/evaluation.md) and kNN."""
 
+    protocol: str = setting("bcl", "bcl (linear probe on cached features), sdclr (fc through the frozen backbone "
+                                   "on augmented images), ts (kNN and LinearSVCs on the LT split) or all",
+                            one_of(*EVAL_PROTOCOLS, "all"))
     train_split: str = setting("", "the probe's training indices, relative to the recipe's folder; "
                                    "empty = the whole part")
     val_split: str = setting("", "held-out indices of the training part (SDCLR protocol's best epoch, the online "
@@ -156,6 +160,11 @@ class EvalConfig:
                                   "the recipe's folder; empty = none")
     shot_subsets: int = setting(5, "few-shot subsets {subset} = 1..shot_subsets", AT_LEAST_1)
     test_part: str = setting("test", "part of the store the probe is tested on")
+    sdclr_epochs: int = setting(30, "SDCLR protocol: full-shot epochs (lr x0.1 at 1/3 and 2/3)", AT_LEAST_1)
+    sdclr_few_shot_list: str = setting("", "SDCLR protocol: the few-shot list (the split's S_b), relative to the "
+                                           "recipe's folder; empty = no few-shot report")
+    sdclr_few_shot_epochs: int = setting(100, "SDCLR protocol: few-shot epochs (lr x0.1 at 40% and 60%)",
+                                         AT_LEAST_1)
     groups: str = setting("thirds", "many/medium/few: thirds (CIFAR) or thresholds (ImageNet-100-LT)",
                           one_of("thirds", "thresholds"))
     epochs: int = setting(500, "probe epochs", AT_LEAST_1)
@@ -173,7 +182,7 @@ class EvalConfig:
 
 
 # Keys that name files: relative values are taken relative to the recipe file that sets them.
-RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split", "val_split", "shot_lists")}
+RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split", "val_split", "shot_lists", "sdclr_few_shot_list")}
 
 
 @dataclass

@@ -120,6 +120,28 @@ def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_native_store(out, "digits", class_names, parts, {"dataset": "coloured-digits", "seed": 0})
 
 
+TINY_PRETRAIN = ["--device", "cpu", "--set", "model.width=4", "--set", "model.projector_hidden=32",
+                 "--set", "model.projector_out=16", "--set", "train.batch_size=64", "--set", "train.progress=false",
+                 "--set", "train.precision=fp32", "--set", "optim.warmup_epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, digits_store: Path) -> Path:
+    """A one-epoch width-4 SimCLR run of the digits recipe: `fastlt pretrain` through the CLI, run folder tiny/."""
+    from click.testing import CliRunner
+
+    from fastlt.cli import main
+
+    out = tmp_path_factory.mktemp("runs")
+    recipe = Path(__file__).resolve().parents[1] / "pipelines" / "digits_lt" / "simclr.toml"
+    result = CliRunner().invoke(main, ["pretrain", str(recipe), "--set", f"data.store={digits_store}", "--set",
+                                       f"train.out_dir={out}", "--set", "train.epochs=1", "--set",
+                                       "train.name=tiny", *TINY_PRETRAIN])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert Path(result.stdout.strip().splitlines()[-1]) == out / "tiny"
+    return out / "tiny"
+
+
 @pytest.fixture(scope="session")
 def reference_splits() -> Path:
     """The published SDCLR/BCL split files, kept in the project at splits/published (see its README)."""

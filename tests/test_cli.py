@@ -16,11 +16,11 @@ from fastlt.data.store import NativeStore, StorePart, write_native_store
 from fastlt.evaluate.protocol import linear_eval
 from fastlt.files import file_digest
 
+from conftest import TINY_PRETRAIN
+
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_RECIPE = ROOT / "pipelines" / "digits_lt" / "simclr.toml"
-TINY = ["--device", "cpu", "--set", "model.width=4", "--set", "model.projector_hidden=32",
-        "--set", "model.projector_out=16", "--set", "train.batch_size=64", "--set", "train.progress=false",
-        "--set", "train.precision=fp32", "--set", "optim.warmup_epochs=1"]
+TINY = TINY_PRETRAIN
 
 
 def run(*args, ok: bool = True):
@@ -41,16 +41,6 @@ def assert_one_line_error(result, *fragments: str) -> None:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, digits_store) -> Path:
-    out = tmp_path_factory.mktemp("runs")
-    result = run("pretrain", DIGITS_RECIPE, "--set", f"data.store={digits_store}", "--set", f"train.out_dir={out}",
-                 "--set", "train.epochs=1", "--set", "train.name=tiny", *TINY)
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    assert run_dir == out / "tiny"
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +133,7 @@ def test_linear_eval_report_says_what_it_measured_and_is_not_overwritten(tiny_ru
     split = json.loads((tiny_run / "config.json").read_text())["data"]["split"]
     assert report["run"] == str(tiny_run) and report["method"] == "simclr" and report["epoch"] == 1
     assert report["checkpoint"] == {"file": str(checkpoint), "sha256": file_digest(checkpoint)}
-    assert report["pretraining_split"] == {"file": split, "sha256": split_checksum(np.load(split))}
+    assert report["pretraining_split"] == {"file": split, "sha256": split_checksum(np.load(split)), "samples": 468}
     assert report["probe_lists"][0]["file"] == "(the whole train part)" and report["probe_lists"][0]["samples"] == 1198
     assert report["feature_precision"] == "fp32" and report["shots"] == "full"
     assert report["protocol"]["name"] == "bcl-linear" and report["protocol"]["linear"]["epochs"] == 2
@@ -172,19 +162,19 @@ def test_few_shot_is_the_mean_and_std_over_subsets_each_a_probe_on_its_list(tiny
         np.save(tmp_path / f"sub{subset}_5shot.npy", chosen)
     settings = {"epochs": 100, "knn": (1,), "shot_lists": str(tmp_path / "sub{subset}_{shots}shot.npy"), "shot_subsets": 3}
     result = linear_eval(tiny_run, tmp_path / "reports", overrides=settings, shots=("full", "5"))
-    few = result.reports["5"]["linear, 5-shot"]
-    assert result.folders["5"] == tmp_path / "reports" / "bcl-linear-5shot"
+    few = result.reports["bcl:5"]["linear, 5-shot"]
+    assert result.folders["bcl:5"] == tmp_path / "reports" / "bcl-linear-5shot"
     for k, subset in enumerate(few["per_subset"], start=1):  # subset k = a full-shot probe on list k
         alone = linear_eval(tiny_run, tmp_path / f"alone{k}", overrides={**settings, "train_split":
-                            str(tmp_path / f"sub{k}_5shot.npy")}).reports["full"]["linear"]
+                            str(tmp_path / f"sub{k}_5shot.npy")}).reports["bcl:full"]["linear"]
         assert subset == alone
     for key in ("overall", "many", "medium", "few", "group_std", "class_std"):
         values = [subset[key] for subset in few["per_subset"]]
         assert few[key] == pytest.approx(np.mean(values)) and few["std_over_subsets"][key] == pytest.approx(np.std(values))
     assert len({subset["overall"] for subset in few["per_subset"]}) > 1  # the subsets differ
-    recorded = json.loads((result.folders["5"] / "eval.json").read_text())["probe_lists"]
+    recorded = json.loads((result.folders["bcl:5"] / "eval.json").read_text())["probe_lists"]
     assert [entry["file"] for entry in recorded] == [str(tmp_path / f"sub{k}_5shot.npy") for k in (1, 2, 3)]
-    assert "+-" in (result.folders["5"] / "eval.md").read_text()
+    assert "+-" in (result.folders["bcl:5"] / "eval.md").read_text()
 
 
 def test_linear_eval_of_a_self_damaging_run(tmp_path, digits_store):

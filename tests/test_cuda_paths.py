@@ -66,7 +66,7 @@ def test_fp16_on_cuda_scales_the_loss_and_resumes(digits_store, tmp_path):
 def test_linear_eval_reads_a_cuda_run_on_cuda(digits_store, tmp_path):
     run = pretrain(cuda_recipe(digits_store, tmp_path, name="probe", epochs=1, compile="off"))
     reports = linear_eval(run, tmp_path / "reports", device="cuda", precision="bf16",
-                          overrides={"epochs": 5}).reports["full"]
+                          overrides={"epochs": 5}).reports["bcl:full"]
     assert 0.0 <= reports["linear"]["overall"] <= 100.0 and {"many", "medium", "few"} <= set(reports["linear"])
 
 

@@ -18,7 +18,7 @@ def test_pretraining_beats_random_init_on_digits_lt(digits_store, tmp_path):
     recipe = load_recipe(RECIPE, [f"data.store={digits_store}", f"data.split={split}", "train.epochs=150",
                                   f"train.out_dir={tmp_path}", "train.progress=false", "train.device=cpu"])
     run = pretrain(recipe, str(RECIPE))
-    reports = linear_eval(run, device="cpu", random_init=True).reports["full"]
+    reports = linear_eval(run, device="cpu", random_init=True).reports["bcl:full"]
     pretrained, random_init = reports["linear"]["overall"], reports["random-init linear"]["overall"]
     assert pretrained >= random_init + 8, (pretrained, random_init)
     assert reports["knn@1"]["overall"] > reports["random-init knn@1"]["overall"]

@@ -131,6 +131,23 @@ def resized_crop(
     return _apply_separable(images, rows, cols)
 
 
+def padded_crop(images: Tensor, offsets: Tensor, padding: int, flip: Tensor | None = None) -> Tensor:
+    """torchvision's RandomCrop(size of the image, padding) with zero fill, then hflip where ``flip``, as one gather.
+
+    images [B, C, H, W] (any dtype); offsets [B, 2] = (top, left) of each crop in the padded
+    image, in [0, 2 * padding]. Per image this equals ``crop(pad(img, padding), top, left, H, W)``.
+    Works on uint8, so the SDCLR probe crops before it converts to float.
+    """
+    batch, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    rows = offsets[:, :1] + torch.arange(height, device=images.device)  # [B, H]
+    cols = offsets[:, 1:] + torch.arange(width, device=images.device)  # [B, W]
+    if flip is not None:
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    samples = torch.arange(batch, device=images.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[samples, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
 def _luma(images: Tensor) -> Tensor:
     """[B, 3, H, W] -> [B, 1, H, W] grey level with torchvision's luma weights."""
     red, green, blue = images.unbind(dim=1)

@@ -70,6 +70,18 @@ def _check_features_labels(features: Tensor, labels: Tensor, num_classes: int) -
         raise FastltError(f"labels: values must lie in [0, {num_classes}), got [{low}, {high}]")
 
 
+def seeded_linear(dim: int, num_classes: int, generator: torch.Generator) -> nn.Linear:
+    """nn.Linear(dim, num_classes) with its default distribution, U(-1/sqrt(dim), 1/sqrt(dim)), drawn from ``generator``
+    (on the generator's device), so a probe's initialisation depends on its seed alone."""
+    device = generator.device
+    probe = nn.utils.skip_init(nn.Linear, dim, num_classes, device=device)
+    bound = dim**-0.5
+    with torch.no_grad():
+        for parameter in (probe.weight, probe.bias):
+            parameter.copy_(torch.rand(parameter.shape, generator=generator, device=device) * (2 * bound) - bound)
+    return probe
+
+
 def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, config: LinearProbeConfig) -> nn.Linear:
     """Fit nn.Linear(D, num_classes) on frozen features with the BCL protocol; returned in eval mode, frozen.
 
@@ -87,12 +99,7 @@ def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, confi
     generator = torch.Generator(device=device).manual_seed(config.seed)
     num_samples, dim = features.shape
 
-    probe = nn.utils.skip_init(nn.Linear, dim, num_classes, device=device)
-    bound = dim**-0.5
-    with torch.no_grad():
-        for parameter in (probe.weight, probe.bias):
-            parameter.copy_(torch.rand(parameter.shape, generator=generator, device=device) * (2 * bound) - bound)
-
+    probe = seeded_linear(dim, num_classes, generator)
     optimizer = torch.optim.Adam(probe.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     for epoch in range(config.epochs):
         for group in optimizer.param_groups:

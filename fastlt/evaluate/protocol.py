@@ -22,7 +22,8 @@ from fastlt.data.store import NativeStore, check_same_data
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
 from fastlt.evaluate.knn import knn_predict
-from fastlt.evaluate.linear import LinearProbeConfig, predict_linear, train_linear_probe
+from fastlt.evaluate.linear import LinearProbeConfig, linear_svc_predict, predict_linear, train_linear_probe
+from fastlt.evaluate.sdclr_probe import SDCLRProbeConfig, train_fc_through_backbone
 from fastlt.evaluate.report import (
     accuracy_report,
     check_report_free,
@@ -32,18 +33,18 @@ from fastlt.evaluate.report import (
 )
 from fastlt.files import file_digest
 from fastlt.methods import build_method
-from fastlt.recipe import EvalConfig, Recipe, recipe_from_dict
+from fastlt.recipe import EVAL_PROTOCOLS, EvalConfig, Recipe, recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint, load_model_state
 from fastlt.train.device import PRECISION_TYPES
 
 CHECKPOINT_IN_RUN = Path("checkpoints/last.pt")
-PROTOCOL = "bcl-linear"  # BCL's linear probe on frozen features, with kNN beside it
 FULL = "full"
 
 
 @dataclass(frozen=True)
 class ProbeList:
-    """One probe training list: its file ("" = the whole train part) and its sample indices (sorted)."""
+    """A list of train-part samples: its file ("" = the whole part) and indices (sorted; the pretraining split
+    keeps its file order, so its checksum is the one the run recorded)."""
 
     file: str
     indices: np.ndarray
@@ -55,20 +56,41 @@ class ProbeList:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What one report measures: full-shot on one list, or N-shot over several subsets."""
+    """What one report measures: one protocol on one list (full-shot, the TS split) or on several subsets."""
 
-    shots: str  # "full" or e.g. "100"
+    protocol: str  # "bcl", "sdclr" or "ts"
+    shots: str  # "full" or e.g. "100" (BCL), "few" (SDCLR's S_b)
     probe_lists: list[ProbeList]
     folder: Path
+
+    @property
+    def key(self) -> str:
+        return f"{self.protocol}:{self.shots}"
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Rows of each evaluation's report (shots -> row name -> accuracy report) and where they were written."""
+    """Rows of each evaluation's report ("protocol:shots" -> row name -> accuracy report) and where they went."""
 
     reports: dict[str, dict[str, dict[str, Any]]]
     folders: dict[str, Path]
     markdown: str
+
+
+@dataclass(frozen=True)
+class FeatureBank:
+    """One backbone's frozen features of the train-part rows ``rows`` (sorted) and of the test part, on the device."""
+
+    rows: np.ndarray
+    features: Tensor
+    labels: Tensor
+    test_features: Tensor
+    test_labels: Tensor
+
+    def of(self, indices: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Features and labels of these train-part indices (all of them among ``rows``)."""
+        at = torch.as_tensor(np.searchsorted(self.rows, indices), device=self.features.device)
+        return self.features[at], self.labels[at]
 
 
 def resolve_checkpoint(target: Path) -> Path:
@@ -105,19 +127,141 @@ def few_shot_lists(settings: EvalConfig, shots: str, num_samples: int) -> list[P
     return [ProbeList(file, np.sort(load_split(Path(file), num_samples))) for file in files]
 
 
-def plan_evaluations(settings: EvalConfig, shots: tuple[str, ...], num_samples: int, reports_dir: Path,
-                     suffix: str) -> list[Evaluation]:
-    """One Evaluation per requested shot setting, with its probe lists loaded and its report folder named."""
+def held_out_list(settings: EvalConfig, pretrain_indices: np.ndarray, num_samples: int) -> ProbeList:
+    """``eval.val_split``, or the part's samples outside the pretraining split; never overlapping the split."""
+    if settings.val_split:
+        indices = np.sort(load_split(Path(settings.val_split), num_samples))
+        if np.intersect1d(indices, pretrain_indices).size:
+            raise FastltError(f"{settings.val_split}: eval.val_split overlaps the pretraining split (data.split)")
+        return ProbeList(settings.val_split, indices)
+    indices = np.setdiff1d(np.arange(num_samples), pretrain_indices)
+    if indices.size == 0:
+        raise FastltError("eval.val_split: empty, and the pretraining split uses every sample, so nothing is held out")
+    return ProbeList("", indices)
+
+
+def plan_evaluations(settings: EvalConfig, shots: tuple[str, ...], num_samples: int, pretrain: ProbeList,
+                     held_out: ProbeList, reports_dir: Path, suffix: str) -> list[Evaluation]:
+    """The evaluations ``eval.protocol`` asks for, with their lists loaded and report folders named.
+
+    bcl: one per requested shot setting (full, N-shot over the subsets). sdclr: full-shot,
+    and few-shot on ``eval.sdclr_few_shot_list`` when the recipe names one; its fc never
+    trains on the held-out samples that choose its epoch (on CIFAR the lists are disjoint
+    already; on digits the probe list is the whole part). ts: one report on the pretraining split.
+    """
+    protocols = EVAL_PROTOCOLS if settings.protocol == "all" else (settings.protocol,)
+    full = ProbeList(settings.train_split, np.sort(split_or_all(settings.train_split, num_samples)))
+    full_name = Path(settings.train_split).stem if settings.train_split else "all-train"
     plans = []
-    for shot in shots:
-        if shot == FULL:
-            probe = ProbeList(settings.train_split, np.sort(split_or_all(settings.train_split, num_samples)))
-            name = Path(settings.train_split).stem if settings.train_split else "all-train"
-            plans.append(Evaluation(FULL, [probe], reports_dir / f"{PROTOCOL}-{name}{suffix}"))
-        else:
-            lists = few_shot_lists(settings, shot, num_samples)
-            plans.append(Evaluation(shot, lists, reports_dir / f"{PROTOCOL}-{shot}shot{suffix}"))
+    if "bcl" in protocols:
+        for shot in shots:
+            if shot == FULL:
+                plans.append(Evaluation("bcl", FULL, [full], reports_dir / f"bcl-linear-{full_name}{suffix}"))
+            else:
+                plans.append(Evaluation("bcl", shot, few_shot_lists(settings, shot, num_samples),
+                                        reports_dir / f"bcl-linear-{shot}shot{suffix}"))
+    if "sdclr" in protocols:
+        fit = ProbeList(full.file, np.setdiff1d(full.indices, held_out.indices))
+        plans.append(Evaluation("sdclr", FULL, [fit], reports_dir / f"sdclr-linear-{full_name}{suffix}"))
+        if settings.sdclr_few_shot_list:
+            few_indices = load_split(Path(settings.sdclr_few_shot_list), num_samples)
+            few = ProbeList(settings.sdclr_few_shot_list, np.setdiff1d(few_indices, held_out.indices))
+            plans.append(Evaluation("sdclr", "few", [few], reports_dir /
+                                    f"sdclr-linear-{Path(settings.sdclr_few_shot_list).stem}{suffix}"))
+    if "ts" in protocols:
+        name = Path(pretrain.file).stem if pretrain.file else "all-train"
+        plans.append(Evaluation("ts", FULL, [pretrain], reports_dir / f"ts-{name}{suffix}"))
     return plans
+
+
+@dataclass(frozen=True)
+class ProtocolInputs:
+    """What every protocol's evaluation needs besides the features."""
+
+    settings: EvalConfig
+    num_classes: int
+    groups: dict[str, np.ndarray]
+    seed: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    train_images: np.ndarray  # the train part's uint8 NHWC images (a memory map): the SDCLR probe's input
+    held_out: ProbeList
+
+
+def bcl_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str) -> dict[str, dict]:
+    """BCL: the Adam probe on cached features (and kNN on the probe list, full-shot only)."""
+    s = inputs.settings
+    config = LinearProbeConfig(epochs=s.epochs, lr=s.lr, final_lr=s.final_lr, weight_decay=s.weight_decay,
+                               batch_size=s.batch_size, seed=inputs.seed)
+
+    def report(probe: ProbeList) -> dict[str, Any]:
+        x, y = bank.of(probe.indices)
+        predictions = predict_linear(train_linear_probe(x, y, inputs.num_classes, config), bank.test_features)
+        return accuracy_report(predictions, bank.test_labels, inputs.num_classes, inputs.groups)
+
+    if plan.shots != FULL:
+        return {f"{prefix}linear, {plan.shots}-shot": summarise_subsets([report(p) for p in plan.probe_lists])}
+    rows = {f"{prefix}linear": report(plan.probe_lists[0])}
+    return rows | knn_rows(plan.probe_lists[0], bank, inputs, prefix)
+
+
+def knn_rows(memory: ProbeList, bank: FeatureBank, inputs: ProtocolInputs, prefix: str) -> dict[str, dict]:
+    """kNN@k for each ``eval.knn`` k with ``memory`` as the bank."""
+    x, y = bank.of(memory.indices)
+    return {f"{prefix}knn@{k}": accuracy_report(knn_predict(x, y, bank.test_features, k, inputs.num_classes),
+                                                bank.test_labels, inputs.num_classes, inputs.groups)
+            for k in inputs.settings.knn}
+
+
+def ts_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str) -> dict[str, dict]:
+    """Temperature Schedules: kNN and the FS / LT LinearSVCs, all on the long-tailed pretraining split."""
+    memory = plan.probe_lists[0]
+    rows = knn_rows(memory, bank, inputs, prefix)
+    x, y = bank.of(memory.indices)
+    for name, balanced in (("svm FS", True), ("svm LT", False)):
+        predictions = linear_svc_predict(x, y, bank.test_features, balanced=balanced, seed=inputs.seed)
+        rows[f"{prefix}{name}"] = accuracy_report(predictions, bank.test_labels, inputs.num_classes, inputs.groups)
+    return rows
+
+
+def sdclr_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str,
+               backbone: nn.Module) -> tuple[dict[str, dict], dict[str, Any]]:
+    """SDCLR: the fc trained through the frozen backbone, the best epoch on the held-out list; plus its record."""
+    s = inputs.settings
+    probe_list = plan.probe_lists[0]
+    config = SDCLRProbeConfig(epochs=s.sdclr_epochs, seed=inputs.seed) if plan.shots == FULL else \
+        SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6), seed=inputs.seed)
+    images = torch.from_numpy(np.ascontiguousarray(inputs.train_images[probe_list.indices])).to(inputs.device)
+    _, labels = bank.of(probe_list.indices)
+    held_out_features, held_out_labels = bank.of(inputs.held_out.indices)
+    probe = train_fc_through_backbone(backbone, images, labels, held_out_features, held_out_labels,
+                                      inputs.num_classes, config, inputs.autocast_dtype)
+    predictions = predict_linear(probe.fc, bank.test_features)
+    name = f"{prefix}linear" if plan.shots == FULL else f"{prefix}linear, few-shot"
+    record = {"best_epoch": probe.best_epoch, "held_out_accuracy": [round(a, 2) for a in probe.held_out_accuracy]}
+    return {name: accuracy_report(predictions, bank.test_labels, inputs.num_classes, inputs.groups)}, record
+
+
+HEADLINES = {"ts": "class_mean"}  # the Temperature-Schedules papers report mean per-class accuracy
+PROTOCOL_TITLES = {"bcl": "BCL linear probe", "sdclr": "SDCLR linear protocol",
+                   "ts": "Temperature-Schedules protocol (kNN, LinearSVC)"}
+
+
+def protocol_record(plan: Evaluation, inputs: ProtocolInputs) -> dict[str, Any]:
+    """The settings a report's numbers came from."""
+    s = inputs.settings
+    if plan.protocol == "bcl":
+        settings = vars(LinearProbeConfig(epochs=s.epochs, lr=s.lr, final_lr=s.final_lr,
+                                          weight_decay=s.weight_decay, batch_size=s.batch_size, seed=inputs.seed))
+        return {"name": "bcl-linear", "linear": settings, "knn": list(s.knn), "groups": s.groups}
+    if plan.protocol == "sdclr":
+        config = SDCLRProbeConfig(epochs=s.sdclr_epochs) if plan.shots == FULL else \
+            SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6))
+        return {"name": "sdclr-linear", "fc": {**vars(config), "milestones": config.milestones, "seed": inputs.seed},
+                "held_out": inputs.held_out.record(), "groups": s.groups}
+    return {"name": "ts", "knn": list(s.knn), "svm": "LinearSVC defaults on L2-normalised features; FS on a "
+            "class-balanced subsample (smallest class count)", "seed": inputs.seed, "groups": s.groups,
+            "overall": "class_mean is the TS papers' kNN metric"}
 
 
 def linear_eval(
@@ -131,13 +275,14 @@ def linear_eval(
     shots: tuple[str, ...] = (FULL,),
     overwrite: bool = False,
 ) -> EvalResult:
-    """Evaluate a run folder or checkpoint with its recipe's [eval] protocol; one report folder per shot setting.
+    """Evaluate a run folder or checkpoint with its recipe's [eval] protocol(s); one report folder per evaluation.
 
-    overrides replace [eval] settings (e.g. {"epochs": 100}); store_path replaces the data
-    store recorded in the recipe (for a run trained on another machine); shots holds "full"
-    and/or numbers of shots (few-shot lists from ``eval.shot_lists``); precision ("fp32",
-    "bf16", "fp16") is the autocast of feature extraction. Every input is checked, and every
-    report folder is free (or ``overwrite``), before any feature is extracted.
+    overrides replace [eval] settings (e.g. {"epochs": 100, "protocol": "all"}); store_path
+    replaces the data store recorded in the recipe (for a run trained on another machine);
+    shots holds "full" and/or numbers of shots for the BCL probe (few-shot lists from
+    ``eval.shot_lists``); precision ("fp32", "bf16", "fp16") is the autocast of the backbone.
+    Every input is checked, and every report folder is free (or ``overwrite``), before any
+    feature is extracted. Features are extracted once per backbone for every protocol.
     """
     checkpoint = resolve_checkpoint(target)
     payload = load_checkpoint(checkpoint)
@@ -152,58 +297,56 @@ def linear_eval(
     num_samples = len(train_part.labels)
     pretrain_indices = split_or_all(recipe.data.split, num_samples)
     check_same_data(payload["data"], {"split_sha256": split_checksum(pretrain_indices)}, f"{checkpoint}: data.split")
+    pretrain = ProbeList(recipe.data.split, pretrain_indices)  # in file order: its checksum is the run's
 
     run_dir = run_folder_of(checkpoint)
     suffix = "" if checkpoint.name == CHECKPOINT_IN_RUN.name else f"-{checkpoint.stem}"
     suffix += "" if settings.exit == "backbone" else f"-{settings.exit}-exit"
-    plans = plan_evaluations(settings, shots, num_samples, out_dir or run_dir / "eval", suffix)
+    held_out = held_out_list(settings, pretrain.indices, num_samples) if settings.protocol in ("sdclr", "all") \
+        else ProbeList("", np.zeros(0, dtype=np.int64))
+    plans = plan_evaluations(settings, shots, num_samples, pretrain, held_out, out_dir or run_dir / "eval", suffix)
     for plan in plans:
-        if plan.shots == FULL:
+        if plan.shots == FULL and plan.protocol in ("bcl", "ts"):
             too_large = [k for k in settings.knn if k > len(plan.probe_lists[0].indices)]
             if too_large:
                 raise FastltError(f"knn k = {too_large[0]}: larger than the "
-                                  f"{len(plan.probe_lists[0].indices)} samples of the probe set")
+                                  f"{len(plan.probe_lists[0].indices)} samples of the memory bank")
         check_report_free(plan.folder, overwrite)
 
     test_part = store.part(settings.test_part)
     groups = class_groups(class_counts(pretrain_indices, train_part.labels, store.num_classes), settings.groups)
-    probe_config = LinearProbeConfig(
-        epochs=settings.epochs, lr=settings.lr, final_lr=settings.final_lr,
-        weight_decay=settings.weight_decay, batch_size=settings.batch_size, seed=recipe.train.seed,
-    )
-    needed = np.unique(np.concatenate([p.indices for plan in plans for p in plan.probe_lists]))
+    inputs = ProtocolInputs(settings, store.num_classes, groups, recipe.train.seed, device,
+                            PRECISION_TYPES[precision][0], train_part.images, held_out)
+    needed = np.unique(np.concatenate([held_out.indices] + [p.indices for plan in plans for p in plan.probe_lists]))
     train_labels = torch.as_tensor(train_part.labels[needed], device=device)
     test_labels = torch.as_tensor(np.asarray(test_part.labels), device=device)
-    autocast_dtype = PRECISION_TYPES[precision][0]
 
     backbones = {"": pretrained_backbone(payload, recipe, num_samples, checkpoint, settings.exit)}
     if random_init:
         backbones["random-init "] = random_backbone(recipe, num_samples, recipe.train.seed, settings.exit)
-    rows: dict[str, dict[str, dict[str, Any]]] = {plan.shots: {} for plan in plans}
+    rows: dict[str, dict[str, dict[str, Any]]] = {plan.key: {} for plan in plans}
+    extra: dict[str, dict[str, Any]] = {plan.key: {} for plan in plans}
     timings: dict[str, float] = {}
     for prefix, module in backbones.items():
         started = time.perf_counter()
         module = module.to(device, memory_format=torch.channels_last).eval()
-        features = extract_features(module, np.ascontiguousarray(train_part.images[needed]), device,
-                                    autocast_dtype=autocast_dtype)
-        test_features = extract_features(module, np.asarray(test_part.images), device, autocast_dtype=autocast_dtype)
-
-        def probe_report(probe: ProbeList) -> tuple[dict[str, Any], Tensor, Tensor]:
-            rows_of = torch.as_tensor(np.searchsorted(needed, probe.indices), device=device)
-            x, y = features[rows_of], train_labels[rows_of]
-            predictions = predict_linear(train_linear_probe(x, y, store.num_classes, probe_config), test_features)
-            return accuracy_report(predictions, test_labels, store.num_classes, groups), x, y
-
+        bank = FeatureBank(
+            needed,
+            extract_features(module, np.ascontiguousarray(train_part.images[needed]), device,
+                             autocast_dtype=inputs.autocast_dtype),
+            train_labels,
+            extract_features(module, np.asarray(test_part.images), device, autocast_dtype=inputs.autocast_dtype),
+            test_labels,
+        )
         for plan in plans:
-            if plan.shots == FULL:
-                report, x, y = probe_report(plan.probe_lists[0])
-                rows[FULL][f"{prefix}linear"] = report
-                for k in settings.knn:
-                    knn = knn_predict(x, y, test_features, k, store.num_classes)
-                    rows[FULL][f"{prefix}knn@{k}"] = accuracy_report(knn, test_labels, store.num_classes, groups)
+            if plan.protocol == "bcl":
+                rows[plan.key] |= bcl_rows(plan, bank, inputs, prefix)
+            elif plan.protocol == "ts":
+                rows[plan.key] |= ts_rows(plan, bank, inputs, prefix)
             else:
-                subsets = [probe_report(probe)[0] for probe in plan.probe_lists]
-                rows[plan.shots][f"{prefix}linear, {plan.shots}-shot"] = summarise_subsets(subsets)
+                found, record = sdclr_rows(plan, bank, inputs, prefix, module)
+                rows[plan.key] |= found
+                extra[plan.key][f"{prefix}fc"] = record
         timings[f"{prefix or 'pretrained '}seconds"] = round(time.perf_counter() - started, 2)
 
     context = {
@@ -211,25 +354,29 @@ def linear_eval(
         "method": recipe.method.name,
         "epoch": int(payload["epoch"]),
         "checkpoint": {"file": str(checkpoint), "sha256": file_digest(checkpoint)},
+        "backbone": {"arch": recipe.model.arch, "width": recipe.model.width, "stem": recipe.model.stem},
         "store": str(store.path),
-        "pretraining_split": {"file": recipe.data.split or "(the whole train part)",
-                              "sha256": split_checksum(pretrain_indices)},
+        "pretraining_split": pretrain.record(),
         "test_samples": int(len(test_part.labels)),
         "feature_precision": precision,
         "exit": settings.exit,
-        "protocol": {"name": PROTOCOL, "linear": vars(probe_config), "knn": list(settings.knn),
-                     "groups": settings.groups},
         "groups": {name: ids.tolist() for name, ids in groups.items()},
         "timings": timings,
     }
     folders, tables = {}, []
     for plan in plans:
-        what = "full-shot" if plan.shots == FULL else f"{plan.shots}-shot, mean over {len(plan.probe_lists)} subsets"
+        if plan.protocol == "bcl" and plan.shots != FULL:
+            what = f"{plan.shots}-shot, mean over {len(plan.probe_lists)} subsets"
+        else:
+            what = {"ts": "long-tailed split", "sdclr": "full-shot" if plan.shots == FULL else "few-shot"}.get(
+                plan.protocol, "full-shot")
         exit = "" if settings.exit == "backbone" else f", {settings.exit} exit"
-        title = f"{run_dir.name}: {recipe.method.name}, epoch {payload['epoch']}{exit}, BCL linear probe ({what})"
-        write_report(plan.folder, title, rows[plan.shots],
-                     {**context, "shots": plan.shots, "probe_lists": [p.record() for p in plan.probe_lists]},
-                     overwrite)
-        folders[plan.shots] = plan.folder
-        tables.append(f"## {title}\n\n{markdown_table(rows[plan.shots])}")
+        title = (f"{run_dir.name}: {recipe.method.name}, epoch {payload['epoch']}{exit}, "
+                 f"{PROTOCOL_TITLES[plan.protocol]} ({what})")
+        write_report(plan.folder, title, rows[plan.key],
+                     {**context, "protocol": protocol_record(plan, inputs), "shots": plan.shots,
+                      "probe_lists": [p.record() for p in plan.probe_lists], **extra[plan.key]},
+                     overwrite, HEADLINES.get(plan.protocol, "overall"))
+        folders[plan.key] = plan.folder
+        tables.append(f"## {title}\n\n{markdown_table(rows[plan.key], HEADLINES.get(plan.protocol, 'overall'))}")
     return EvalResult(rows, folders, "\n".join(tables))

@@ -116,19 +116,25 @@ def _cell(report: dict, key: str) -> str:
     return f"{value:.2f}" if spread is None else f"{value:.2f} +- {spread:.2f}"
 
 
-def markdown_table(reports: dict[str, dict]) -> str:
-    """One row per evaluated thing (e.g. "linear", "knn@10"): overall, many, medium, few and the two stds."""
+def markdown_table(reports: dict[str, dict], headline: str = "overall") -> str:
+    """One row per evaluated thing (e.g. "linear", "knn@10"): overall, many, medium, few and the two stds.
+
+    ``headline="class_mean"`` puts the mean per-class accuracy in the first column instead of
+    the sample accuracy: the Temperature-Schedules papers report that.
+    """
+    columns = ((headline, headline.replace("_", " ")), *COLUMNS[1:])
     lines = [
-        "| evaluation | " + " | ".join(title for _, title in COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
+        "| evaluation | " + " | ".join(title for _, title in columns) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     for row, report in reports.items():
-        lines.append(f"| {row} | " + " | ".join(_cell(report, key) for key, _ in COLUMNS) + " |")
+        lines.append(f"| {row} | " + " | ".join(_cell(report, key) for key, _ in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 CAPTION = (
-    "Test accuracy in percent. many / medium / few: mean per-class accuracy over each group's classes "
+    "Test accuracy in percent. overall: fraction of test images right; class mean: mean per-class accuracy "
+    "(the Temperature-Schedules papers' measure). many / medium / few: mean per-class accuracy over each group's classes "
     "(groups from the pretraining split's class counts); group std: numpy.std of the three group "
     "accuracies, the Std of the SDCLR and BCL tables; class std: standard deviation over all "
     "per-class accuracies. Few-shot rows: mean +- std over the probe subsets.\n"
@@ -141,8 +147,8 @@ def check_report_free(out_dir: Path, overwrite: bool) -> None:
         raise FastltError(f"{out_dir}: report exists already (use --overwrite to replace it)")
 
 
-def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: dict, overwrite: bool = False
-                 ) -> tuple[Path, Path]:
+def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: dict, overwrite: bool = False,
+                 headline: str = "overall") -> tuple[Path, Path]:
     """Write eval.json ({"title", "reports", **context}) and eval.md into the folder out_dir, as a whole.
 
     The folder is built beside its final place and renamed into it, so a report is never
@@ -161,7 +167,7 @@ def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: d
     building.mkdir(parents=True)
     try:
         write_text_atomic(building / "eval.json", text + "\n")
-        write_text_atomic(building / "eval.md", f"# {title}\n\n{CAPTION}\n{markdown_table(reports)}\n{details}")
+        write_text_atomic(building / "eval.md", f"# {title}\n\n{CAPTION}\n{markdown_table(reports, headline)}\n{details}")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         building.rename(out_dir)

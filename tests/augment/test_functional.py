@@ -159,3 +159,17 @@ def test_gaussian_blur_matches_torchvision_per_sample_sigma(kernel_size, height,
 def test_gaussian_blur_rejects_bad_kernel_size(kernel_size):
     with pytest.raises(ValueError, match="kernel_size"):
         F.gaussian_blur(torch.rand(1, 3, 12, 12), torch.ones(1), kernel_size)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_padded_crop_is_torchvision_pad_crop_then_flip_per_image(dtype):
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (6, 3, 7, 9), generator=generator).to(dtype)
+    offsets = torch.randint(0, 9, (6, 2), generator=generator)
+    flips = torch.tensor([False, True, True, False, True, False])
+    out = F.padded_crop(images, offsets, padding=4, flip=flips)
+    for i in range(6):
+        expected = TF.crop(TF.pad(images[i], [4], fill=0), int(offsets[i, 0]), int(offsets[i, 1]), 7, 9)
+        expected = TF.horizontal_flip(expected) if flips[i] else expected
+        assert out.dtype == dtype and torch.equal(out[i], expected), i
+    assert torch.equal(F.padded_crop(images, torch.full((6, 2), 4), padding=4), images)  # centred: no change

@@ -120,8 +120,8 @@ def test_probe_trains_on_the_recipe_probe_list_and_groups_come_from_the_pretrain
     [(rows, targets)] = seen
     assert rows == 300 and targets.tolist() == labels[np.sort(probe_list)].tolist()
     expected = class_groups(class_counts(np.load(SPLIT), labels, 10), "thirds")
-    recorded = result.reports["full"]["linear"]
-    report = (result.folders["full"] / "eval.json").read_text()
+    recorded = result.reports["bcl:full"]["linear"]
+    report = (result.folders["bcl:full"] / "eval.json").read_text()
     assert str(tmp_path / "probe.npy") in report
     groups = json.loads(report)["groups"]
     assert groups == {name: ids.tolist() for name, ids in expected.items()}
@@ -145,7 +145,7 @@ def test_linear_eval_of_a_multi_exit_run_reads_the_chosen_exit(digits_store, tmp
         return original(features, targets, num_classes, config)
 
     monkeypatch.setattr(protocol, "train_linear_probe", train_linear_probe)
-    folders = {exit: protocol.linear_eval(run, overrides={"epochs": 1, "knn": (), "exit": exit}).folders["full"]
+    folders = {exit: protocol.linear_eval(run, overrides={"epochs": 1, "knn": (), "exit": exit}).folders["bcl:full"]
                for exit in ("backbone", "sub-network", "ensemble")}
     assert widths == [32, 32, 64]  # width 4: 32 features per exit, both side by side for the ensemble
     assert [folder.name for folder in folders.values()] == [
