@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fastlt-installed
 DEMO   ?= demo
 
-.PHONY: install test demo bench
+.PHONY: install test demo bench reproduce-cifar100 reproduce-cifar10 reproduce-digits
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,25 @@ demo: $(STAMP)
 # Where a step's time goes, and batched views vs the per-image torchvision pipeline (JSON).
 bench: $(STAMP)
 	$(BIN)/python tools/bench.py --out bench.json
+
+# The published tables (fastlt/reproduce.py): CIFAR=path/to/tarball (else it is downloaded),
+# SPLITS=1,2,3,4,5 for mean and std over the published splits, EPOCHS=N for a short version.
+# Stopped and run again, each target continues where it stopped.
+DATA    ?= data
+RESULTS ?= results
+SPLITS  ?= 1
+REPRODUCE = $(BIN)/fastlt reproduce --out $(RESULTS) $(if $(EPOCHS),--epochs $(EPOCHS))
+
+$(DATA)/%/meta.json: | $(STAMP)
+	$(BIN)/fastlt convert $* $(if $(CIFAR),--source $(CIFAR),--download) --out $(DATA)/$*
+
+reproduce-cifar100: $(STAMP) $(DATA)/cifar100/meta.json
+	$(REPRODUCE) cifar100 --store $(DATA)/cifar100 --splits $(SPLITS)
+
+reproduce-cifar10: $(STAMP) $(DATA)/cifar10/meta.json
+	$(REPRODUCE) cifar10 --store $(DATA)/cifar10 --splits $(SPLITS)
+
+# The same pipeline on the built-in digits, short enough for two CPU cores.
+reproduce-digits: $(STAMP)
+	test -f $(DATA)/digits/meta.json || $(BIN)/fastlt convert digits --out $(DATA)/digits
+	$(REPRODUCE) digits --store $(DATA)/digits

@@ -217,6 +217,31 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     click.echo(str(run_dir))
 
 
+@main.command()
+@click.argument("table", type=click.Choice(["cifar100", "cifar10", "digits"]))
+@click.option("--store", "store_path", required=True, type=click.Path(path_type=Path),
+              help="The converted data set (fastlt convert).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Runs go to OUT/<dataset>_lt/runs, the table to OUT/<dataset>_lt.md.")
+@click.option("--splits", "split_ids", type=positive_ints(), default="1", show_default=True,
+              help="Published splits to run, e.g. 1,2,3,4,5 (mean and std over them).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Pretraining epochs (default: the recipes', the papers').")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a value in every run's recipe.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
+@user_errors
+def reproduce(table: str, store_path: Path, out: Path, split_ids: tuple[int, ...], epochs: int | None,
+              overrides: tuple[str, ...], device: str, precision: str) -> None:
+    """Pretrain and evaluate the presets of a published table, and write our numbers beside the paper's.
+
+    Stopped and run again, it resumes: finished runs and reports are kept.
+    """
+    from fastlt.reproduce import reproduce as run_reproduction
+
+    click.echo(str(run_reproduction(table, store_path, out, split_ids, epochs, overrides, device, precision)))
+
+
 @main.group("recipe")
 def recipe_group() -> None:
     """Inspect recipes: every key, its value, its default and what it means."""

@@ -1,0 +1,82 @@
+"""`fastlt reproduce`: the published splits and protocols per row, the table against the reports and the
+published numbers, and a second invocation that resumes instead of starting again."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fastlt.data.store import StorePart, write_native_store
+from fastlt.errors import FastltError
+from fastlt.reproduce import TABLES, reproduce
+from fastlt.train.trainer import pretrain
+from fastlt.recipe import find_recipe, load_recipe
+
+TINY = ("model.width=4", "model.projector_hidden=16", "model.projector_out=8", "views.size=8", "train.batch_size=256",
+        "train.progress=false", "eval.epochs=2", "eval.knn=[1]")
+
+
+def cell(markdown: str, label: str) -> list[str]:
+    """The cells of a table row by its first column."""
+    line = next(line for line in markdown.splitlines() if line.startswith(f"| {label} |"))
+    return [part.strip() for part in line.strip("|").split("|")][1:]
+
+
+def report(run_dir: Path, folder: str) -> dict:
+    return json.loads((run_dir / "eval" / folder / "eval.json").read_text())
+
+
+def test_cifar100_table_uses_the_published_split_protocols_and_numbers(tmp_path, cifar_train_labels):
+    labels = np.load(cifar_train_labels)["c100"].astype(np.int64)
+    rng = np.random.default_rng(0)
+    test_labels = np.repeat(np.arange(100), 5)
+    store = write_native_store(tmp_path / "c100", "cifar100", [str(c) for c in range(100)], {
+        "train": StorePart(rng.integers(0, 256, (len(labels), 2, 2, 3), dtype=np.uint8), labels),
+        "test": StorePart(rng.integers(0, 256, (len(test_labels), 2, 2, 3), dtype=np.uint8), test_labels)},
+        {"dataset": "true labels, random 2x2 pixels"})
+    out = reproduce("cifar100", store, tmp_path / "results", epochs=1, overrides=TINY, device="cpu", precision="fp32")
+    assert out == tmp_path / "results" / "cifar100_lt.md"
+    markdown = out.read_text()
+    runs = tmp_path / "results" / "cifar100_lt" / "runs"
+    for row in TABLES["cifar100"].rows:
+        config = json.loads((runs / f"{row.recipe}-split1" / "config.json").read_text())
+        assert config["data"]["split"].endswith("cifar100_imbSub_with_subsets/cifar100_split1_D_i.npy")
+        assert config["method"]["name"] == row.recipe
+    simclr = runs / "simclr-split1"
+    full = report(simclr, "bcl-linear-cifar100_trainIdxList")["reports"]["linear"]["overall"]
+    few = report(simclr, "bcl-linear-100shot")["reports"]["linear, 100-shot"]["overall"]
+    assert cell(markdown, "SimCLR")[:6] == [f"{full:.2f}", "50.7", f"{full - 50.7:+.2f}",
+                                            f"{few:.2f}", "46.3", f"{few - 46.3:+.2f}"]
+    ts = report(runs / "simclr-ts-split1", "ts-cifar100_split1_D_i")
+    assert ts["protocol"]["name"] == "ts"
+    knn = ts["reports"]["knn@1"]["class_mean"]
+    assert cell(markdown, "SimCLR-TS")[:3] == [f"{knn:.2f}", "29.12", f"{knn - 29.12:+.2f}"]
+    assert not (runs / "simclr-ts-split1" / "eval" / "bcl-linear-cifar100_trainIdxList").exists()
+
+
+def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_store):
+    settings = [f"data.store={json.dumps(str(digits_store))}", f"train.out_dir={json.dumps(str(tmp_path / 'r' / 'digits_lt' / 'runs'))}",
+                "train.name=\"sdclr-split1\"", "train.epochs=2", *TINY]
+    # A run stopped after its first epoch (as an interrupted invocation leaves it).
+    pretrain(load_recipe(find_recipe("digits_lt/sdclr"), settings), until_epoch=1)
+    out = reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, device="cpu", precision="fp32")
+    runs = tmp_path / "r" / "digits_lt" / "runs"
+    resumed = json.loads((runs / "sdclr-split1" / "run.json").read_text())["resumes"]
+    assert [entry["from_epoch"] for entry in resumed] == [1]
+    first = out.read_text()
+    assert "random init (same architecture)" in first
+    simclr = report(runs / "simclr-split1", "bcl-linear-all-train")["reports"]
+    assert cell(first, "SimCLR")[0] == f"{simclr['linear']['overall']:.2f}"
+    assert cell(first, "random init (same architecture)")[0] == f"{simclr['random-init linear']['overall']:.2f}"
+    assert re.search(r"\| bcl-d, split 1 \| 2 \| \d+ s \|", first)
+
+    stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
+    again = reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, device="cpu", precision="fp32")
+    assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps  # nothing trained or evaluated
+    assert cell(again.read_text(), "SimCLR") == cell(first, "SimCLR")
+
+    with pytest.raises(FastltError, match="has one split only"):
+        reproduce("digits", digits_store, tmp_path / "r", splits=(1, 2))
+    with pytest.raises(FastltError, match="not a native store"):
+        reproduce("cifar10", tmp_path / "nowhere", tmp_path / "r")
