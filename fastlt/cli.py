@@ -329,6 +329,24 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
 
 
 @main.command()
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="File for the torchvision state dict, mean/std and provenance (torch.save, weights_only-safe).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@user_errors
+def export(target: Path, out: Path, overwrite: bool) -> None:
+    """Write the pretrained backbone of a run folder or checkpoint as a torchvision ResNet state dict.
+
+    Standard width (64) only; SDCLR's dense branch; load it with
+    fastlt.evaluate.export.torchvision_resnet(arch, stem) and strict=True.
+    """
+    from fastlt.evaluate.export import export_torchvision
+
+    exported = export_torchvision(target, out, overwrite)
+    click.echo(f"wrote {out} ({exported['arch']}, {exported['stem']} stem, epoch {exported['fastlt']['epoch']})")
+
+
+@main.command()
 def info() -> None:
     """Versions, devices, and what `auto` chooses here (precision, memory format, compile) and why."""
     import torch
