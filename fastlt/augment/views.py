@@ -179,12 +179,25 @@ class SimCLRViews:
 
     def __call__(self, images: Tensor, generator: torch.Generator, strength: Tensor | None = None) -> Tensor:
         """uint8 [B, 3, H, W] (any memory format) -> float32 [B, 3, size, size] in [0, 1], channels_last."""
+        return self.many(images, generator, 1, strength)[0]
+
+    def many(self, images: Tensor, generator: torch.Generator, count: int,
+             strength: Tensor | None = None) -> tuple[Tensor, ...]:
+        """``count`` independent views of the same uint8 batch, converted to float once for all of them.
+
+        Each view draws its parameters and runs the extra stage in turn, so the random stream is
+        the one ``count`` calls would consume.
+        """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise FastltError(
                 f"views: expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
             )
-        params = self.sample(images.shape[0], images.shape[2], images.shape[3], generator)
-        return self.apply(F.to_float(images), params, generator, strength)
+        pixels = F.to_float(images)
+        return tuple(
+            self.apply(pixels, self.sample(images.shape[0], images.shape[2], images.shape[3], generator),
+                       generator, strength)
+            for _ in range(count)
+        )
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
         """Draw every random choice of a view of n images of height x width, per sample."""

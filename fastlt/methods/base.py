@@ -72,10 +72,8 @@ class ContrastiveMethod(nn.Module):
         Per-sample boost strengths are drawn once and shared by the views.
         """
         strength = self.boost.strengths(batch.indices, generator) if self.boost is not None else None
-        return tuple(
-            self.views(batch.images, generator, strength).contiguous(memory_format=self.memory_format)
-            for _ in range(self.num_views)
-        )
+        views = self.views.many(batch.images, generator, self.num_views, strength)
+        return tuple(view.contiguous(memory_format=self.memory_format) for view in views)
 
     def train_step(self, batch: Batch, generator: torch.Generator, context: StepContext) -> StepOutput:
         """Views, the method's forwards and backwards, the boost memory update; the trainer then steps."""

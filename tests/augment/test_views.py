@@ -211,6 +211,24 @@ def test_call_is_sample_then_apply():
     assert torch.equal(out, views.apply(F.to_float(images), params, generator))
 
 
+def test_many_views_convert_once_and_equal_separate_calls(monkeypatch):
+    def extra(images, generator, strength):  # draws from the generator, as BCL's RandAugment does
+        return images * torch.rand(len(images), 1, 1, 1, generator=generator)
+
+    views = SimCLRViews(ViewConfig(size=16, blur_p=0.5), extra=extra)
+    images = uint8_images(4, 20, 20, seed=8)
+    generator = torch.Generator().manual_seed(9)
+    separate = [views(images, generator) for _ in range(3)]
+    together = views.many(images, torch.Generator().manual_seed(9), 3)
+    assert len(together) == 3 and all(torch.equal(a, b) for a, b in zip(separate, together))
+    assert not torch.equal(together[0], together[1])
+    conversions = []
+    original = F.to_float
+    monkeypatch.setattr(F, "to_float", lambda x: conversions.append(1) or original(x))
+    views.many(images, generator, 2)
+    assert conversions == [1]
+
+
 def test_extra_stage_runs_after_grayscale_and_before_blur():
     calls = []
     strength = torch.tensor([0.1, 0.9, 0.5])
