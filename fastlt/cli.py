@@ -1,4 +1,4 @@
-"""The fastlt command line: convert, splits, pretrain, linear-eval, info.
+"""The fastlt command line: convert, splits, pretrain, recipe, reproduce, linear-eval, compare, plot, export, info.
 
 Every command turns a FastltError into ``error: <one line>`` on stderr and exit status 1,
 and a malformed command line into one such line and exit status 2.
@@ -326,6 +326,53 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
     click.echo(result.markdown)
     for folder in result.folders.values():
         click.echo(f"wrote {folder}")
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...", type=click.Path(path_type=Path))
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the table as CSV (full-precision numbers, few-shot std in its own column).")
+@click.option("--md", "md_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also write the Markdown table to this file.")
+@user_errors
+def compare(runs: tuple[Path, ...], csv_path: Path | None, md_path: Path | None) -> None:
+    """Several runs' evaluation reports side by side, as one Markdown table on stdout.
+
+    Each RUN is a run folder (every report folder in RUN/eval, one per kind of evaluation), a
+    report folder or eval.json (that report), or a folder of report folders (a linear-eval --out).
+    One row per run and evaluation: method, pretraining split, epoch, protocol, full-shot overall,
+    many / medium / few and group std, and an N-shot column (mean +- std over the subsets) where
+    an N-shot report of the same checkpoint exists. Every report is read before anything is
+    printed or written; files are replaced atomically.
+    """
+    from fastlt.evaluate.compare import compare_runs, write_comparison
+
+    comparison = compare_runs(runs)
+    click.echo(comparison.markdown(), nl=False)
+    for path in write_comparison(comparison, csv_path, md_path):
+        click.echo(f"wrote {path}", err=True)
+
+
+@main.command()
+@click.argument("runs", nargs=-1, required=True, metavar="RUN...", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="Folder for the PNGs (created if missing; files of the same name are replaced).")
+@user_errors
+def plot(runs: tuple[Path, ...], out: Path) -> None:
+    """Training curves of one or several run folders over epochs, one line per run, as PNGs in OUT.
+
+    loss.png; knn.png (the kNN monitor's held-out accuracy, class mean / many / medium / few,
+    where train.monitor_every logged it); temperature.png; bcl_weights.png (BCL's mean
+    augmentation weight, overall and per group; BCL runs only). A plot no run has data for is
+    skipped, and one line says which and why.
+    """
+    from fastlt.evaluate.plots import plot_runs
+
+    result = plot_runs(runs, out)
+    for path in result.written:
+        click.echo(f"wrote {path}")
+    if result.skipped_line():
+        click.echo(result.skipped_line())
 
 
 @main.command()

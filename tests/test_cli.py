@@ -13,6 +13,7 @@ from fastlt.cli import main
 from fastlt.data.sources import read_cifar
 from fastlt.data.splits import split_checksum
 from fastlt.data.store import NativeStore, StorePart, write_native_store
+import fastlt.evaluate.protocol as protocol
 from fastlt.evaluate.protocol import linear_eval
 from fastlt.files import file_digest
 
@@ -153,7 +154,7 @@ def test_linear_eval_report_says_what_it_measured_and_is_not_overwritten(tiny_ru
     assert not [p for p in (tiny_run / "eval").iterdir() if p.name.startswith(".")]  # no partial folders left
 
 
-def test_few_shot_is_the_mean_and_std_over_subsets_each_a_probe_on_its_list(tiny_run, tmp_path):
+def test_few_shot_is_the_mean_and_std_over_subsets_each_a_probe_on_its_list(tiny_run, tmp_path, monkeypatch):
     store = NativeStore.open(Path(json.loads((tiny_run / "config.json").read_text())["data"]["store"]))
     labels = np.asarray(store.part("train").labels)
     rng = np.random.default_rng(0)
@@ -175,6 +176,10 @@ def test_few_shot_is_the_mean_and_std_over_subsets_each_a_probe_on_its_list(tiny
     recorded = json.loads((result.folders["bcl:5"] / "eval.json").read_text())["probe_lists"]
     assert [entry["file"] for entry in recorded] == [str(tmp_path / f"sub{k}_5shot.npy") for k in (1, 2, 3)]
     assert "+-" in (result.folders["bcl:5"] / "eval.md").read_text()
+    drawn = []
+    monkeypatch.setattr(protocol, "per_class_accuracy_plot", lambda per_class, *rest: drawn.append(per_class))
+    linear_eval(tiny_run, tmp_path / "again", overrides=settings, shots=("5",))
+    assert drawn == [[pytest.approx(np.mean(values)) for values in zip(*[s["per_class"] for s in few["per_subset"]])]]
 
 
 def test_linear_eval_of_a_self_damaging_run(tmp_path, digits_store):

@@ -22,6 +22,7 @@ from fastlt.data.store import NativeStore, check_same_data
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
 from fastlt.evaluate.knn import knn_predict
+from fastlt.evaluate.plots import per_class_accuracy_plot
 from fastlt.evaluate.linear import LinearProbeConfig, linear_svc_predict, predict_linear, train_linear_probe
 from fastlt.evaluate.sdclr_probe import SDCLRProbeConfig, train_fc_through_backbone
 from fastlt.evaluate.report import (
@@ -264,6 +265,11 @@ def protocol_record(plan: Evaluation, inputs: ProtocolInputs) -> dict[str, Any]:
             "overall": "class_mean is the TS papers' kNN metric"}
 
 
+def mean_per_class(subsets: list[list[float | None]]) -> list[float | None]:
+    """Each class's accuracy averaged over few-shot subsets (None where a class has no test image)."""
+    return [None if None in values else float(np.mean(values)) for values in zip(*subsets)]
+
+
 def linear_eval(
     target: Path,
     out_dir: Path | None = None,
@@ -314,7 +320,8 @@ def linear_eval(
         check_report_free(plan.folder, overwrite)
 
     test_part = store.part(settings.test_part)
-    groups = class_groups(class_counts(pretrain_indices, train_part.labels, store.num_classes), settings.groups)
+    train_counts = class_counts(pretrain_indices, train_part.labels, store.num_classes)
+    groups = class_groups(train_counts, settings.groups)
     inputs = ProtocolInputs(settings, store.num_classes, groups, recipe.train.seed, device,
                             PRECISION_TYPES[precision][0], train_part.images, held_out)
     needed = np.unique(np.concatenate([held_out.indices] + [p.indices for plan in plans for p in plan.probe_lists]))
@@ -373,10 +380,16 @@ def linear_eval(
         exit = "" if settings.exit == "backbone" else f", {settings.exit} exit"
         title = (f"{run_dir.name}: {recipe.method.name}, epoch {payload['epoch']}{exit}, "
                  f"{PROTOCOL_TITLES[plan.protocol]} ({what})")
+        first_name, first = next(iter(rows[plan.key].items()))
+        per_class = first.get("per_class") or mean_per_class([r["per_class"] for r in first["per_subset"]])
+
+        def figure(path: Path, per_class=per_class, caption=f"{run_dir.name}: {first_name} ({what})") -> None:
+            per_class_accuracy_plot(per_class, train_counts, groups, path, caption)
+
         write_report(plan.folder, title, rows[plan.key],
                      {**context, "protocol": protocol_record(plan, inputs), "shots": plan.shots,
                       "probe_lists": [p.record() for p in plan.probe_lists], **extra[plan.key]},
-                     overwrite, HEADLINES.get(plan.protocol, "overall"))
+                     overwrite, HEADLINES.get(plan.protocol, "overall"), figure)
         folders[plan.key] = plan.folder
         tables.append(f"## {title}\n\n{markdown_table(rows[plan.key], HEADLINES.get(plan.protocol, 'overall'))}")
     return EvalResult(rows, folders, "\n".join(tables))

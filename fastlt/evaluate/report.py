@@ -15,7 +15,7 @@ import math
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import Tensor
@@ -26,6 +26,7 @@ from fastlt.files import write_text_atomic
 GROUP_NAMES = ("many", "medium", "few")
 COLUMNS = (("overall", "overall"), ("many", "many"), ("medium", "medium"), ("few", "few"),
            ("group_std", "group std"), ("class_std", "class std"))
+PER_CLASS_PNG = "per_class.png"
 SUMMARISED = ("overall", "class_mean", "class_std", *GROUP_NAMES, "group_std")  # averaged over few-shot subsets
 
 
@@ -148,8 +149,9 @@ def check_report_free(out_dir: Path, overwrite: bool) -> None:
 
 
 def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: dict, overwrite: bool = False,
-                 headline: str = "overall") -> tuple[Path, Path]:
-    """Write eval.json ({"title", "reports", **context}) and eval.md into the folder out_dir, as a whole.
+                 headline: str = "overall", figure: Callable[[Path], object] | None = None) -> tuple[Path, Path]:
+    """Write eval.json ({"title", "reports", **context}), eval.md and (with ``figure``, called with the
+    PNG's path) per_class.png into the folder out_dir, as a whole.
 
     The folder is built beside its final place and renamed into it, so a report is never
     half written; an existing report folder is replaced only with ``overwrite``. ``context``
@@ -167,7 +169,12 @@ def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: d
     building.mkdir(parents=True)
     try:
         write_text_atomic(building / "eval.json", text + "\n")
-        write_text_atomic(building / "eval.md", f"# {title}\n\n{CAPTION}\n{markdown_table(reports, headline)}\n{details}")
+        figures = ""
+        if figure is not None:
+            figure(building / PER_CLASS_PNG)
+            figures = f"\n![per-class accuracy against training images]({PER_CLASS_PNG})\n"
+        write_text_atomic(building / "eval.md",
+                          f"# {title}\n\n{CAPTION}\n{markdown_table(reports, headline)}\n{details}{figures}")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         building.rename(out_dir)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from sklearn.svm import LinearSVC
 
 import fastlt.evaluate.protocol as protocol
@@ -99,5 +100,9 @@ def test_all_protocols_share_one_feature_extraction_per_backbone(tiny_run, tmp_p
     assert sorted(path.name for path in result.folders.values()) == [
         "bcl-linear-all-train", "sdclr-linear-all-train", "ts-ratio10_seed1"]
     assert len(calls) == 4  # train rows and test images, for the pretrained and the random-init backbone
+    for folder in result.folders.values():  # each report draws its first row's per-class accuracy
+        with Image.open(folder / "per_class.png") as image:
+            assert image.format == "PNG" and image.size[0] > 300
+        assert "![per-class accuracy against training images](per_class.png)" in (folder / "eval.md").read_text()
     assert all("random-init linear" in result.reports[key] or "random-init knn@1" in result.reports[key]
                for key in result.reports)
