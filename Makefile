@@ -25,9 +25,12 @@ demo: $(STAMP)
 	      --set data.store=$(DEMO)/digits --set train.out_dir=$(DEMO)/runs | tail -n 1) && \
 	$(BIN)/fastlt linear-eval $$run --random-init
 
-# Where a step's time goes, and batched views vs the per-image torchvision pipeline (JSON).
+# Views per second against per-image PIL, kornia and DALI, and where a step's time goes (JSON beside each
+# table). kornia and DALI come with the bench extra; a contender that cannot be installed is reported skipped.
 bench: $(STAMP)
-	$(BIN)/python tools/bench.py --out bench.json
+	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "fastlt[bench] not installed: kornia / DALI will be skipped"
+	$(BIN)/fastlt bench views --out bench-views.json
+	$(BIN)/fastlt bench train --out bench-train.json
 
 # The published tables (fastlt/reproduce.py): CIFAR=path/to/tarball (else it is downloaded),
 # SPLITS=1,2,3,4,5 for mean and std over the published splits, EPOCHS=N for a short version.

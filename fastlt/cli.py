@@ -1,4 +1,5 @@
-"""The fastlt command line: convert, splits, pretrain, recipe, reproduce, linear-eval, compare, plot, export, info.
+"""The fastlt command line: convert, splits, pretrain, recipe, reproduce, linear-eval, compare, plot, export,
+bench, info.
 
 Every command turns a FastltError into ``error: <one line>`` on stderr and exit status 1,
 and a malformed command line into one such line and exit status 2.
@@ -391,6 +392,91 @@ def export(target: Path, out: Path, overwrite: bool) -> None:
 
     exported = export_torchvision(target, out, overwrite)
     click.echo(f"wrote {out} ({exported['arch']}, {exported['stem']} stem, epoch {exported['fastlt']['epoch']})")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: views against other pipelines, a training step's split, the evaluation protocols (JSON with --out)."""
+
+
+@bench.command("views")
+@click.option("--batch", type=click.IntRange(min=2), default=512, show_default=True, help="Images per batch.")
+@click.option("--batches", type=click.IntRange(min=1),
+              help="Batches per timed pass; the DataLoader contenders run one epoch of that many (default: 2 per "
+                   "core, at least 4).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Timed passes after the warm-up; the best counts.")
+@click.option("--recipe", default="cifar100_lt/simclr", show_default=True, help="Recipe whose [views] are timed.")
+@click.option("--bcl", multiple=True, default=("cifar100_lt/bcl-i", "cifar100_lt/bcl-d"), show_default=True,
+              help="BCL recipe whose boosted views are timed against PIL + RandAugment (repeatable).")
+@click.option("--no-bcl", is_flag=True, help="Skip the BCL views.")
+@click.option("--no-compile", is_flag=True, help="Skip the torch.compile contender (a cold compile costs ~40 s on a CPU).")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="DataLoader workers and DALI threads (default: the usable CPU cores).")
+@click.option("--device", default="auto", show_default=True, help="Where fastlt and kornia run: " + DEVICE_HELP)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON (atomically).")
+@user_errors
+def bench_views(batch: int, batches: int | None, repeats: int, recipe: str, bcl: tuple[str, ...], no_bcl: bool,
+                no_compile: bool, workers: int | None, device: str, out: Path | None) -> None:
+    """Two SimCLR views per image per second: fastlt against per-image PIL, kornia and DALI; BCL's views too."""
+    from fastlt.bench.report import write_result
+    from fastlt.bench.views import run_views_benchmark, views_table
+
+    result = run_views_benchmark(batch, batches, repeats, recipe, () if no_bcl else bcl, device, not no_compile,
+                                 workers)
+    click.echo(views_table(result))
+    write_result(out, result)
+
+
+@bench.command("train")
+@click.argument("recipe", default="cifar100_lt/simclr")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe value.")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="Timed steps after one warm-up step (default: 5 on the synthetic store, the rest of an "
+                   "epoch with --store).")
+@click.option("--batch", type=click.IntRange(min=2), help="Batch size; same as --set train.batch_size=N.")
+@click.option("--store", "store_path", type=click.Path(path_type=Path),
+              help="Read this native store (with the recipe's split) instead of a temporary one of random images.")
+@click.option("--device", help=DEVICE_HELP + " Same as --set train.device=...")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="The reference loop's DataLoader workers (default: the usable CPU cores).")
+@click.option("--no-reference", is_flag=True, help="Time fastlt's step only.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON (atomically).")
+@user_errors
+def bench_train(recipe: str, overrides: tuple[str, ...], steps: int | None, batch: int | None,
+                store_path: Path | None, device: str | None, workers: int | None, no_reference: bool,
+                out: Path | None) -> None:
+    """A pretraining step split into load, views, forward + backward and optimiser, against the reference loop."""
+    from fastlt.bench.report import write_result
+    from fastlt.bench.train import run_train_benchmark, train_table
+
+    result = run_train_benchmark(recipe, overrides, steps, batch, store_path, device, workers, not no_reference)
+    click.echo(train_table(result))
+    write_result(out, result)
+
+
+@bench.command("linear-eval")
+@click.argument("target", type=click.Path(path_type=Path))
+@click.option("--store", "store_path", type=click.Path(path_type=Path),
+              help="Use this store instead of the recipe's (it must hold the data the run trained on).")
+@click.option("--epochs", type=click.IntRange(min=1), help="BCL probe epochs (default: the recipe's).")
+@click.option("--sdclr-epochs", type=click.IntRange(min=1), help="SDCLR fc epochs (default: the recipe's).")
+@click.option("--sdclr-few-shot-epochs", type=click.IntRange(min=1),
+              help="SDCLR few-shot fc epochs, where the recipe has a few-shot list (default: the recipe's).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--precision", default="auto", show_default=True, help="Feature extraction: " + PRECISION_HELP)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON (atomically).")
+@user_errors
+def bench_linear_eval(target: Path, store_path: Path | None, epochs: int | None, sdclr_epochs: int | None,
+                      sdclr_few_shot_epochs: int | None, device: str, precision: str, out: Path | None) -> None:
+    """Wall time of BCL's protocol (cached features) against SDCLR's on the same run or checkpoint."""
+    from fastlt.bench.linear_eval import linear_eval_table, run_linear_eval_benchmark
+    from fastlt.bench.report import write_result
+
+    result = run_linear_eval_benchmark(target, store_path, device, precision, epochs, sdclr_epochs,
+                                       sdclr_few_shot_epochs)
+    click.echo(linear_eval_table(result))
+    write_result(out, result)
 
 
 @main.command()

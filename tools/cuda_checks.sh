@@ -41,9 +41,10 @@ step() {  # step NAME SECONDS COMMAND...: run it within its limit and the deadli
 step tests 200 python3 -m pytest tests $PYTEST_ARGS -q -p no:cacheprovider -rs
 for recipe in simclr bcl-d; do
     for precision in fp32 bf16; do
-        step "bench-$recipe-$precision" 45 python3 tools/bench.py --device "$DEVICE" --batch "$BATCH" \
-            --recipe "pipelines/cifar100_lt/$recipe.toml" --set "train.precision=$precision" \
-            --set "model.width=$WIDTH" --out "$results/bench-$recipe-$precision.json"
+        # Eager (train.compile=off): a cold compile alone would overrun the step's limit.
+        step "bench-$recipe-$precision" 45 python3 -m fastlt bench train "cifar100_lt/$recipe" --device "$DEVICE" \
+            --batch "$BATCH" --set "train.precision=$precision" --set "model.width=$WIDTH" \
+            --set train.compile=off --no-reference --out "$results/bench-$recipe-$precision.json"
     done
 done
 
