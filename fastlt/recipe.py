@@ -142,6 +142,11 @@ class TrainConfig:
     log_every: int = setting(50, "steps between reads of the device-side loss", AT_LEAST_1)
     checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch is always saved", AT_LEAST_1)
     progress: bool = setting(True, "a progress line on stderr")
+    monitor_every: int = setting(0, "epochs between held-out kNN checks, also after the last epoch (monitor_knn "
+                                    "and its many / medium / few in metrics.jsonl; k = the first eval.knn, bank = "
+                                    "data.split, queries = eval.val_split); 0 = off", NON_NEGATIVE)
+    tensorboard: bool = setting(False, "also write every metrics.jsonl number to RUN/tensorboard "
+                                       "(pip install 'fastlt[tensorboard]')")
 
 
 @dataclass

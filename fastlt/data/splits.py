@@ -359,3 +359,20 @@ def class_groups(counts: np.ndarray, rule: str = "thirds") -> dict[str, np.ndarr
     else:
         raise FastltError(f"class groups rule {rule!r}: expected 'thirds' or 'thresholds'")
     return {name: np.sort(ids).astype(np.int64) for name, ids in chosen.items()}
+
+
+def held_out_indices(val_split: str, pretrain_indices: np.ndarray, num_samples: int) -> np.ndarray:
+    """Sorted indices of the ``val_split`` file, or of the part's samples outside the pretraining split.
+
+    The held-out list picks the SDCLR probe's best epoch and feeds the online monitor, so it
+    must never overlap the images pretraining saw.
+    """
+    if val_split:
+        indices = np.sort(load_split(Path(val_split), num_samples))
+        if np.intersect1d(indices, pretrain_indices).size:
+            raise FastltError(f"{val_split}: eval.val_split overlaps the pretraining split (data.split)")
+        return indices
+    indices = np.setdiff1d(np.arange(num_samples), pretrain_indices)
+    if indices.size == 0:
+        raise FastltError("eval.val_split: empty, and the pretraining split uses every sample, so nothing is held out")
+    return indices

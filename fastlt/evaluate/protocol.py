@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastlt.data.splits import class_counts, class_groups, load_split, split_checksum, split_or_all
+from fastlt.data.splits import (
+    class_counts,
+    class_groups,
+    held_out_indices,
+    load_split,
+    split_checksum,
+    split_or_all,
+)
 from fastlt.data.store import NativeStore, check_same_data
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
@@ -129,16 +136,8 @@ def few_shot_lists(settings: EvalConfig, shots: str, num_samples: int) -> list[P
 
 
 def held_out_list(settings: EvalConfig, pretrain_indices: np.ndarray, num_samples: int) -> ProbeList:
-    """``eval.val_split``, or the part's samples outside the pretraining split; never overlapping the split."""
-    if settings.val_split:
-        indices = np.sort(load_split(Path(settings.val_split), num_samples))
-        if np.intersect1d(indices, pretrain_indices).size:
-            raise FastltError(f"{settings.val_split}: eval.val_split overlaps the pretraining split (data.split)")
-        return ProbeList(settings.val_split, indices)
-    indices = np.setdiff1d(np.arange(num_samples), pretrain_indices)
-    if indices.size == 0:
-        raise FastltError("eval.val_split: empty, and the pretraining split uses every sample, so nothing is held out")
-    return ProbeList("", indices)
+    """``eval.val_split``, or the part's samples outside the pretraining split (data.splits.held_out_indices)."""
+    return ProbeList(settings.val_split, held_out_indices(settings.val_split, pretrain_indices, num_samples))
 
 
 def plan_evaluations(settings: EvalConfig, shots: tuple[str, ...], num_samples: int, pretrain: ProbeList,

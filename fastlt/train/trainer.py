@@ -4,7 +4,9 @@ One run = one folder: config.json (the resolved recipe), run.json (seed, commit,
 device, the hardware choices and why, every resume), metrics.jsonl (one line per epoch)
 and checkpoints/last.pt, rewritten atomically every ``train.checkpoint_every`` epochs and
 at the last. ``resume_run`` continues a run exactly: model, optimiser, loss scaler, method
-state (e.g. BCL memory), every RNG and the hardware choices recorded at the start.
+state (e.g. BCL memory), every RNG and the hardware choices recorded at the start. With
+``train.monitor_every`` an epoch's record also holds the held-out kNN accuracy
+(fastlt.train.monitor); with ``train.tensorboard`` every record also goes to RUN/tensorboard.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from fastlt.errors import FastltError
 from fastlt.files import write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
-from fastlt.recipe import OptimConfig, Recipe, recipe_with_overrides
+from fastlt.recipe import OptimConfig, Recipe, recipe_from_dict, recipe_with_overrides
 from fastlt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from fastlt.train.device import (
     PRECISION_TYPES,
@@ -39,6 +41,7 @@ from fastlt.train.device import (
     resolve_memory_format,
     resolve_precision,
 )
+from fastlt.train.monitor import Monitor, TensorBoardLog, require_tensorboard
 from fastlt.train.progress import Progress, say
 from fastlt.train.resume import check_recipe_change
 from fastlt.train.runinfo import run_record
@@ -94,17 +97,19 @@ def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> t
 
 @dataclass(frozen=True)
 class TrainingData:
-    """The resident loader, the size of the store part, each sample's class group, and what the data is."""
+    """The resident loader, the size of the store part, each sample's class group, what the data is, and the
+    held-out monitor (None when ``train.monitor_every`` is 0)."""
 
     loader: NativeLoader
     generator: torch.Generator  # the loader's: batch order
     part_size: int
     sample_groups: torch.Tensor  # [part_size] int8: 0 many, 1 medium, 2 few, -1 not in the split
     identity: dict[str, Any]  # store name, part, count, classes, checksums, split checksum
+    monitor: Monitor | None = None
 
 
 def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator) -> TrainingData:
-    """Open the store, apply the split, and put the training images on the device once."""
+    """Open the store, apply the split, and put the training images (and the monitor's) on the device once."""
     store = NativeStore.open(Path(recipe.data.store))
     part = store.part(recipe.data.part)
     labels = np.asarray(part.labels)
@@ -119,7 +124,9 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
     sample_groups = np.full(len(labels), -1, dtype=np.int8)
     sample_groups[indices] = group_of_class[labels[indices]]
     identity = {**store.identity(recipe.data.part), "split_sha256": split_checksum(indices)}
-    return TrainingData(loader, generator, len(labels), torch.from_numpy(sample_groups).to(device), identity)
+    monitor = Monitor.for_recipe(recipe, part, indices, store.num_classes, groups, device)
+    return TrainingData(loader, generator, len(labels), torch.from_numpy(sample_groups).to(device), identity,
+                        monitor)
 
 
 def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
@@ -199,6 +206,14 @@ def seeded_method(recipe: Recipe, data_size: int, sample_groups: torch.Tensor | 
     return build_method(recipe, data_size, sample_groups.cpu() if sample_groups is not None else None)
 
 
+def check_watchers(recipe: Recipe, data: TrainingData, method: ContrastiveMethod) -> None:
+    """What the monitor and TensorBoard need, checked before anything is written: the eval.exit, the package."""
+    if data.monitor is not None:
+        method.feature_extractor(data.monitor.exit)  # a one-line error for an exit the method lacks
+    if recipe.train.tensorboard:
+        require_tensorboard()
+
+
 def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | None = None) -> Path:
     """Start a new run of the recipe's method; returns the run folder.
 
@@ -208,6 +223,7 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | N
     device = resolve_device(recipe.train.device)
     data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed))
     method = seeded_method(recipe, data.part_size, data.sample_groups)
+    check_watchers(recipe, data, method)
     choices = choose_hardware(recipe, method)
     state = build_run_state(recipe, data, choices, method)
     run_dir = new_run_dir(recipe, recipe_path)
@@ -226,7 +242,9 @@ def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until
     payload = load_checkpoint(checkpoint)
     recipe = recipe_with_overrides(json.loads(json.dumps(payload["recipe"])), overrides, str(checkpoint))
     where = f"{run_dir}"
-    check_recipe_change(payload["recipe"], recipe.to_dict(), payload["epoch"], where)
+    # Through the recipe's own defaults, so a key added since the checkpoint was written compares equal.
+    recorded = recipe_from_dict(json.loads(json.dumps(payload["recipe"])), str(checkpoint)).to_dict()
+    check_recipe_change(recorded, recipe.to_dict(), payload["epoch"], where)
     epochs_done = payload["epoch"]
     if epochs_done >= recipe.train.epochs:
         say(f"{run_dir}: run already complete (epoch {epochs_done} of {recipe.train.epochs})")
@@ -237,6 +255,7 @@ def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until
     data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed))
     check_same_data(payload["data"], data.identity, f"{where}: data.store {recipe.data.store}")
     method = seeded_method(recipe, data.part_size, data.sample_groups)
+    check_watchers(recipe, data, method)
     choices = recorded_hardware(recipe, payload["hardware"], device, method, where)
     state = build_run_state(recipe, data, choices, method)
     restore(state, payload, checkpoint)
@@ -273,14 +292,26 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
     context = StepContext(autocast=precision_of(choices).autocast(device),
                           backward=lambda loss: scaler.scale(loss).backward())
     last_epoch = min(recipe.train.epochs, until_epoch or recipe.train.epochs)
-    progress = Progress(recipe.train.progress, recipe.train.epochs)
-    for epoch in range(state.epoch + 1, last_epoch + 1):
-        record = train_one_epoch(state, data.loader, context, recipe, epoch, progress)
-        if epoch % recipe.train.checkpoint_every == 0 or epoch == last_epoch:
-            save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_payload(state, recipe, choices, data.identity))
-        with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as file:
-            file.write(json.dumps(record) + "\n")
-        progress.end_epoch(record)
+    monitor = data.monitor
+    progress = Progress(recipe.train.progress, recipe.train.epochs, last_epoch,
+                        monitor.epochs(state.epoch + 1, last_epoch) if monitor else (),
+                        monitor.label if monitor else "kNN")
+    tensorboard = TensorBoardLog(run_dir, state.epoch) if recipe.train.tensorboard else None
+    try:
+        for epoch in range(state.epoch + 1, last_epoch + 1):
+            record = train_one_epoch(state, data.loader, context, recipe, epoch, progress)
+            if monitor is not None and monitor.due(epoch):
+                record |= monitor.measure(state.method, precision_of(choices).dtype)
+            if epoch % recipe.train.checkpoint_every == 0 or epoch == last_epoch:
+                save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_payload(state, recipe, choices, data.identity))
+            with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as file:
+                file.write(json.dumps(record) + "\n")
+            if tensorboard is not None:
+                tensorboard.write(record)
+            progress.end_epoch(record)
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
 
 
 class NonFiniteLoss:
