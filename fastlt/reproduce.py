@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from fastlt.errors import FastltError
+from fastlt.evaluate.plots import PlotResult, plot_runs
 from fastlt.evaluate.protocol import linear_eval
+from fastlt.evaluate.report import PER_CLASS_PNG
 from fastlt.files import write_text_atomic
 from fastlt.recipe import Recipe, find_recipe, load_recipe
 from fastlt.train.checkpoint import load_checkpoint
@@ -188,10 +190,26 @@ def reproduce(table_name: str, store: Path, out_dir: Path, splits: tuple[int, ..
         epochs_logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         results[(split, row.recipe)] |= {"_epochs": len(epochs_logged),
                                          "_seconds": sum(entry["epoch_seconds"] for entry in epochs_logged)}
+    plots = plot_runs([entry[5] for entry in plan], out_dir / table.folder / "plots")
     markdown = results_markdown(table_name, table, splits, results, shots, time.perf_counter() - started)
+    markdown += plots_markdown(plots, out_dir, results)
     out = out_dir / f"{table.folder}.md"
     write_text_atomic(out, markdown)
     return out
+
+
+def plots_markdown(plots: PlotResult, out_dir: Path, results: dict[tuple[int, str], dict]) -> str:
+    """The training curves of all runs, and each run's per-class accuracy, linked relative to the table."""
+    lines = ["", "## Plots", ""]
+    lines += [f"![{path.stem}]({path.relative_to(out_dir)})" for path in plots.written]
+    if plots.skipped_line():
+        lines.append(f"\n{plots.skipped_line()}")
+    lines.append("")
+    for (split, recipe), values in results.items():
+        first = Path(values["_reports"][0]) / PER_CLASS_PNG
+        if first.is_file():
+            lines.append(f"![{recipe}, split {split}: per-class accuracy]({first.relative_to(out_dir)})")
+    return "\n".join(lines) + "\n"
 
 
 def _mean_std(values: list[float]) -> str:

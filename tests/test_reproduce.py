@@ -70,6 +70,10 @@ def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_
     assert cell(first, "SimCLR")[0] == f"{simclr['linear']['overall']:.2f}"
     assert cell(first, "random init (same architecture)")[0] == f"{simclr['random-init linear']['overall']:.2f}"
     assert re.search(r"\| bcl-d, split 1 \| 2 \| \d+ s \|", first)
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", first)
+    assert "digits_lt/plots/loss.png" in links and "digits_lt/plots/bcl_weights.png" in links
+    assert "digits_lt/runs/simclr-split1/eval/bcl-linear-all-train/per_class.png" in links
+    assert all((tmp_path / "r" / link).is_file() for link in links)
 
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
     again = reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, device="cpu", precision="fp32")
