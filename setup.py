@@ -30,8 +30,10 @@ setup(
         "dali": ["nvidia-dali-cuda130==2.4.0"],
         "bench": ["kornia>=0.8", "nvidia-dali-cuda130==2.4.0"],  # fastlt bench views: the other pipelines
         "ffcv": ["ffcv==1.0.2"],
-        # kornia and DALI too, so the suite runs fastlt bench's contenders rather than skipping them.
-        "test": ["pytest>=7", "pillow>=9", "scipy>=1.10", "kornia>=0.8", "nvidia-dali-cuda130==2.4.0"],
+        # kornia, DALI and tensorboard too, so the suite runs fastlt bench's contenders and the TensorBoard
+        # log rather than skipping them.
+        "test": ["pytest>=7", "pillow>=9", "scipy>=1.10", "kornia>=0.8", "nvidia-dali-cuda130==2.4.0",
+                 "tensorboard>=2.14"],
         "tensorboard": ["tensorboard>=2.14"],  # train.tensorboard: the run's metrics as TensorBoard scalars
     },
     entry_points={"console_scripts": ["fastlt=fastlt.cli:main"]},
