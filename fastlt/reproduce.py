@@ -111,7 +111,7 @@ def train_row(recipe_path: Path, run_dir: Path, overrides: list[str], epochs: in
         clock.epoch_seconds.append(first_epoch_seconds(run_dir))
         say(f"{run_dir.name}: first epoch {clock.epoch_seconds[-1]:.1f} s; expected time for this run and the "
             f"ones after it on this device: {clock.remaining(epochs - 1 + epochs_after)}")
-    elif run_dir.exists() and not (run_dir / CHECKPOINT_NAME).is_file():
+    elif not (run_dir / CHECKPOINT_NAME).is_file():
         raise FastltError(f"{run_dir}: run folder without a checkpoint; remove it to start the run again")
     if epochs_done(run_dir) < epochs:
         resume_run(run_dir)

@@ -10,7 +10,6 @@ import dataclasses
 import os
 import platform
 import time
-from importlib import metadata
 from typing import Any, Callable
 
 import torch
@@ -80,17 +79,6 @@ def cpu_flags() -> dict[str, bool]:
     return {flag: flag in listed for flag in CPU_FLAGS}
 
 
-def versions() -> dict[str, str]:
-    """fastlt's recorded package versions plus the benchmark's contenders (kornia, Pillow, DALI)."""
-    found = package_versions()
-    for name in EXTRA_PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
 def machine_description(device: torch.device) -> dict[str, Any]:
     """CPU model, cores, the flags that matter, the GPU if any, and the versions: stored with every result."""
     features = cpu_features()
@@ -111,7 +99,7 @@ def machine_description(device: torch.device) -> dict[str, Any]:
         "gpu": gpu,
         "device": device_description(device),
         "platform": platform.platform(),
-        "versions": versions(),
+        "versions": package_versions(EXTRA_PACKAGES),
     }
 
 

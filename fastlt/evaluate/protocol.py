@@ -188,11 +188,24 @@ class ProtocolInputs:
     held_out: ProbeList
 
 
+def bcl_probe_config(inputs: ProtocolInputs) -> LinearProbeConfig:
+    """BCL's probe as ``eval`` sets it, seeded with the run's seed."""
+    s = inputs.settings
+    return LinearProbeConfig(epochs=s.epochs, lr=s.lr, final_lr=s.final_lr, weight_decay=s.weight_decay,
+                             batch_size=s.batch_size, seed=inputs.seed)
+
+
+def sdclr_probe_config(plan: Evaluation, inputs: ProtocolInputs) -> SDCLRProbeConfig:
+    """SDCLR's fc training: 30 epochs full-shot (x0.1 at 1/3, 2/3), 100 on the few-shot list (x0.1 at 40%, 60%)."""
+    s = inputs.settings
+    if plan.shots == FULL:
+        return SDCLRProbeConfig(epochs=s.sdclr_epochs, seed=inputs.seed)
+    return SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6), seed=inputs.seed)
+
+
 def bcl_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str) -> dict[str, dict]:
     """BCL: the Adam probe on cached features (and kNN on the probe list, full-shot only)."""
-    s = inputs.settings
-    config = LinearProbeConfig(epochs=s.epochs, lr=s.lr, final_lr=s.final_lr, weight_decay=s.weight_decay,
-                               batch_size=s.batch_size, seed=inputs.seed)
+    config = bcl_probe_config(inputs)
 
     def report(probe: ProbeList) -> dict[str, Any]:
         x, y = bank.of(probe.indices)
@@ -227,10 +240,8 @@ def ts_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix:
 def sdclr_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str,
                backbone: nn.Module) -> tuple[dict[str, dict], dict[str, Any]]:
     """SDCLR: the fc trained through the frozen backbone, the best epoch on the held-out list; plus its record."""
-    s = inputs.settings
     probe_list = plan.probe_lists[0]
-    config = SDCLRProbeConfig(epochs=s.sdclr_epochs, seed=inputs.seed) if plan.shots == FULL else \
-        SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6), seed=inputs.seed)
+    config = sdclr_probe_config(plan, inputs)
     images = torch.from_numpy(np.ascontiguousarray(inputs.train_images[probe_list.indices])).to(inputs.device)
     _, labels = bank.of(probe_list.indices)
     held_out_features, held_out_labels = bank.of(inputs.held_out.indices)
@@ -251,13 +262,10 @@ def protocol_record(plan: Evaluation, inputs: ProtocolInputs) -> dict[str, Any]:
     """The settings a report's numbers came from."""
     s = inputs.settings
     if plan.protocol == "bcl":
-        settings = vars(LinearProbeConfig(epochs=s.epochs, lr=s.lr, final_lr=s.final_lr,
-                                          weight_decay=s.weight_decay, batch_size=s.batch_size, seed=inputs.seed))
-        return {"name": "bcl-linear", "linear": settings, "knn": list(s.knn), "groups": s.groups}
+        return {"name": "bcl-linear", "linear": vars(bcl_probe_config(inputs)), "knn": list(s.knn), "groups": s.groups}
     if plan.protocol == "sdclr":
-        config = SDCLRProbeConfig(epochs=s.sdclr_epochs) if plan.shots == FULL else \
-            SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6))
-        return {"name": "sdclr-linear", "fc": {**vars(config), "milestones": config.milestones, "seed": inputs.seed},
+        config = sdclr_probe_config(plan, inputs)
+        return {"name": "sdclr-linear", "fc": {**vars(config), "milestones": config.milestones},
                 "held_out": inputs.held_out.record(), "groups": s.groups}
     return {"name": "ts", "knn": list(s.knn), "svm": "LinearSVC defaults on L2-normalised features; FS on a "
             "class-balanced subsample (smallest class count)", "seed": inputs.seed, "groups": s.groups,

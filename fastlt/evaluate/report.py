@@ -135,7 +135,8 @@ def markdown_table(reports: dict[str, dict], headline: str = "overall") -> str:
 
 CAPTION = (
     "Test accuracy in percent. overall: fraction of test images right; class mean: mean per-class accuracy "
-    "(the Temperature-Schedules papers' measure). many / medium / few: mean per-class accuracy over each group's classes "
+    "(the Temperature-Schedules papers' measure). many / medium / few: mean per-class accuracy over each "
+    "group's classes "
     "(groups from the pretraining split's class counts); group std: numpy.std of the three group "
     "accuracies, the Std of the SDCLR and BCL tables; class std: standard deviation over all "
     "per-class accuracies. Few-shot rows: mean +- std over the probe subsets.\n"

@@ -29,10 +29,13 @@ def git_commit(directory: Path) -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of Python and of the packages the results depend on."""
+RECORDED_PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "nvidia-dali-cuda130", "ffcv")
+
+
+def package_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    """Versions of Python and of the packages the results depend on (and of ``extra`` ones, where installed)."""
     versions = {"python": platform.python_version(), "fastlt": fastlt.__version__}
-    for name in ("torch", "torchvision", "numpy", "scikit-learn", "nvidia-dali-cuda130", "ffcv"):
+    for name in dict.fromkeys(RECORDED_PACKAGES + extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
