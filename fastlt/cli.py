@@ -481,11 +481,12 @@ def bench_linear_eval(target: Path, store_path: Path | None, epochs: int | None,
 
 @main.command()
 def info() -> None:
-    """Versions, devices, and what `auto` chooses here (precision, memory format, compile) and why."""
+    """Versions, devices, and what `auto` chooses here (precision, memory format, compile, view compile) and why."""
     import torch
 
     from fastlt.train.device import (
-        SAFE_1X1_INPUT_CHANNELS, bf16_support, cpu_features, resolve_compile, resolve_precision,
+        SAFE_1X1_INPUT_CHANNELS, VIEW_COMPILE_MIN_IMAGES, bf16_support, cpu_features, resolve_compile,
+        resolve_precision, resolve_view_compile,
     )
     from fastlt.train.runinfo import package_versions
 
@@ -495,10 +496,15 @@ def info() -> None:
     for device in [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else []):
         precision = resolve_precision("auto", device)
         compiled, compile_why = resolve_compile("auto", device)
+        short_run = resolve_view_compile("auto", device, 0)[0]
+        long_run, views_why = resolve_view_compile("auto", device, VIEW_COMPILE_MIN_IMAGES)
         auto[device.type] = {
             "precision": precision.name, "precision_reason": precision.reason,
             "bf16_native": bf16_support(device)[0],
             "compile": compiled, "compile_reason": compile_why,
+            "compile_views": "on" if short_run else "long runs" if long_run else "off",
+            "compile_views_reason": views_why if short_run or not long_run else
+            f"auto: on for runs of at least {VIEW_COMPILE_MIN_IMAGES:,} training images (epochs x split size)",
         }
     auto["cpu"]["memory_format"] = ("channels_last, except contiguous for models with a strided 1x1 convolution "
                                     f"of fewer than {SAFE_1X1_INPUT_CHANNELS} input channels" if features.x86

@@ -134,6 +134,9 @@ class TrainConfig:
     precision: str = setting("auto", "autocast: auto (bf16 where native, fp16 + loss scaling on other GPUs, "
                                      "else fp32), bf16, fp16 or fp32", one_of("auto", "bf16", "fp16", "fp32"))
     compile: str = setting("auto", "torch.compile the step: auto (on for CUDA), on or off", one_of("auto", "on", "off"))
+    compile_views: str = setting("auto", "torch.compile the view pipeline: auto (on for CUDA, and on a CPU for "
+                                         "runs of at least 1M training images, which repay the compile), on or off",
+                                 one_of("auto", "on", "off"))
     memory_format: str = setting("auto", "auto (channels_last unless a CPU kernel fails), channels_last or "
                                          "contiguous", one_of("auto", "channels_last", "contiguous"))
     device: str = setting("auto", "auto (the first CUDA device, else the CPU), cpu, cuda or cuda:N")

@@ -83,7 +83,8 @@ def test_bench_views_writes_every_contender_the_goals_and_the_breakdown(tmp_path
     assert set(entries) == {
         ("simclr", "per-image PIL + torchvision"), ("simclr", "fastlt, eager"), ("simclr", "fastlt, torch.compile"),
         ("simclr", "kornia.augmentation"), ("simclr", "DALI, CPU pipeline"),
-        ("bcl-i", "per-image PIL + torchvision + RandAugment"), ("bcl-i", "fastlt + boosted RandAugment")}
+        ("bcl-i", "per-image PIL + torchvision + RandAugment"), ("bcl-i", "fastlt + boosted RandAugment"),
+        ("bcl-i", "fastlt + boosted RandAugment, torch.compile")}
     assert entries[("simclr", "fastlt, torch.compile")] == {
         "name": "fastlt, torch.compile", "group": "simclr", "where": "cpu", "status": "skipped",
         "reason": "--no-compile"}

@@ -3,12 +3,20 @@
 Each sample of a batch gets ``num_ops`` stages; in each stage it draws one of the 15
 ops below (uniformly, with replacement), the op fires with the sample's probability
 ``w`` and runs at the sample's magnitude ``M`` in [0, 30], mapped per op as
-``min + M / 30 * (max - min)``. The whole batch is processed at once: per stage, the
-geometric ops (shear, translate, rotate) are one batched ``affine_grid`` /
-``grid_sample`` with a per-sample matrix, and every other op is computed on the whole
-batch and kept only where a per-sample mask says so (``torch.where``). There is no loop
-over samples and no host synchronisation, so the augmentation can be compiled with the
-training step.
+``min + M / 30 * (max - min)``. The draws of a stage (``StageDraws``) are made for the whole batch before any pixel is
+touched, so the random stream never depends on the images. The ops fall into eight families:
+the five geometric ops share one batched ``affine_grid`` / ``grid_sample`` with a per-sample
+matrix, the four enhance ops share one blend towards a per-sample degenerate image, and the
+other six ops are a family each. A stage runs in one of two ways, with equal results:
+
+* grouped (eager on a CPU): the samples are sorted by family and each family runs only on
+  the samples that drew it. Its slicing reads the family counts on the host, free on a CPU;
+  a 1-op BCL-I stage at a mean weight of 0.5 then touches each image with one family at most
+  half the time, instead of computing all eight families on every image.
+* masked (on CUDA and inside ``torch.compile``): every family is computed on the whole batch
+  and kept where a per-sample mask says so (``torch.where``). Shapes never depend on the
+  draws and nothing syncs with the host, so a CUDA step never waits, and the stage compiles
+  into the view pipeline, where the compiler fuses the pointwise families into few kernels.
 
 Conventions (chosen to match torchvision's RandAugment, the tests' reference):
 
@@ -44,6 +52,8 @@ Conventions (chosen to match torchvision's RandAugment, the tests' reference):
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,13 +85,20 @@ _GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # ITU-R 601 luma, as PIL's and torchvisi
 _SMOOTH_KERNEL = tuple(tuple(v / 13.0 for v in row) for row in ((1, 1, 1), (1, 5, 1), (1, 1, 1)))  # PIL's SMOOTH
 
 
-@functools.lru_cache(maxsize=64)
 def constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     """A small constant tensor, made once per device and dtype and never written to.
 
     Building it per step (``torch.tensor(list, device=...)``) would be a blocking host-to-device
-    copy on CUDA every time; cached, the step path has none.
+    copy on CUDA every time; cached, the eager step path has none. Under torch.compile it is a
+    constant of the graph instead, and the cache is not traced.
     """
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=device)
+    return _cached_constant(values, dtype, device)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor(values, dtype=dtype, device=device)
 
 
@@ -143,13 +160,26 @@ def _source_matrices(op_index: Tensor, magnitudes: Tensor, signs: Tensor, height
     return torch.stack((torch.stack(row0, dim=-1), torch.stack(row1, dim=-1)), dim=1)
 
 
-def _is_geometric(op_index: Tensor) -> Tensor:
-    """[B] bool: the sample's op in this stage is shear, translate or rotate (index -1 = none)."""
-    return (op_index >= 0) & (op_index < OPS.index("auto_contrast"))
+@dataclass(frozen=True)
+class StageDraws:
+    """One stage's random choices, a row per sample, drawn before any pixel is touched."""
+
+    op_index: Tensor  # [B] int64 index into OPS; -1 where the op does not fire
+    signs: Tensor  # [B] +-1, the direction of shear, translate and rotate
+    centres: Tensor  # [B, 2] uniform in [0, 1): the cutout centre before scaling
+
+    def rows(self, rows: Tensor) -> StageDraws:
+        """The draws of the samples ``rows`` only."""
+        return StageDraws(self.op_index[rows], self.signs[rows], self.centres[rows])
 
 
-def _resample(images: Tensor, matrices: Tensor, apply: Tensor, fill: Tensor, interpolation: str) -> Tensor:
-    """One batched affine resample with [B, 2, 3] source matrices, kept where ``apply`` [B] is set."""
+# A family's function maps (images, draws, magnitudes, fill, interpolation) to the images with
+# each sample's op of the family applied; it is only ever asked about samples of its family.
+FamilyFunction = Callable[[Tensor, StageDraws, Tensor, Tensor, str], Tensor]
+
+
+def _resample(images: Tensor, matrices: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    """One batched affine resample with [B, 2, 3] source matrices (pixels about the centre)."""
     batch, channels, height, width = images.shape
     # affine_grid works in [-1, 1] coordinates per axis (align_corners=False: the image edges).
     to_unit = constant(((1.0, height / width, 2.0 / width), (width / height, 1.0, 2.0 / height)),
@@ -158,9 +188,23 @@ def _resample(images: Tensor, matrices: Tensor, apply: Tensor, fill: Tensor, int
     # Sampling (image - fill) with zero padding and adding fill back gives fill outside the
     # image; for bilinear, a border pixel blends towards fill by the fraction it is uncovered.
     offset = fill.view(1, -1, 1, 1)
-    warped = F.grid_sample(images - offset, grid, mode=interpolation, padding_mode="zeros",
-                           align_corners=False) + offset
-    return torch.where(_as_image_mask(apply), warped, images)
+    return F.grid_sample(images - offset, grid, mode=interpolation, padding_mode="zeros",
+                         align_corners=False) + offset
+
+
+def _geometric(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    """Shear, translate and rotate: one resample with a matrix per sample."""
+    matrices = _source_matrices(draws.op_index, magnitudes, draws.signs.to(images.dtype), *images.shape[-2:])
+    return _resample(images, matrices, fill, interpolation)
+
+
+def _levels(images: Tensor) -> Tensor:
+    """The uint8 image torchvision would see, as floats."""
+    return torch.round(images.float() * 255.0)
+
+
+def _from_levels(levels: Tensor, like: Tensor) -> Tensor:
+    return (levels / 255.0).to(like.dtype)
 
 
 def _auto_contrast_levels(levels: Tensor) -> Tensor:
@@ -196,11 +240,34 @@ def _posterize_levels(levels: Tensor, bits: Tensor) -> Tensor:
     return ((whole >> dropped) << dropped).to(levels.dtype)
 
 
+def _auto_contrast(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    return _from_levels(_auto_contrast_levels(_levels(images)), images)
+
+
+def _invert(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    return 1 - images
+
+
+def _equalize(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    return _from_levels(_equalize_levels(_levels(images)), images)
+
+
+def _solarize(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    """Invert the float value where the uint8 level reaches the sample's threshold."""
+    threshold = _as_image_mask(_op_value("solarize", magnitudes))
+    return torch.where(_levels(images) >= threshold, 1 - images, images)
+
+
+def _posterize(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    bits = torch.floor(_op_value("posterize", magnitudes)).clamp(4, 8).to(torch.int32)
+    return _from_levels(_posterize_levels(_levels(images), bits), images)
+
+
 def _blend_degenerate(images: Tensor, op_index: Tensor) -> Tensor:
     """The image each enhance op blends away from: black, grey, mean grey or blurred.
 
     One blend ``f * x + (1 - f) * degenerate`` then serves brightness, color, contrast
-    and sharpness for the whole batch.
+    and sharpness for a whole batch.
     """
     red, green, blue = images.unbind(dim=1)
     grey = (_GREY_WEIGHTS[0] * red + _GREY_WEIGHTS[1] * green + _GREY_WEIGHTS[2] * blue).unsqueeze(1)
@@ -214,6 +281,12 @@ def _blend_degenerate(images: Tensor, op_index: Tensor) -> Tensor:
     is_black = _as_image_mask(_op_mask(op_index, "brightness"))
     return torch.where(is_black, torch.zeros_like(images),
                        torch.where(is_grey, grey, torch.where(is_mean, mean_grey, blurred)))
+
+
+def _enhance(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    """Contrast, color, brightness and sharpness: one blend; the four ops share the factor range."""
+    factor = _as_image_mask(_op_value("contrast", magnitudes))
+    return (factor * images + (1 - factor) * _blend_degenerate(images, draws.op_index)).clamp(0, 1)
 
 
 def _cutout_box(images: Tensor, magnitudes: Tensor, centres: Tensor) -> Tensor:
@@ -238,40 +311,69 @@ def _cutout_box(images: Tensor, magnitudes: Tensor, centres: Tensor) -> Tensor:
     return (in_rows.unsqueeze(-1) & in_columns.unsqueeze(-2)).unsqueeze(1)
 
 
-def _pointwise_and_regional(images: Tensor, op_index: Tensor, magnitudes: Tensor, centres: Tensor) -> Tensor:
-    """All non-geometric ops of a stage, each on the whole batch, kept where a sample chose it."""
-    def chose(op: str) -> Tensor:
-        return _as_image_mask(_op_mask(op_index, op))
+def _cutout(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    box = _cutout_box(images, magnitudes, draws.centres.to(images.dtype))
+    return torch.where(box, _fill_tensor(CUTOUT_FILL, images).view(1, -1, 1, 1), images)
 
-    levels = torch.round(images.float() * 255.0)  # the uint8 image torchvision would see
-    enhance_factor = _as_image_mask(_op_value("contrast", magnitudes))  # the four enhance ops share the range
-    enhanced = (enhance_factor * images + (1 - enhance_factor) * _blend_degenerate(images, op_index)).clamp(0, 1)
-    solarized = torch.where(levels >= _as_image_mask(_op_value("solarize", magnitudes)), 1 - images, images)
-    bits = torch.floor(_op_value("posterize", magnitudes)).clamp(4, 8).to(torch.int32)
 
+FAMILIES: tuple[tuple[tuple[str, ...], FamilyFunction], ...] = (
+    (("shear_x", "shear_y", "translate_x", "translate_y", "rotate"), _geometric),
+    (("auto_contrast",), _auto_contrast),
+    (("invert",), _invert),
+    (("equalize",), _equalize),
+    (("solarize",), _solarize),
+    (("posterize",), _posterize),
+    (("contrast", "color", "brightness", "sharpness"), _enhance),
+    (("cutout",), _cutout),
+)
+# Family code of each op index + 1: 0 for "no op" (-1), then 1.. in FAMILIES order.
+GROUPED_DEVICES = ("cpu",)  # device types whose eager stages run grouped (a host read there is free)
+_FAMILY_CODES = (0,) + tuple(next(code for code, (members, _) in enumerate(FAMILIES, 1) if op in members)
+                             for op in OPS)
+
+
+def _family_codes(op_index: Tensor) -> Tensor:
+    """[B] int64: each sample's family code (0 = no op this stage)."""
+    return constant(_FAMILY_CODES, torch.long, op_index.device)[op_index + 1]
+
+
+def _masked_stage(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    """Every family on the whole batch, kept where a sample drew it: static shapes, no host sync."""
+    family = _family_codes(draws.op_index)
     out = images
-    out = torch.where(chose("auto_contrast"), (_auto_contrast_levels(levels) / 255.0).to(images.dtype), out)
-    out = torch.where(chose("invert"), 1 - images, out)
-    out = torch.where(chose("equalize"), (_equalize_levels(levels) / 255.0).to(images.dtype), out)
-    out = torch.where(chose("solarize"), solarized, out)
-    out = torch.where(chose("posterize"), (_posterize_levels(levels, bits) / 255.0).to(images.dtype), out)
-    is_enhance = (chose("contrast") | chose("color") | chose("brightness") | chose("sharpness"))
-    out = torch.where(is_enhance, enhanced, out)
-    is_cut = chose("cutout") & _cutout_box(images, magnitudes, centres)
-    return torch.where(is_cut, _fill_tensor(CUTOUT_FILL, images).view(1, -1, 1, 1), out)
+    for code, (_, apply_family) in enumerate(FAMILIES, 1):
+        chose = _as_image_mask(family == code)
+        out = torch.where(chose, apply_family(images, draws, magnitudes, fill, interpolation), out)
+    return out
 
 
-def _augment_stage(images: Tensor, op_index: Tensor, magnitudes: Tensor, signs: Tensor, centres: Tensor,
-                   fill: Tensor, interpolation: str) -> Tensor:
-    """One RandAugment stage: sample b runs OPS[op_index[b]], or nothing where op_index is -1.
+def _grouped_stage(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
+    """Each family on the samples that drew it only; the slices need the family counts on the host."""
+    family = _family_codes(draws.op_index)
+    counts = torch.bincount(family, minlength=len(FAMILIES) + 1).tolist()
+    order = torch.argsort(family, stable=True)
+    out = images.clone()
+    start = counts[0]  # the samples whose op does not fire come first and stay as they are
+    for code, (_, apply_family) in enumerate(FAMILIES, 1):
+        rows = order[start:start + counts[code]]
+        start += counts[code]
+        if len(rows):
+            out[rows] = apply_family(images[rows], draws.rows(rows), magnitudes[rows], fill, interpolation)
+    return out
 
-    The stage's geometric ops are resampled here and now, as BCL's PIL call per op does, so
-    what one stage pushes out of the frame is gone for the next.
+
+def augment_stage(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str,
+                  grouped: bool | None = None) -> Tensor:
+    """One RandAugment stage: sample b runs OPS[draws.op_index[b]], or nothing where it is -1.
+
+    ``grouped`` None picks the grouped form for eager stages on ``GROUPED_DEVICES`` and the
+    masked form otherwise; both give the same images. Each stage's geometric ops resample here and now,
+    as BCL's PIL call per op does, so what one stage pushes out of the frame is gone for the next.
     """
-    magnitudes = magnitudes.to(images.dtype)
-    matrices = _source_matrices(op_index, magnitudes, signs.to(images.dtype), *images.shape[-2:])
-    images = _resample(images, matrices, _is_geometric(op_index), fill, interpolation)
-    return _pointwise_and_regional(images, op_index, magnitudes, centres.to(images.dtype))
+    if grouped is None:
+        grouped = images.device.type in GROUPED_DEVICES and not torch.compiler.is_compiling()
+    run = _grouped_stage if grouped else _masked_stage
+    return run(images, draws, magnitudes.to(images.dtype), fill, interpolation)
 
 
 def _check_images(images: Tensor, where: str) -> None:
@@ -326,7 +428,8 @@ def apply_op(images: Tensor, op: str, magnitudes: Tensor, signs: Tensor | None =
     else:
         centres = torch.zeros(batch, 2, device=images.device)
     op_index = torch.full((batch,), OPS.index(op), dtype=torch.long, device=images.device)
-    return _augment_stage(images, op_index, magnitudes, signs, centres, _fill_tensor(fill, images), interpolation)
+    draws = StageDraws(op_index, signs, centres)
+    return augment_stage(images, draws, magnitudes, _fill_tensor(fill, images), interpolation)
 
 
 class BoostedRandAugment:
@@ -346,19 +449,30 @@ class BoostedRandAugment:
         self.fill = tuple(fill)
         self.interpolation = interpolation
 
-    def __call__(self, images: Tensor, generator: torch.Generator, weights: Tensor, magnitudes: Tensor) -> Tensor:
-        """Augment [B, 3, H, W] images in [0, 1]; weights [B] fire the ops, magnitudes [B] in [0, 30] scale them."""
-        where = "BoostedRandAugment"
-        _check_images(images, where)
-        batch, device = images.shape[0], images.device
-        _check_per_sample(weights, "weights", batch, where)
-        _check_per_sample(magnitudes, "magnitudes", batch, where)
-        fill = _fill_tensor(self.fill, images)
+    def draw(self, weights: Tensor, generator: torch.Generator) -> tuple[StageDraws, ...]:
+        """Every stage's choices for a batch whose samples fire with probabilities ``weights`` [B]."""
+        batch, device = weights.shape[0], weights.device
+        stages = []
         for _ in range(self.num_ops):
             drawn = torch.randint(len(OPS), (batch,), generator=generator, device=device)
             fires = torch.rand(batch, generator=generator, device=device) < weights
             signs = torch.randint(2, (batch,), generator=generator, device=device) * 2 - 1
             centres = torch.rand(batch, 2, generator=generator, device=device)
-            op_index = torch.where(fires, drawn, torch.full_like(drawn, -1))
-            images = _augment_stage(images, op_index, magnitudes, signs, centres, fill, self.interpolation)
+            stages.append(StageDraws(torch.where(fires, drawn, torch.full_like(drawn, -1)), signs, centres))
+        return tuple(stages)
+
+    def apply(self, images: Tensor, draws: tuple[StageDraws, ...], magnitudes: Tensor) -> Tensor:
+        """Run drawn stages on [B, 3, H, W] images in [0, 1] at per-sample magnitudes [B] in [0, 30]."""
+        where = "BoostedRandAugment"
+        _check_images(images, where)
+        _check_per_sample(magnitudes, "magnitudes", images.shape[0], where)
+        fill = _fill_tensor(self.fill, images)
+        for stage in draws:
+            images = augment_stage(images, stage, magnitudes, fill, self.interpolation)
         return images
+
+    def __call__(self, images: Tensor, generator: torch.Generator, weights: Tensor, magnitudes: Tensor) -> Tensor:
+        """Draw and run: weights [B] fire the ops, magnitudes [B] in [0, 30] scale them."""
+        _check_images(images, "BoostedRandAugment")
+        _check_per_sample(weights, "weights", images.shape[0], "BoostedRandAugment")
+        return self.apply(images, self.draw(weights, generator), magnitudes)

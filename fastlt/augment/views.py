@@ -2,15 +2,17 @@
 
 crop + resize + flip -> colour jitter (p) -> grayscale (p) -> extra stage (BCL's RandAugment)
 -> Gaussian blur (p). The parameters of a batch are drawn first (``SimCLRViews.sample``),
-all from the caller's torch.Generator, then applied (``SimCLRViews.apply``); random
-choices are masks, so shapes never depend on the draws and nothing syncs with the host.
+all from the caller's torch.Generator (the extra stage's draws included), then applied
+(``SimCLRViews.apply``, which draws nothing); random choices are masks, so shapes never
+depend on the draws and ``apply`` compiles into one static graph per batch shape
+(``SimCLRViews.enable_compile``).
 The pipeline ends at float32 in [0, 1]; mean/std normalisation is a layer of the model.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -22,7 +24,20 @@ CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its 
 JITTER_OPS = 4  # brightness, contrast, saturation, hue (the order is drawn per sample)
 HUE_OP = 3  # index of the hue shift among the jitter ops (0..2 are functional.BRIGHTNESS..SATURATION)
 
-ExtraStage = Callable[[Tensor, torch.Generator, Tensor | None], Tensor]
+
+
+class ExtraStage(Protocol):
+    """A stage between grayscale and blur (BCL's RandAugment), split like the views into draw and apply.
+
+    ``strength`` is the per-sample tensor the caller passes to the views, untouched.
+    """
+
+    def draw(self, generator: torch.Generator, strength: Tensor | None) -> Any:
+        """The stage's random choices for a batch (any structure of tensors)."""
+
+    def apply(self, images: Tensor, draws: Any, strength: Tensor | None) -> Tensor:
+        """Float images in [0, 1] -> float images in [0, 1], from the draws alone."""
+
 SEQUENCE_FIELDS = ("scale", "ratio", "jitter", "blur_sigma")
 
 
@@ -163,19 +178,25 @@ class ViewParams:
     grayscale: Tensor  # [B] bool
     blur: Tensor  # [B] bool
     blur_sigma: Tensor  # [B] Gaussian sigma (drawn for all)
+    extra: Any = None  # the extra stage's draws, None without one
 
 
 class SimCLRViews:
     """One random view per image: crop+flip -> jitter -> grayscale -> extra -> blur.
 
-    ``extra(images, generator, strength)`` is an optional stage on float images in [0, 1]
-    (BCL's boosted RandAugment); strength is passed through untouched. Call the object
-    twice on the same batch for the two views of SimCLR.
+    ``extra`` is an optional stage on float images in [0, 1] (BCL's boosted RandAugment);
+    strength is passed to it untouched. ``many`` makes the views of a batch.
     """
 
     def __init__(self, config: ViewConfig, extra: ExtraStage | None = None):
         self.config = config
         self.extra = extra
+        self._apply = self.apply
+
+    def enable_compile(self) -> None:
+        """Run ``apply`` under torch.compile: one static graph per batch shape (full and last batch)
+        and strength, in which the compiler fuses the elementwise ops; the draws stay eager."""
+        self._apply = torch.compile(self.apply, dynamic=False)
 
     def __call__(self, images: Tensor, generator: torch.Generator, strength: Tensor | None = None) -> Tensor:
         """uint8 [B, 3, H, W] (any memory format) -> float32 [B, 3, size, size] in [0, 1], channels_last."""
@@ -185,22 +206,22 @@ class SimCLRViews:
              strength: Tensor | None = None) -> tuple[Tensor, ...]:
         """``count`` independent views of the same uint8 batch, converted to float once for all of them.
 
-        Each view draws its parameters and runs the extra stage in turn, so the random stream is
-        the one ``count`` calls would consume.
+        Each view draws its parameters and then applies them, so the random stream is the one
+        ``count`` calls would consume.
         """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise FastltError(
                 f"views: expected uint8 images [B, 3, H, W], got {images.dtype} {tuple(images.shape)}"
             )
         pixels = F.to_float(images)
-        return tuple(
-            self.apply(pixels, self.sample(images.shape[0], images.shape[2], images.shape[3], generator),
-                       generator, strength)
-            for _ in range(count)
-        )
+        batch, _, height, width = images.shape
+        return tuple(self._apply(pixels, self.sample(batch, height, width, generator, strength), strength)
+                     for _ in range(count))
 
-    def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> ViewParams:
-        """Draw every random choice of a view of n images of height x width, per sample."""
+    def sample(self, n: int, height: int, width: int, generator: torch.Generator,
+               strength: Tensor | None = None) -> ViewParams:
+        """Draw every random choice of a view of n images of height x width, per sample, the extra
+        stage's last."""
         config = self.config
         device = generator.device
         boxes = sample_resized_crop_boxes(n, height, width, config.scale, config.ratio, generator)
@@ -215,12 +236,11 @@ class SimCLRViews:
         blur = torch.rand(n, device=device, generator=generator) < config.blur_p
         low, high = config.blur_sigma
         blur_sigma = torch.empty(n, device=device).uniform_(low, high, generator=generator)
-        return ViewParams(boxes, flip, jitter, jitter_factors, jitter_order, grayscale, blur, blur_sigma)
+        extra = self.extra.draw(generator, strength) if self.extra is not None else None
+        return ViewParams(boxes, flip, jitter, jitter_factors, jitter_order, grayscale, blur, blur_sigma, extra)
 
-    def apply(
-        self, images: Tensor, params: ViewParams, generator: torch.Generator, strength: Tensor | None = None
-    ) -> Tensor:
-        """Apply drawn parameters to float images in [0, 1]; the generator only feeds the extra stage.
+    def apply(self, images: Tensor, params: ViewParams, strength: Tensor | None = None) -> Tensor:
+        """Apply drawn parameters to float images in [0, 1]; draws nothing.
 
         Bicubic resampling can overshoot [0, 1]; the crop is clamped before the colour ops,
         as torchvision's uint8 path would.
@@ -233,7 +253,7 @@ class SimCLRViews:
         if config.grayscale_p > 0:
             views = torch.where(params.grayscale[:, None, None, None], F.rgb_to_grayscale(views, 1), views)
         if self.extra is not None:
-            views = self.extra(views, generator, strength)
+            views = self.extra.apply(views, params.extra, strength)
         if config.blur_p > 0:
             blurred = F.gaussian_blur(views, params.blur_sigma, config.blur_kernel_size)
             views = torch.where(params.blur[:, None, None, None], blurred, views)

@@ -115,7 +115,7 @@ def fastlt_steps(recipe: Recipe, part: StorePart, indices: np.ndarray, steps: in
     generator = torch.Generator(device).manual_seed(seed)
     loader = NativeLoader(part, indices, batch, device, generator, shuffle=True, drop_last=recipe.train.drop_last)
     method = seeded_method(recipe, len(part.labels))
-    choices = choose_hardware(recipe, method)
+    choices = choose_hardware(recipe, method, len(indices))
     method = method.to(device)
     method.set_memory_format(choices.memory_format)
     uniform_weights(method, seed)
@@ -123,6 +123,8 @@ def fastlt_steps(recipe: Recipe, part: StorePart, indices: np.ndarray, steps: in
     scaler = torch.amp.GradScaler(device.type, enabled=PRECISION_TYPES[choices.precision][1])
     if choices.compile:
         method.enable_compile()
+    if choices.compile_views:
+        method.views.enable_compile()
     context = StepContext(autocast=precision_of(choices).autocast(device),
                           backward=lambda loss: scaler.scale(loss).backward())
     view_generator = torch.Generator(device).manual_seed(seed + 1)
@@ -160,7 +162,7 @@ def fastlt_steps(recipe: Recipe, part: StorePart, indices: np.ndarray, steps: in
     result["unsplit"] = {"steps": steps, "images_per_s": round(seen / (time.perf_counter() - started), 1)}
     result["hardware"] = {"device": choices.device, "precision": choices.precision,
                           "memory_format": choices.memory_format, "compile": choices.compile,
-                          "reasons": choices.reasons}
+                          "compile_views": choices.compile_views, "reasons": choices.reasons}
     return result
 
 
@@ -287,7 +289,8 @@ def train_table(result: dict[str, Any]) -> str:
               f"{settings['batch']}, {settings['timed_steps']} timed steps; {cpu['name']}, {cpu['cores']} cores"
               + (f", {gpu}" if gpu else ""))
     chosen = (f"fastlt: {hardware['device']}, {hardware['precision']}, {hardware['memory_format']}, "
-              f"compile {'on' if hardware['compile'] else 'off'}; reference: fp32, contiguous, eager"
+              f"compile {'on' if hardware['compile'] else 'off'}, "
+              f"views compiled {'on' if hardware.get('compile_views') else 'off'}; reference: fp32, contiguous, eager"
               + ("" if measured else f" (skipped: {ref['reason']})"))
     speedup = f"step speed-up over the reference: {result['speedup']:.2f}x" if result["speedup"] else ""
     return "\n".join(line for line in [header, chosen, table(["part", "fastlt", "reference"], rows,

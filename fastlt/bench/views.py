@@ -9,7 +9,7 @@ Contenders, in one run on one machine, on the same synthetic CIFAR-sized uint8 i
 4. kornia.augmentation on the batch tensor (per-sample parameters);
 5. DALI's CPU pipeline, fed from memory, one thread per core.
 
-and for each BCL recipe, fastlt's views with the boosted RandAugment stage built as the trainer
+and for each BCL recipe, fastlt's views with the boosted RandAugment stage (eager and compiled) built as the trainer
 builds it (``build_views`` with a MemorisationBoost whose weights are uniform random) against
 per-image PIL + torchvision RandAugment at the same per-image strengths. A contender that
 cannot run here is reported as skipped with its reason, never left out. A "where the time goes"
@@ -45,6 +45,9 @@ IMAGE_SIZE = 32  # CIFAR-sized synthetic images
 GOAL_SIMCLR_RATIO = 10.0  # fastlt >= 10x the per-image PIL pipeline, and >= DALI's CPU pipeline
 GOAL_BCL_RATIO = 5.0  # fastlt's BCL views >= 5x per-image PIL + RandAugment
 REFERENCE = "per-image PIL + torchvision"
+COMPILED = "fastlt, torch.compile"
+BCL_EAGER = "fastlt + boosted RandAugment"
+BCL_COMPILED = "fastlt + boosted RandAugment, torch.compile"
 
 
 @dataclass
@@ -151,21 +154,21 @@ def fastlt_eager(setup: Setup, views: SimCLRViews, name: str, group: str,
     return Outcome(name, group, setup.device.type, per_s, seconds)
 
 
-def fastlt_compiled(setup: Setup, views: SimCLRViews) -> Outcome:
-    """``SimCLRViews.apply`` under torch.compile (static shapes); the draws stay eager, as they are cheap.
+def fastlt_compiled(setup: Setup, views: SimCLRViews, name: str, group: str,
+                    strengths: Callable[[torch.Generator], torch.Tensor | None] = lambda generator: None) -> Outcome:
+    """The same with ``SimCLRViews.apply`` under torch.compile (static shapes), as the trainer compiles it;
+    the draws stay eager, as they are cheap.
 
     The compile is timed cold (inductor's caches off for it), as a first run on a new machine pays it.
     """
     where = setup.device.type
     images = setup.device_batch()
     generator = torch.Generator(setup.device).manual_seed(0)
-    batch, _, height, width = images.shape
     try:
-        apply = torch.compile(lambda pixels, params: views.apply(pixels, params, generator), dynamic=False)
+        views.enable_compile()
 
         def run() -> tuple[torch.Tensor, ...]:
-            pixels = F.to_float(images)
-            return tuple(apply(pixels, views.sample(batch, height, width, generator)) for _ in range(2))
+            return views.many(images, generator, 2, strengths(generator))
 
         from torch._inductor import config as inductor_config
 
@@ -174,11 +177,10 @@ def fastlt_compiled(setup: Setup, views: SimCLRViews) -> Outcome:
             compile_seconds, _ = timed_once(run, setup.device)  # cold, as on a new machine
         per_s, seconds = pass_rate(run, setup.batch, setup.batches, setup.device, setup.repeats)
     except Exception as error:  # noqa: BLE001 - no compiler, an inductor failure: reported, not fatal
-        return Outcome("fastlt, torch.compile", "simclr", where, skipped=f"torch.compile failed: {one_line(error)}")
+        return Outcome(name, group, where, skipped=f"torch.compile failed: {one_line(error)}")
     finally:
         torch._dynamo.reset()
-    return Outcome("fastlt, torch.compile", "simclr", where, per_s, seconds,
-                   details={"compile_seconds": round(compile_seconds, 3)})
+    return Outcome(name, group, where, per_s, seconds, details={"compile_seconds": round(compile_seconds, 3)})
 
 
 def per_image_reference(setup: Setup, views: ReferenceViews, name: str, group: str) -> Outcome:
@@ -239,22 +241,32 @@ def uniform_boost(recipe: Recipe, batch: int, device: torch.device, option: str)
     return boost
 
 
-def bcl_pair(setup: Setup, recipe: Recipe, name: str) -> list[Outcome]:
-    """fastlt's boosted views against the per-image PIL + RandAugment pipeline, at the same strengths."""
+def bcl_contenders(setup: Setup, recipe: Recipe, name: str, compile: bool) -> list[Outcome]:
+    """fastlt's boosted views, eager and compiled, against the per-image PIL + RandAugment pipeline,
+    at the same strengths."""
     boost = uniform_boost(recipe, setup.batch, setup.device, f"--bcl {name}")
-    views = build_views(recipe, boost)
     indices = torch.arange(setup.batch, device=setup.device)
     group = recipe.method.name
     ops = MAPPINGS[boost.mapping]
-    say(f"  {group}: fastlt views + boosted RandAugment ({ops} op{'s' * (ops > 1)}) ...")
-    fastlt = fastlt_eager(setup, views, "fastlt + boosted RandAugment", group,
-                          lambda generator: boost.strengths(indices, generator))
-    fastlt.details = {"recipe": name, "randaugment_ops": ops}
+    details = {"recipe": name, "randaugment_ops": ops}
+
+    def strengths(generator: torch.Generator) -> torch.Tensor:
+        return boost.strengths(indices, generator)
+
     say(f"  {group}: {REFERENCE} + RandAugment ...")
     reference = per_image_reference(setup, ReferenceViews(recipe.views, 2, ops, boost.mapping),
                                     f"{REFERENCE} + RandAugment", group)
     reference.details["recipe"] = name
-    return [reference, fastlt]
+    say(f"  {group}: fastlt views + boosted RandAugment ({ops} op{'s' * (ops > 1)}) ...")
+    outcomes = [reference, fastlt_eager(setup, build_views(recipe, boost), BCL_EAGER, group, strengths)]
+    if compile:
+        say(f"  {group}: the same under torch.compile ...")
+        outcomes.append(fastlt_compiled(setup, build_views(recipe, boost), BCL_COMPILED, group, strengths))
+    else:
+        outcomes.append(Outcome(BCL_COMPILED, group, setup.device.type, skipped="--no-compile"))
+    for outcome in outcomes[1:]:
+        outcome.details |= details
+    return outcomes
 
 
 def breakdown(setup: Setup, config: ViewConfig) -> dict[str, Any]:
@@ -275,7 +287,7 @@ def breakdown(setup: Setup, config: ViewConfig) -> dict[str, Any]:
     hue = torch.where(params.jitter, params.jitter_factors[:, 3], 0.0)
     grey = params.grayscale[:, None, None, None]
     parts: dict[str, Callable[[], object]] = {
-        "one_view": lambda: views.apply(pixels, params, generator),
+        "one_view": lambda: views.apply(pixels, params),
         "to_float": lambda: F.to_float(images),
         "sample": lambda: views.sample(batch, height, width, generator),
         "resized_crop": lambda: F.resized_crop(pixels, params.boxes, size, params.flip,
@@ -290,7 +302,7 @@ def breakdown(setup: Setup, config: ViewConfig) -> dict[str, Any]:
         boost.weights.copy_(torch.rand(batch, generator=generator, device=device))
         strength = boost.strengths(torch.arange(batch, device=device), generator)
         parts[f"randaugment_{mapping}"] = (lambda stage=boost.stage, strength=strength:
-                                           stage(crop, generator, strength))
+                                           stage.apply(crop, stage.draw(generator, strength), strength))
     timings = {name: best_time(run, device, setup.repeats) for name, run in parts.items()}
     whole = timings["one_view"]
     in_recipe = {"blur": config.blur_p > 0, "randaugment_bcl-i": False, "randaugment_bcl-d": False}
@@ -315,7 +327,7 @@ def goals(outcomes: list[Outcome], baselines: dict[str, float | None]) -> list[d
         results.append({"goal": text, "value": None if value is None else round(value, 3),
                         "met": None if value is None else value >= target})
 
-    for name in ("fastlt, eager", "fastlt, torch.compile"):
+    for name in ("fastlt, eager", COMPILED):
         own = found.get(("simclr", name))
         if own is None:
             continue
@@ -323,10 +335,11 @@ def goals(outcomes: list[Outcome], baselines: dict[str, float | None]) -> list[d
         goal(f"{name} >= {GOAL_SIMCLR_RATIO:g}x {REFERENCE}", ratio, GOAL_SIMCLR_RATIO)
         goal(f"{name} >= DALI CPU pipeline (ratio)", own / dali if dali else None, 1.0)
     for group, baseline in baselines.items():
-        own = found.get((group, "fastlt + boosted RandAugment"))
-        if group != "simclr" and own is not None:
-            goal(f"{group}: fastlt + boosted RandAugment >= {GOAL_BCL_RATIO:g}x {REFERENCE} + RandAugment",
-                 own / baseline if baseline else None, GOAL_BCL_RATIO)
+        for name in (BCL_EAGER, BCL_COMPILED):
+            own = found.get((group, name))
+            if group != "simclr" and own is not None:
+                goal(f"{group}: {name} >= {GOAL_BCL_RATIO:g}x {REFERENCE} + RandAugment",
+                     own / baseline if baseline else None, GOAL_BCL_RATIO)
     return results
 
 
@@ -358,15 +371,15 @@ def run_views_benchmark(batch: int = 512, batches: int | None = None, repeats: i
     outcomes.append(fastlt_eager(setup, SimCLRViews(config), "fastlt, eager", "simclr"))
     if compile:
         say("  fastlt, torch.compile (a cold compile takes about a minute on a CPU) ...")
-        outcomes.append(fastlt_compiled(setup, SimCLRViews(config)))
+        outcomes.append(fastlt_compiled(setup, SimCLRViews(config), COMPILED, "simclr"))
     else:
-        outcomes.append(Outcome("fastlt, torch.compile", "simclr", torch_device.type, skipped="--no-compile"))
+        outcomes.append(Outcome(COMPILED, "simclr", torch_device.type, skipped="--no-compile"))
     say("  kornia ...")
     outcomes.append(kornia_contender(setup, config))
     say("  DALI ...")
     outcomes.append(dali_contender(setup, config))
     for name, bcl_recipe, _ in bcl_recipes:
-        outcomes += bcl_pair(setup, bcl_recipe, name)
+        outcomes += bcl_contenders(setup, bcl_recipe, name, compile)
     say("  where the time goes ...")
     parts = breakdown(setup, config)
 

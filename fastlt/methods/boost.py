@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from fastlt.augment.randaugment import (
     BoostedRandAugment,
+    StageDraws,
     bcl_d_magnitude,
     bcl_i_magnitude,
 )
@@ -22,15 +23,20 @@ MAPPINGS = {"bcl-i": 1, "bcl-d": 2}  # magnitude mapping -> number of RandAugmen
 
 
 class BoostStage:
-    """The extra stage of SimCLRViews: RandAugment driven by per-sample (weight, magnitude) pairs."""
+    """The extra stage of SimCLRViews: RandAugment driven by per-sample (weight, magnitude) pairs.
+
+    ``draw`` takes its randomness from the view generator when the view's parameters are drawn;
+    ``apply`` only computes, so it can run inside the compiled view pipeline.
+    """
 
     def __init__(self, randaugment: BoostedRandAugment):
         self.randaugment = randaugment
 
-    def __call__(self, images: Tensor, generator: torch.Generator, strength: Tensor | None) -> Tensor:
-        if strength is None:
-            return images
-        return self.randaugment(images, generator, strength[:, 0], strength[:, 1])
+    def draw(self, generator: torch.Generator, strength: Tensor | None) -> tuple[StageDraws, ...] | None:
+        return None if strength is None else self.randaugment.draw(strength[:, 0], generator)
+
+    def apply(self, images: Tensor, draws: tuple[StageDraws, ...] | None, strength: Tensor | None) -> Tensor:
+        return images if draws is None else self.randaugment.apply(images, draws, strength[:, 1])
 
 
 class MemorisationBoost(nn.Module):

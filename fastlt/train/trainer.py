@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from fastlt.train.device import (
     resolve_device,
     resolve_memory_format,
     resolve_precision,
+    resolve_view_compile,
 )
 from fastlt.train.monitor import Monitor, TensorBoardLog, require_tensorboard
 from fastlt.train.progress import Progress, say
@@ -58,6 +59,7 @@ class HardwareChoices:
     precision: str
     memory_format: str
     compile: bool
+    compile_views: bool
     batch_size: int  # the global batch
     reasons: dict[str, str]
 
@@ -138,15 +140,18 @@ def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
     return run_dir
 
 
-def choose_hardware(recipe: Recipe, method: nn.Module) -> HardwareChoices:
-    """Resolve device, precision, memory format and compile for a new run on this machine."""
+def choose_hardware(recipe: Recipe, method: nn.Module, split_size: int) -> HardwareChoices:
+    """Resolve device, precision, memory format and compile for a new run on this machine
+    (``split_size`` training images an epoch, which tells whether compiling the views repays itself)."""
     t = recipe.train
     device = resolve_device(t.device)
     precision = resolve_precision(t.precision, device)
     memory_format, format_why = resolve_memory_format(t.memory_format, device, method)
     compiled, compile_why = resolve_compile(t.compile, device)
-    reasons = {"precision": precision.reason, "memory_format": format_why, "compile": compile_why}
-    return HardwareChoices(device.type, precision.name, memory_format, compiled, t.batch_size, reasons)
+    compile_views, views_why = resolve_view_compile(t.compile_views, device, t.epochs * split_size)
+    reasons = {"precision": precision.reason, "memory_format": format_why, "compile": compile_why,
+               "compile_views": views_why}
+    return HardwareChoices(device.type, precision.name, memory_format, compiled, compile_views, t.batch_size, reasons)
 
 
 def resume_device(recipe: Recipe, recorded: dict[str, Any], where: str) -> torch.device:
@@ -173,15 +178,29 @@ def recorded_hardware(recipe: Recipe, recorded: dict[str, Any], device: torch.de
         memory_format, reasons["memory_format"] = "contiguous", f"the recorded channels_last is unsafe here: {hazard}"
     else:
         reasons["memory_format"] = "recorded at the start of the run"
-    compiled = recorded["compile"]
-    if recipe.train.compile != "auto":
-        compiled, reasons["compile"] = resolve_compile(recipe.train.compile, device)
-    elif compiled and not compile_usable()[0]:
-        raise FastltError(f"{where}: the run was compiled and torch.compile is not usable here "
-                          f"({compile_usable()[1]}); resume with --set train.compile=off")
-    else:
-        reasons["compile"] = "recorded at the start of the run"
-    return HardwareChoices(device.type, recorded["precision"], memory_format, compiled, recorded["batch_size"], reasons)
+    compiled = recorded_compile("train.compile", recipe.train.compile, recorded["compile"], where,
+                                lambda name: resolve_compile(name, device), reasons)
+    # Runs from before the views could compile made them eagerly.
+    compile_views = recorded_compile("train.compile_views", recipe.train.compile_views,
+                                     recorded.get("compile_views", False), where,
+                                     lambda name: resolve_view_compile(name, device, 0), reasons)
+    return HardwareChoices(device.type, recorded["precision"], memory_format, compiled, compile_views,
+                           recorded["batch_size"], reasons)
+
+
+def recorded_compile(key: str, requested: str, recorded: bool, where: str,
+                     resolve: Callable[[str], tuple[bool, str]], reasons: dict[str, str]) -> bool:
+    """A compile choice on resume: the recipe's when it is not auto, else the recorded one if this
+    machine can compile; the reason goes into ``reasons``."""
+    name = key.split(".")[1]
+    if requested != "auto":
+        compiled, reasons[name] = resolve(requested)
+        return compiled
+    if recorded and not compile_usable()[0]:
+        raise FastltError(f"{where}: the run was compiled ({key}) and torch.compile is not usable here "
+                          f"({compile_usable()[1]}); resume with --set {key}=off")
+    reasons[name] = "recorded at the start of the run"
+    return recorded
 
 
 def precision_of(choices: HardwareChoices) -> Precision:
@@ -224,7 +243,7 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | N
     data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed))
     method = seeded_method(recipe, data.part_size, data.sample_groups)
     check_watchers(recipe, data, method)
-    choices = choose_hardware(recipe, method)
+    choices = choose_hardware(recipe, method, data.loader.num_samples)
     state = build_run_state(recipe, data, choices, method)
     run_dir = new_run_dir(recipe, recipe_path)
     run_dir.mkdir(parents=True)
@@ -288,6 +307,8 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
     device = data.generator.device
     if choices.compile:
         state.method.enable_compile()
+    if choices.compile_views:
+        state.method.views.enable_compile()
     scaler = state.scaler
     context = StepContext(autocast=precision_of(choices).autocast(device),
                           backward=lambda loss: scaler.scale(loss).backward())

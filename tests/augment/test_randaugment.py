@@ -10,10 +10,14 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageDraw, ImageOps
 from torchvision.transforms import InterpolationMode
 
+from fastlt.augment import randaugment
 from fastlt.augment.randaugment import (
+    FAMILIES,
     OPS,
     BoostedRandAugment,
+    StageDraws,
     apply_op,
+    augment_stage,
     bcl_d_magnitude,
     bcl_i_magnitude,
 )
@@ -422,3 +426,56 @@ def test_translate_then_opposite_translate_leaves_a_black_band() -> None:
         band, rest = (slice(-step, None), slice(0, -step)) if int(sign1[b]) > 0 else (slice(0, step), slice(step, None))
         assert torch.all(got[..., band] == 0)
         assert torch.equal(got[..., rest], source[..., rest])
+
+
+# ---------------------------------------------------------------- grouped and masked stages
+
+
+def every_op_draws(per_op: int, seed: int) -> tuple[StageDraws, torch.Tensor]:
+    """Draws in which every op (and "no op") is chosen by ``per_op`` samples, shuffled; magnitudes in [0, 30]."""
+    generator = torch.Generator().manual_seed(seed)
+    op_index = (torch.arange(-1, len(OPS)).repeat_interleave(per_op))[torch.randperm(per_op * 16, generator=generator)]
+    batch = len(op_index)
+    signs = torch.randint(2, (batch,), generator=generator) * 2 - 1
+    draws = StageDraws(op_index, signs, torch.rand(batch, 2, generator=generator))
+    return draws, torch.rand(batch, generator=generator) * 30
+
+
+@pytest.mark.parametrize("interpolation", ["nearest", "bilinear"])
+def test_grouped_and_masked_stages_give_the_same_images(interpolation: str) -> None:
+    draws, magnitudes = every_op_draws(per_op=4, seed=50)
+    images = random_images(51, len(magnitudes), quantised=False)
+    fill = torch.tensor([0.1, 0.2, 0.3])
+    grouped = augment_stage(images, draws, magnitudes, fill, interpolation, grouped=True)
+    masked = augment_stage(images, draws, magnitudes, fill, interpolation, grouped=False)
+    torch.testing.assert_close(grouped, masked, rtol=0, atol=1e-6)
+    unchanged = draws.op_index == -1
+    assert torch.equal(grouped[unchanged], images[unchanged])
+    assert (grouped[~unchanged] != images[~unchanged]).flatten(1).any(1).float().mean() > 0.9
+    # Auto picks the grouped form on a CPU: bit for bit the same as asking for it.
+    assert torch.equal(augment_stage(images, draws, magnitudes, fill, interpolation), grouped)
+
+
+def test_grouped_stage_runs_each_family_only_on_the_samples_that_drew_it(monkeypatch) -> None:
+    draws, magnitudes = every_op_draws(per_op=3, seed=52)
+    images = random_images(53, len(magnitudes), quantised=False)
+    seen = {}
+
+    def spy(members, apply_family):
+        def run(batch, family_draws, *args):
+            seen[members] = (len(batch), sorted({OPS[i] for i in family_draws.op_index.tolist()}))
+            return apply_family(batch, family_draws, *args)
+        return members, run
+
+    monkeypatch.setattr(randaugment, "FAMILIES", tuple(spy(*family) for family in FAMILIES))
+    augment_stage(images, draws, magnitudes, torch.zeros(3), "nearest", grouped=True)
+    assert seen == {members: (3 * len(members), sorted(members)) for members, _ in FAMILIES}
+
+
+def test_drawing_then_applying_equals_one_call() -> None:
+    images = random_images(54, 24, quantised=False)
+    weights, magnitudes = torch.rand(24, generator=torch.Generator().manual_seed(4)), torch.full((24,), 18.0)
+    augment = BoostedRandAugment(2)
+    whole = augment(images, torch.Generator().manual_seed(6), weights, magnitudes)
+    draws = augment.draw(weights, torch.Generator().manual_seed(6))
+    assert len(draws) == 2 and torch.equal(augment.apply(images, draws, magnitudes), whole)

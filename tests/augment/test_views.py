@@ -197,7 +197,7 @@ def test_pipeline_equals_torchvision_ops_with_the_same_parameters(interpolation)
     pattern = torch.tensor([True, False, True, True, False, True, False, True])
     params = dataclasses.replace(params, jitter=pattern, grayscale=pattern.roll(1), blur=pattern.roll(2))
     assert len({tuple(row) for row in params.jitter_order.tolist()}) > 1  # orders differ per sample
-    out = views.apply(F.to_float(images), params, torch.Generator())
+    out = views.apply(F.to_float(images), params)
     for b in range(batch):
         assert (out[b] - torchvision_view(images[b], params, b, config)).abs().max() <= PIXEL_TOLERANCE
 
@@ -208,14 +208,21 @@ def test_call_is_sample_then_apply():
     out = views(images, torch.Generator().manual_seed(7))
     generator = torch.Generator().manual_seed(7)
     params = views.sample(4, 20, 20, generator)
-    assert torch.equal(out, views.apply(F.to_float(images), params, generator))
+    assert torch.equal(out, views.apply(F.to_float(images), params))
+
+
+class RandomDimming:
+    """An extra stage that draws from the generator, as BCL's RandAugment does."""
+
+    def draw(self, generator, strength):
+        return torch.rand(4, 1, 1, 1, generator=generator)
+
+    def apply(self, images, draws, strength):
+        return images * draws
 
 
 def test_many_views_convert_once_and_equal_separate_calls(monkeypatch):
-    def extra(images, generator, strength):  # draws from the generator, as BCL's RandAugment does
-        return images * torch.rand(len(images), 1, 1, 1, generator=generator)
-
-    views = SimCLRViews(ViewConfig(size=16, blur_p=0.5), extra=extra)
+    views = SimCLRViews(ViewConfig(size=16, blur_p=0.5), extra=RandomDimming())
     images = uint8_images(4, 20, 20, seed=8)
     generator = torch.Generator().manual_seed(9)
     separate = [views(images, generator) for _ in range(3)]
@@ -233,16 +240,22 @@ def test_extra_stage_runs_after_grayscale_and_before_blur():
     calls = []
     strength = torch.tensor([0.1, 0.9, 0.5])
 
-    def invert(images, generator, given_strength):
-        calls.append((images.clone(), generator, given_strength))
-        return 1 - images
+    class Invert:
+        def draw(self, generator, given_strength):
+            calls.append(("draw", generator, given_strength))
+            return "drawn"
+
+        def apply(self, images, draws, given_strength):
+            calls.append(("apply", images.clone(), draws, given_strength))
+            return 1 - images
 
     config = ViewConfig(size=12, jitter_p=0.0, grayscale_p=1.0, blur_p=1.0)
-    views = SimCLRViews(config, extra=invert)
+    views = SimCLRViews(config, extra=Invert())
     generator = torch.Generator().manual_seed(8)
     out = views(uint8_images(3, 16, 16, seed=9), generator, strength)
-    (seen, given_generator, given_strength), = calls
-    assert given_generator is generator and given_strength is strength
+    (_, given_generator, drawn_strength), (_, seen, draws, given_strength) = calls
+    assert given_generator is generator and drawn_strength is strength and given_strength is strength
+    assert draws == "drawn"  # apply gets what draw returned
     assert seen.shape == (3, 3, 12, 12) and seen.min() >= 0 and seen.max() <= 1
     assert torch.equal(seen[:, 0], seen[:, 1]) and torch.equal(seen[:, 1], seen[:, 2])  # grey before extra
     sigmas = views.sample(3, 16, 16, torch.Generator().manual_seed(8)).blur_sigma  # the same draws

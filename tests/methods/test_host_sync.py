@@ -2,7 +2,9 @@
 
 On CUDA each of these is a blocking copy or sync; on CPU the same calls show up as dispatcher
 ops, so the test counts them under a TorchDispatchMode after a warm-up step (which may build
-per-device constants once). Where CUDA exists, torch's own sync detector checks the same path.
+per-device constants once). RandAugment runs its stages grouped on a CPU, where reading the
+family counts costs nothing; the CPU test makes it run the masked stages CUDA runs. Where CUDA
+exists, torch's own sync detector checks the same path.
 """
 import collections
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from fastlt.augment import randaugment
 from fastlt.data.loader import Batch
 from fastlt.methods import build_method
 from fastlt.methods.base import StepContext
@@ -67,7 +70,8 @@ def bcl_step(name: str, device: str):
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_bcl_step_builds_no_tensor_from_python_and_reads_no_scalar(name):
+def test_bcl_step_builds_no_tensor_from_python_and_reads_no_scalar(name, monkeypatch):
+    monkeypatch.setattr(randaugment, "GROUPED_DEVICES", ())  # the stages CUDA runs
     method, step = bcl_step(name, "cpu")
     step()  # warm-up: constants are built once per device and dtype
     method.on_epoch_end(1)

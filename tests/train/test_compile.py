@@ -6,7 +6,8 @@ test uses SDCLR because its branch switch is the part most likely to confuse tra
 forward must keep one graph per branch and per grad mode. Width 16 in channels_last: narrower
 strided 1x1 shortcuts are what oneDNN's channels_last kernels cannot train
 (fastlt.train.device.memory_format_hazard). The second checks that a temperature schedule
-reaches a compiled SimCLR loss without recompiling it.
+reaches a compiled SimCLR loss without recompiling it. The third compiles BCL-D's view pipeline,
+RandAugment stages included, as `train.compile_views` does.
 """
 import contextlib
 import copy
@@ -14,7 +15,9 @@ import copy
 import torch
 from torch._dynamo.utils import counters
 
+from fastlt.augment.views import SimCLRViews, ViewConfig
 from fastlt.methods import build_method
+from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.base import StepContext
 from fastlt.recipe import recipe_from_dict
 
@@ -81,3 +84,27 @@ def test_a_new_temperature_each_epoch_does_not_recompile_the_step(tmp_path, monk
         losses.append(float(result.loss))
     assert graphs[0] == graphs[1] == graphs[2]
     assert losses[1] != losses[0]  # the new temperature did reach the compiled graph
+
+
+def test_compiled_bcl_d_views_equal_eager_in_one_graph_per_batch_shape(tmp_path, monkeypatch):
+    """The masked RandAugment stages trace without a graph break; eager runs the grouped ones on a CPU."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    boost = MemorisationBoost(24, "bcl-d")
+    boost.weights.copy_(torch.rand(24, generator=torch.Generator().manual_seed(1)))  # most samples fire
+    images = torch.randint(0, 256, (24, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    config = ViewConfig(size=16, blur_p=0.5)
+    eager, compiled = SimCLRViews(config, boost.stage), SimCLRViews(config, boost.stage)
+    compiled.enable_compile()
+
+    def two_views(views: SimCLRViews, rows: slice) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(3)
+        indices = torch.arange(24)[rows]
+        return views.many(images[rows], generator, 2, boost.strengths(indices, generator))
+
+    graphs_before, breaks_before = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    for rows in (slice(0, 24), slice(0, 7), slice(0, 24)):  # a full batch, the last one, the next epoch
+        for expected, result in zip(two_views(eager, rows), two_views(compiled, rows)):
+            torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
+            assert result.is_contiguous(memory_format=torch.channels_last)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2  # one per batch shape, none recompiled
+    assert sum(counters["graph_break"].values()) == breaks_before

@@ -12,7 +12,13 @@ import fastlt.notices
 import fastlt.train.device as device_module
 from fastlt.errors import FastltError
 from fastlt.models.resnet import build_resnet
-from fastlt.train.device import CpuFeatures, resolve_memory_format, resolve_precision
+from fastlt.train.device import (
+    VIEW_COMPILE_MIN_IMAGES,
+    CpuFeatures,
+    resolve_memory_format,
+    resolve_precision,
+    resolve_view_compile,
+)
 
 CPU = torch.device("cpu")
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,3 +98,16 @@ def test_info_says_what_auto_picks_and_why():
     assert cpu["precision"] == "fp32" and "bf16" in cpu["precision_reason"]
     assert cpu["compile"] is False and report["cpu"]["onednn_max_isa"] == "AVX2"
     assert "contiguous" in cpu["memory_format"]
+
+
+def test_views_compile_on_cuda_and_on_a_cpu_only_for_runs_that_repay_it(monkeypatch):
+    cuda = torch.device("cuda")
+    assert resolve_view_compile("auto", cuda, 0)[0] is True
+    assert resolve_view_compile("auto", CPU, VIEW_COMPILE_MIN_IMAGES - 1)[0] is False
+    assert resolve_view_compile("auto", CPU, VIEW_COMPILE_MIN_IMAGES)[0] is True
+    assert resolve_view_compile("on", CPU, 0) == (True, "set explicitly")
+    assert resolve_view_compile("off", cuda, 10**9) == (False, "set explicitly")
+    monkeypatch.setattr(device_module, "compile_usable", lambda: (False, "no C++ compiler"))
+    assert resolve_view_compile("auto", cuda, 0) == (False, "auto: off (no C++ compiler)")
+    with pytest.raises(FastltError, match="train.compile_views"):
+        resolve_view_compile("yes", CPU, 0)

@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+from fastlt.augment.views import SimCLRViews
 from fastlt.errors import FastltError
 from fastlt.recipe import Recipe, recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint
@@ -115,6 +116,30 @@ def test_resume_refuses_other_data_and_another_device(digits_store, tmp_path):
     torch.save(payload, run / CHECKPOINT_NAME)
     with pytest.raises(FastltError, match="trained on cuda; resuming on cpu would change"):
         resume_run(run)
+
+
+def test_compiled_views_are_a_recorded_choice_that_a_resume_keeps(digits_store, tmp_path, monkeypatch):
+    compiled = []  # the compile itself is tested in test_compile.py; here only who asks for it
+    monkeypatch.setattr(SimCLRViews, "enable_compile", lambda views: compiled.append(views))
+    short = pretrain(tiny_recipe(digits_store, tmp_path, name="short", epochs=1))
+    reasons = json.loads((short / "run.json").read_text())["hardware"]["reasons"]
+    assert compiled == [] and reasons["compile_views"].startswith("auto: off, the run augments ")
+
+    run = pretrain(tiny_recipe(digits_store, tmp_path, name="run", epochs=3, compile_views="on"), until_epoch=1)
+    hardware = json.loads((run / "run.json").read_text())["hardware"]
+    assert hardware["compile_views"] is True and hardware["reasons"]["compile_views"] == "set explicitly"
+    assert len(compiled) == 1
+    resume_run(run, ["train.compile_views=auto"], until_epoch=2)
+    (resume,) = json.loads((run / "run.json").read_text())["resumes"]
+    assert resume["hardware"]["compile_views"] is True and len(compiled) == 2
+    assert resume["hardware"]["reasons"]["compile_views"] == "recorded at the start of the run"
+    # A checkpoint written before the views could compile resumes with eager views.
+    payload = torch.load(run / CHECKPOINT_NAME, weights_only=True)
+    del payload["hardware"]["compile_views"]
+    torch.save(payload, run / CHECKPOINT_NAME)
+    resume_run(run, ["train.compile_views=auto"])
+    assert json.loads((run / "run.json").read_text())["resumes"][-1]["hardware"]["compile_views"] is False
+    assert len(compiled) == 2
 
 
 def test_checkpoint_every_saves_on_schedule_and_at_the_last_epoch(digits_store, tmp_path, monkeypatch):

@@ -41,7 +41,7 @@ def bcl_d_recipe(store: Path, out: Path):
 def spied_bcl_d_run(digits_store, tmp_path_factory):
     """A 2-epoch BCL-D run with the memory's inputs, SDCLR's losses and the boost stage's inputs recorded."""
     observed, losses, strengths = [], [], []
-    original_observe, original_loss, original_stage = MemorisationBoost.observe, ContrastiveLoss.forward, BoostStage.__call__
+    original_observe, original_loss, original_stage = MemorisationBoost.observe, ContrastiveLoss.forward, BoostStage.apply
 
     def observe(self, indices, per_sample):
         observed.append((indices.clone(), per_sample.clone()))
@@ -52,14 +52,14 @@ def spied_bcl_d_run(digits_store, tmp_path_factory):
         losses.append(result[1].detach().clone())
         return result
 
-    def stage(self, images, generator, strength):
+    def stage(self, images, draws, strength):
         strengths.append(strength.clone())
-        return original_stage(self, images, generator, strength)
+        return original_stage(self, images, draws, strength)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(MemorisationBoost, "observe", observe)
         patch.setattr(ContrastiveLoss, "forward", contrastive_loss)
-        patch.setattr(BoostStage, "__call__", stage)
+        patch.setattr(BoostStage, "apply", stage)
         pretrain(bcl_d_recipe(digits_store, tmp_path_factory.mktemp("wiring")))
     return observed, losses, strengths
 
