@@ -2,7 +2,8 @@
 
 What a CPU cannot show: ``auto`` choosing bf16, channels_last and torch.compile on CUDA and
 the run still learning; fp16 with a live GradScaler; the batched augmentation kernels giving
-the CPU's numbers on the GPU; linear evaluation reading a CUDA checkpoint. The same code runs
+the CPU's numbers on the GPU; the compiled views with RandAugment in their graph; linear
+evaluation reading a CUDA checkpoint. The same code runs
 on the CPU in the rest of the suite.
 """
 import json
@@ -44,8 +45,8 @@ def test_auto_on_cuda_is_compiled_bf16_channels_last_and_learns(digits_store, tm
     run = pretrain(cuda_recipe(digits_store, tmp_path, method=method, lr=lr, name=method))
     hardware = json.loads((run / "run.json").read_text())["hardware"]
     expected_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    assert (hardware["device"], hardware["precision"], hardware["memory_format"], hardware["compile"]) == (
-        "cuda", expected_precision, "channels_last", True)
+    assert (hardware["device"], hardware["precision"], hardware["memory_format"], hardware["compile"],
+            hardware["compile_views"]) == ("cuda", expected_precision, "channels_last", True, True)
     losses = epoch_losses(run)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
 
@@ -82,6 +83,31 @@ def test_randaugment_ops_give_the_cpu_result_on_cuda(op):
         assert on_cuda.shape == on_cpu.shape
         return
     torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1 / 255 + 1e-5, rtol=0)
+
+
+def test_compiled_bcl_d_views_on_cuda_equal_eager_in_one_graph(tmp_path, monkeypatch):
+    """On CUDA the masked RandAugment stages are traced into the view pipeline's one graph."""
+    from torch._dynamo.utils import counters
+
+    from fastlt.augment.views import SimCLRViews, ViewConfig
+    from fastlt.methods.boost import MemorisationBoost
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    boost = MemorisationBoost(64, "bcl-d").cuda()
+    boost.weights.copy_(torch.rand(64, device="cuda", generator=torch.Generator("cuda").manual_seed(1)))
+    images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, device="cuda")
+    eager, compiled = SimCLRViews(ViewConfig(), boost.stage), SimCLRViews(ViewConfig(), boost.stage)
+    compiled.enable_compile()
+
+    def two_views(views):
+        generator = torch.Generator("cuda").manual_seed(3)
+        return views.many(images, generator, 2, boost.strengths(torch.arange(64, device="cuda"), generator))
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    for _ in range(2):
+        for expected, result in zip(two_views(eager), two_views(compiled)):
+            torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] - graphs_before == 1
 
 
 def test_resized_crop_gives_the_cpu_result_on_cuda():

@@ -332,6 +332,11 @@ _FAMILY_CODES = (0,) + tuple(next(code for code, (members, _) in enumerate(FAMIL
                              for op in OPS)
 
 
+def runs_grouped(device: torch.device) -> bool:
+    """Whether eager stages on this device type run grouped (``GROUPED_DEVICES``)."""
+    return device.type in GROUPED_DEVICES
+
+
 def _family_codes(op_index: Tensor) -> Tensor:
     """[B] int64: each sample's family code (0 = no op this stage)."""
     return constant(_FAMILY_CODES, torch.long, op_index.device)[op_index + 1]
@@ -371,7 +376,7 @@ def augment_stage(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: T
     as BCL's PIL call per op does, so what one stage pushes out of the frame is gone for the next.
     """
     if grouped is None:
-        grouped = images.device.type in GROUPED_DEVICES and not torch.compiler.is_compiling()
+        grouped = runs_grouped(images.device) and not torch.compiler.is_compiling()
     run = _grouped_stage if grouped else _masked_stage
     return run(images, draws, magnitudes.to(images.dtype), fill, interpolation)
 

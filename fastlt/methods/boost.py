@@ -16,6 +16,7 @@ from fastlt.augment.randaugment import (
     StageDraws,
     bcl_d_magnitude,
     bcl_i_magnitude,
+    runs_grouped,
 )
 
 GROUP_NAMES = ("many", "medium", "few")
@@ -37,6 +38,11 @@ class BoostStage:
 
     def apply(self, images: Tensor, draws: tuple[StageDraws, ...] | None, strength: Tensor | None) -> Tensor:
         return images if draws is None else self.randaugment.apply(images, draws, strength[:, 1])
+
+    def prefers_eager(self, device: torch.device) -> bool:
+        """On the devices where the stages run grouped, computing each op only for its samples beats
+        compiling the masked form (which computes every op for every sample)."""
+        return runs_grouped(device)
 
 
 class MemorisationBoost(nn.Module):

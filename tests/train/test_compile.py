@@ -6,15 +6,17 @@ test uses SDCLR because its branch switch is the part most likely to confuse tra
 forward must keep one graph per branch and per grad mode. Width 16 in channels_last: narrower
 strided 1x1 shortcuts are what oneDNN's channels_last kernels cannot train
 (fastlt.train.device.memory_format_hazard). The second checks that a temperature schedule
-reaches a compiled SimCLR loss without recompiling it. The third compiles BCL-D's view pipeline,
-RandAugment stages included, as `train.compile_views` does.
+reaches a compiled SimCLR loss without recompiling it. The third compiles BCL-D's view pipeline
+as `train.compile_views` does, in the CPU's form and in CUDA's.
 """
 import contextlib
 import copy
 
+import pytest
 import torch
 from torch._dynamo.utils import counters
 
+from fastlt.augment import randaugment
 from fastlt.augment.views import SimCLRViews, ViewConfig
 from fastlt.methods import build_method
 from fastlt.methods.boost import MemorisationBoost
@@ -86,9 +88,14 @@ def test_a_new_temperature_each_epoch_does_not_recompile_the_step(tmp_path, monk
     assert losses[1] != losses[0]  # the new temperature did reach the compiled graph
 
 
-def test_compiled_bcl_d_views_equal_eager_in_one_graph_per_batch_shape(tmp_path, monkeypatch):
-    """The masked RandAugment stages trace without a graph break; eager runs the grouped ones on a CPU."""
+@pytest.mark.parametrize("stage_in_graph", [False, True], ids=["cpu-form", "cuda-form"])
+def test_compiled_bcl_d_views_equal_eager_with_static_graphs(stage_in_graph, tmp_path, monkeypatch):
+    """On a CPU the RandAugment stage runs eagerly (grouped) between two compiled graphs; on CUDA its
+    masked form is traced into the one graph of the pipeline, shown here by treating the CPU as CUDA
+    is treated. Either way: eager's views, a fixed set of graphs per batch shape, no graph break."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    if stage_in_graph:
+        monkeypatch.setattr(randaugment, "GROUPED_DEVICES", ())
     boost = MemorisationBoost(24, "bcl-d")
     boost.weights.copy_(torch.rand(24, generator=torch.Generator().manual_seed(1)))  # most samples fire
     images = torch.randint(0, 256, (24, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
@@ -106,5 +113,6 @@ def test_compiled_bcl_d_views_equal_eager_in_one_graph_per_batch_shape(tmp_path,
         for expected, result in zip(two_views(eager, rows), two_views(compiled, rows)):
             torch.testing.assert_close(result, expected, rtol=0, atol=1e-5)
             assert result.is_contiguous(memory_format=torch.channels_last)
-    assert counters["stats"]["unique_graphs"] - graphs_before == 2  # one per batch shape, none recompiled
+    graphs_per_shape = 1 if stage_in_graph else 2
+    assert counters["stats"]["unique_graphs"] - graphs_before == 2 * graphs_per_shape  # none recompiled
     assert sum(counters["graph_break"].values()) == breaks_before
