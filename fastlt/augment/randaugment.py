@@ -222,14 +222,14 @@ def _equalize_levels(levels: Tensor) -> Tensor:
     not at the channel's top level // 255; a channel with step 0 is left as it is.
     """
     batch, channels, height, width = levels.shape
-    flat = levels.reshape(batch, channels, height * width).long()
+    flat = levels.reshape(batch, channels, height * width).long()  # the one per-pixel int64 tensor
     histogram = torch.zeros(batch, channels, 256, dtype=torch.long, device=levels.device)
-    histogram.scatter_add_(-1, flat, torch.ones_like(flat))
+    histogram.scatter_add_(-1, flat, torch.ones(1, dtype=torch.long, device=levels.device).expand_as(flat))
     below = histogram.cumsum(-1) - histogram
     at_top = histogram.gather(-1, flat.amax(-1, keepdim=True))
     step = (height * width - at_top) // 255
-    table = ((below + step // 2) // step.clamp(min=1)).clamp(max=255)
-    equalized = table.gather(-1, flat).reshape(levels.shape).to(levels.dtype)
+    table = ((below + step // 2) // step.clamp(min=1)).clamp(max=255).to(levels.dtype)  # levels are exact floats
+    equalized = table.gather(-1, flat).reshape(levels.shape)
     return torch.where((step > 0).unsqueeze(-1), equalized, levels)
 
 
