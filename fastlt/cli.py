@@ -94,35 +94,141 @@ def main() -> None:
     """Fast contrastive self-supervised learning on long-tailed image data."""
 
 
+def part_list(text: str) -> tuple[str, Path]:
+    """--list PART=FILE."""
+    part, sep, file = text.partition("=")
+    if not sep or not part.isidentifier() or not file:
+        raise click.BadParameter(f"expected PART=FILE (a part name such as train, then a list file), got {text!r}")
+    return part, Path(file)
+
+
 @main.command()
-@click.argument("dataset", type=click.Choice(["cifar10", "cifar100", "digits"]))
+@click.argument("dataset", type=click.Choice(["cifar10", "cifar100", "digits", "imagenet100-lt", "folder"]))
 @click.option("--source", type=click.Path(path_type=Path), help="CIFAR python tarball or its extracted folder.")
 @click.option("--download", is_flag=True, help="Download the official CIFAR tarball (checksummed) first.")
+@click.option("--root", type=click.Path(path_type=Path),
+              help="Image folder: ILSVRC root (with train/ and val/) or a class-per-subfolder data set.")
+@click.option("--list", "lists", multiple=True, callback=lambda ctx, param, value: [part_list(v) for v in value],
+              help="PART=FILE, a list of '<relative path> <label>' lines per store part (imagenet100-lt: "
+                   "replaces the published lists; repeat for several parts).")
+@click.option("--full-train", is_flag=True,
+              help="imagenet100-lt: add part train_full, every train image of the 100 classes (rebuilt).")
+@click.option("--test-root", type=click.Path(path_type=Path), help="folder: a class-per-subfolder test set (part test).")
+@click.option("--lt-ratio", type=click.FloatRange(0, 1, min_open=True),
+              help="folder: subsample the classes to a long tail, smallest / largest class.")
+@click.option("--lt-profile", type=click.Choice(["exp", "step"]), default="exp", show_default=True,
+              help="folder: exponential or two-step long tail.")
+@click.option("--size", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Image stores: side of the stored square (shorter side resized, centre square kept).")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: the usable cores).")
+@click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (listed in meta.json) instead of stopping.")
+@click.option("--verify", is_flag=True, help="Re-read the written store and check its counts and checksums.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the native store.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Seed of the coloured digits (digits only).")
+              help="Seed of the coloured digits, and of the folder long-tail subsampling.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (the new one is built fully first).")
 @user_errors
-def convert(dataset: str, source: Path | None, download: bool, out: Path, seed: int, overwrite: bool) -> None:
+def convert(dataset: str, source: Path | None, download: bool, root: Path | None, lists: list[tuple[str, Path]],
+            full_train: bool, test_root: Path | None, lt_ratio: float | None, lt_profile: str, size: int,
+            workers: int | None, skip_bad: bool, verify: bool, out: Path, seed: int, overwrite: bool) -> None:
     """Turn a raw data set into a native store (uint8 NHWC images, labels, meta.json)."""
     from fastlt.data.sources import download_cifar, make_coloured_digits, read_cifar
-    from fastlt.data.store import write_native_store
+    from fastlt.data.store import NativeStore, write_native_store
 
-    if dataset == "digits":
+    image_options = {"--root": root, "--list": lists, "--full-train": full_train, "--test-root": test_root,
+                     "--lt-ratio": lt_ratio, "--skip-bad": skip_bad}
+    if dataset in ("imagenet100-lt", "folder"):
         if source or download:
-            raise FastltError("convert digits: the digits ship with scikit-learn; --source/--download do not apply")
-        parts, class_names = make_coloured_digits(seed)
-        origin = {"dataset": "coloured-digits", "seed": seed}
+            raise FastltError(f"convert {dataset}: reads --root; --source/--download are for CIFAR")
+        path = convert_image_dataset(dataset, root, dict(lists), full_train, test_root, lt_ratio, lt_profile, size,
+                                     workers, skip_bad, out, seed, overwrite)
     else:
-        if bool(source) == download:
-            raise FastltError(f"convert {dataset}: give exactly one of --source PATH or --download")
-        if download:
-            source = download_cifar(dataset, out.parent / "downloads")
-        parts, class_names = read_cifar(source, dataset)
-        origin = {"dataset": dataset, "source": str(source)}
-    path = write_native_store(out, dataset, class_names, parts, origin, overwrite=overwrite)
-    counts = ", ".join(f"{name} {len(part.labels)}" for name, part in parts.items())
-    click.echo(f"wrote {path} ({counts})")
+        given = [name for name, value in image_options.items() if value]
+        if given:
+            raise FastltError(f"convert {dataset}: {', '.join(given)} apply to imagenet100-lt and folder only")
+        if dataset == "digits":
+            if source or download:
+                raise FastltError("convert digits: the digits ship with scikit-learn; --source/--download do not apply")
+            parts, class_names = make_coloured_digits(seed)
+            origin = {"dataset": "coloured-digits", "seed": seed}
+        else:
+            if bool(source) == download:
+                raise FastltError(f"convert {dataset}: give exactly one of --source PATH or --download")
+            if download:
+                source = download_cifar(dataset, out.parent / "downloads")
+            parts, class_names = read_cifar(source, dataset)
+            origin = {"dataset": dataset, "source": str(source)}
+        path = write_native_store(out, dataset, class_names, parts, origin, overwrite=overwrite)
+    store = NativeStore.open(path)
+    if verify:
+        for part in store.parts:
+            store.part(part, verify=True)  # re-hashes every file against meta.json, checks shapes and counts
+    counts = ", ".join(f"{name} {store.meta['parts'][name]['count']}" for name in store.parts)
+    skipped = sum(len(part["skipped"]) for part in store.meta["source"].get("parts", {}).values())
+    left_out = f"; {skipped} unreadable image{'s' * (skipped != 1)} left out, listed in meta.json" if skipped else ""
+    click.echo(f"wrote {path} ({counts}{left_out}){' - verified' if verify else ''}")
+
+
+def convert_image_dataset(dataset: str, root: Path | None, lists: dict[str, Path], full_train: bool,
+                          test_root: Path | None, lt_ratio: float | None, lt_profile: str, size: int,
+                          workers: int | None, skip_bad: bool, out: Path, seed: int, overwrite: bool) -> Path:
+    """`convert imagenet100-lt` (published or given lists) and `convert folder` (class per subfolder)."""
+    import os
+
+    from fastlt.data.images import (
+        IMAGENET100_LISTS, convert_images, folder_images, image_lists, list_sources, rebuilt_full_train,
+        subsample_long_tail,
+    )
+    from fastlt.shipped import shipped_folder
+
+    if root is None:
+        raise FastltError(f"convert {dataset}: --root is required")
+    if not root.is_dir():
+        raise FastltError(f"{root}: no such folder")
+    workers = workers or len(os.sched_getaffinity(0))
+    source: dict[str, Any] = {"dataset": dataset, "root": str(root)}
+    if dataset == "imagenet100-lt":
+        for option, value in (("--test-root", test_root), ("--lt-ratio", lt_ratio)):
+            if value:
+                raise FastltError(f"convert imagenet100-lt: {option} applies to folder only")
+        if not lists:
+            published = shipped_folder("splits") / "published" / "sdclr" / "imagenet-100"
+            lists = {part: published / file for part, file in IMAGENET100_LISTS.items()}
+        parts, class_names = image_lists(root, lists)
+        source["lists"] = list_sources(lists)
+        if full_train:
+            parts["train_full"] = rebuilt_full_train(root, class_names)
+            source["lists"]["train_full"] = {"rebuilt": "every image of root/train/<class>/ for the listed classes"}
+    else:
+        for option, value in (("--list", lists), ("--full-train", full_train)):
+            if value:
+                raise FastltError(f"convert folder: {option} applies to imagenet100-lt only")
+        train = folder_images(root)
+        if lt_ratio is not None:
+            train = subsample_long_tail(train, lt_ratio, lt_profile, seed)
+            source["long_tail"] = {"ratio": lt_ratio, "profile": lt_profile, "seed": seed}
+        parts = {"train": train}
+        if test_root is not None:
+            test = folder_images(test_root)
+            if test.class_names != train.class_names:
+                raise FastltError(f"{test_root}: its class folders differ from those of {root}")
+            parts["test"] = test
+            source["test_root"] = str(test_root)
+    path, _ = convert_images(out, dataset, parts, size, workers, skip_bad, source, overwrite, convert_progress)
+    return path
+
+
+def convert_progress(part: str) -> Callable[[int, int], None]:
+    """A progress line on stderr for one part: rewritten about every percent on a terminal, once at the end
+    in a log."""
+    live = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        if done == total:
+            click.echo(f"\r  {part}: {done:,} / {total:,} images", err=True)
+        elif live and done % max(1, total // 100) == 0:
+            click.echo(f"\r  {part}: {done:,} / {total:,} images", err=True, nl=False)
+    return show
 
 
 @main.group()

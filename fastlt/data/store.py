@@ -91,6 +91,111 @@ def _is_store(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == STORE_FORMAT
 
 
+class StoreWriter:
+    """Builds a store in a hidden sibling folder; ``commit`` renames it into place.
+
+    Parts come whole (``add_part``, for data that fits in memory) or as staged arrays the
+    caller fills row by row (``new_part``, for image sets larger than memory). Leaving the
+    ``with`` block without a commit removes the staging folder: nothing partial is left.
+    """
+
+    def __init__(self, out: Path, name: str, class_names: list[str], source: dict, overwrite: bool = False):
+        self.out, self.name, self.class_names, self.source = Path(out), name, list(class_names), source
+        if self.out.exists():
+            if not overwrite:
+                raise FastltError(f"{self.out}: exists already (pass overwrite to replace the store)")
+            if not self.out.is_dir() or (any(self.out.iterdir()) and not _is_store(self.out)):
+                raise FastltError(f"{self.out}: exists and is not a fastlt store; refusing to replace it")
+        self._tag = uuid.uuid4().hex[:8]
+        self.staging = self.out.parent / f".{self.out.name}.partial-{self._tag}"
+        self._parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __enter__(self) -> StoreWriter:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.staging.mkdir()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
+
+    def add_part(self, part_name: str, part: StorePart) -> None:
+        """A part held in memory, written as it is."""
+        _check_parts(self.name, self.class_names, {part_name: part})
+        self._parts[part_name] = (part.images, np.asarray(part.labels, dtype=np.int64))
+
+    def new_part(self, part_name: str, count: int, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """(images [count, H, W, 3] uint8 memory-mapped in the staging folder, labels [count] int64) to fill."""
+        images = np.lib.format.open_memmap(self.staging / f"{part_name}_images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(count, height, width, 3))
+        labels = np.zeros(count, dtype=np.int64)
+        self._parts[part_name] = (images, labels)
+        return images, labels
+
+    def keep_rows(self, part_name: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Cut a staged part to its first ``count`` rows (after dropping unreadable images)."""
+        images, labels = self._parts[part_name]
+        if count == len(labels):
+            return images, labels
+        kept, kept_labels = self.new_part(f"{part_name}_kept", count, *images.shape[1:3])
+        for start in range(0, count, 4096):  # chunked: the part may be larger than memory
+            end = min(start + 4096, count)
+            kept[start:end] = images[start:end]
+        kept_labels[:] = labels[:count]
+        kept.flush()
+        del images
+        del self._parts[f"{part_name}_kept"]
+        os.replace(self.staging / f"{part_name}_kept_images.npy", self.staging / f"{part_name}_images.npy")
+        self._parts[part_name] = (kept, kept_labels)
+        return kept, kept_labels
+
+    def commit(self) -> Path:
+        """Sync every file, write meta.json, and swap the staging folder in (the old store out, if any)."""
+        height, width = _check_parts(self.name, self.class_names,
+                                     {name: StorePart(*arrays) for name, arrays in self._parts.items()})
+        meta_parts = {}
+        for part_name, (images, labels) in self._parts.items():
+            images_file, labels_file = self.staging / f"{part_name}_images.npy", self.staging / f"{part_name}_labels.npy"
+            if isinstance(images, np.memmap):
+                images.flush()
+                with open(images_file, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            else:
+                _save_synced(images_file, np.ascontiguousarray(images))
+            _save_synced(labels_file, labels)
+            meta_parts[part_name] = {
+                "count": int(labels.shape[0]),
+                "class_counts": np.bincount(labels, minlength=len(self.class_names)).tolist(),
+                "sha256": {"images": file_digest(images_file), "labels": file_digest(labels_file)},
+            }
+        meta = {
+            "format": STORE_FORMAT,
+            "version": STORE_VERSION,
+            "name": self.name,
+            "class_names": self.class_names,
+            "num_classes": len(self.class_names),
+            "image_shape": [int(height), int(width), 3],
+            "parts": meta_parts,
+            "source": self.source,
+        }
+        with open(self.staging / META_FILE, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(self.staging)
+        retired = self.out.parent / f".{self.out.name}.old-{self._tag}"
+        if self.out.exists():
+            os.replace(self.out, retired)
+        try:
+            os.replace(self.staging, self.out)
+        except BaseException:
+            if retired.exists():
+                os.replace(retired, self.out)
+            raise
+        _fsync_dir(self.out.parent)
+        shutil.rmtree(retired, ignore_errors=True)
+        return self.out
+
+
 def write_native_store(
     out: Path,
     name: str,
@@ -99,64 +204,17 @@ def write_native_store(
     source: dict,
     overwrite: bool = False,
 ) -> Path:
-    """Write a native store atomically and return its path.
+    """Write a native store of in-memory parts atomically and return its path.
 
     Refuses an existing ``out`` unless ``overwrite``; with ``overwrite`` it still refuses a
     non-empty folder that is not a fastlt store (a user's folder is never deleted), and
     swaps the old store out only after the new one is complete.
     """
-    out = Path(out)
-    height, width = _check_parts(name, class_names, parts)
-    if out.exists():
-        if not overwrite:
-            raise FastltError(f"{out}: exists already (pass overwrite to replace the store)")
-        if not out.is_dir() or (any(out.iterdir()) and not _is_store(out)):
-            raise FastltError(f"{out}: exists and is not a fastlt store; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:8]
-    staging = out.parent / f".{out.name}.partial-{tag}"
-    retired = out.parent / f".{out.name}.old-{tag}"
-    try:
-        staging.mkdir()
-        meta_parts = {}
+    _check_parts(name, class_names, parts)
+    with StoreWriter(out, name, class_names, source, overwrite) as writer:
         for part_name, part in parts.items():
-            labels = np.asarray(part.labels, dtype=np.int64)
-            images_file, labels_file = staging / f"{part_name}_images.npy", staging / f"{part_name}_labels.npy"
-            _save_synced(images_file, np.ascontiguousarray(part.images))
-            _save_synced(labels_file, labels)
-            meta_parts[part_name] = {
-                "count": int(labels.shape[0]),
-                "class_counts": np.bincount(labels, minlength=len(class_names)).tolist(),
-                "sha256": {"images": file_digest(images_file), "labels": file_digest(labels_file)},
-            }
-        meta = {
-            "format": STORE_FORMAT,
-            "version": STORE_VERSION,
-            "name": name,
-            "class_names": list(class_names),
-            "num_classes": len(class_names),
-            "image_shape": [int(height), int(width), 3],
-            "parts": meta_parts,
-            "source": source,
-        }
-        with open(staging / META_FILE, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _fsync_dir(staging)
-        if out.exists():
-            os.replace(out, retired)
-        try:
-            os.replace(staging, out)
-        except BaseException:
-            if retired.exists():
-                os.replace(retired, out)
-            raise
-        _fsync_dir(out.parent)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    shutil.rmtree(retired, ignore_errors=True)
-    return out
+            writer.add_part(part_name, part)
+        return writer.commit()
 
 
 class NativeStore:
