@@ -122,26 +122,36 @@ def part_list(text: str) -> tuple[str, Path]:
               help="Image stores: side of the stored square (shorter side resized, centre square kept).")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding processes (default: the usable cores).")
 @click.option("--skip-bad", is_flag=True, help="Leave unreadable images out (listed in meta.json) instead of stopping.")
+@click.option("--format", "backend", type=click.Choice(["native", "ffcv", "dali"]), default="native",
+              show_default=True, help="Where the images go: .npy arrays, FFCV .beton files or JPEGs for DALI.")
+@click.option("--image-format", type=click.Choice(["jpg", "raw"]), default="jpg", show_default=True,
+              help="--format ffcv: images as JPEG or raw pixels.")
+@click.option("--quality", type=click.IntRange(1, 100), default=90, show_default=True,
+              help="--format ffcv/dali: JPEG quality.")
 @click.option("--verify", is_flag=True, help="Re-read the written store and check its counts and checksums.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the native store.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the store.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the coloured digits, and of the folder long-tail subsampling.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store (the new one is built fully first).")
 @user_errors
 def convert(dataset: str, source: Path | None, download: bool, root: Path | None, lists: list[tuple[str, Path]],
             full_train: bool, test_root: Path | None, lt_ratio: float | None, lt_profile: str, size: int,
-            workers: int | None, skip_bad: bool, verify: bool, out: Path, seed: int, overwrite: bool) -> None:
-    """Turn a raw data set into a native store (uint8 NHWC images, labels, meta.json)."""
+            workers: int | None, skip_bad: bool, backend: str, image_format: str, quality: int, verify: bool,
+            out: Path, seed: int, overwrite: bool) -> None:
+    """Turn a raw data set into a store: uint8 images (native arrays, FFCV or DALI files), labels, meta.json."""
+    import os
     from fastlt.data.sources import download_cifar, make_coloured_digits, read_cifar
-    from fastlt.data.store import NativeStore, write_native_store
+    from fastlt.data.store import Store, write_native_store
 
+    workers = workers or len(os.sched_getaffinity(0))
+    encode = {"image_format": image_format, "quality": quality, "workers": workers}
     image_options = {"--root": root, "--list": lists, "--full-train": full_train, "--test-root": test_root,
                      "--lt-ratio": lt_ratio, "--skip-bad": skip_bad}
     if dataset in ("imagenet100-lt", "folder"):
         if source or download:
             raise FastltError(f"convert {dataset}: reads --root; --source/--download are for CIFAR")
         path = convert_image_dataset(dataset, root, dict(lists), full_train, test_root, lt_ratio, lt_profile, size,
-                                     workers, skip_bad, out, seed, overwrite)
+                                     workers, skip_bad, out, seed, overwrite, backend, encode)
     else:
         given = [name for name, value in image_options.items() if value]
         if given:
@@ -158,23 +168,22 @@ def convert(dataset: str, source: Path | None, download: bool, root: Path | None
                 source = download_cifar(dataset, out.parent / "downloads")
             parts, class_names = read_cifar(source, dataset)
             origin = {"dataset": dataset, "source": str(source)}
-        path = write_native_store(out, dataset, class_names, parts, origin, overwrite=overwrite)
-    store = NativeStore.open(path)
+        path = write_native_store(out, dataset, class_names, parts, origin, overwrite, backend, encode)
+    store = Store.open(path)
     if verify:
         for part in store.parts:
             store.part(part, verify=True)  # re-hashes every file against meta.json, checks shapes and counts
     counts = ", ".join(f"{name} {store.meta['parts'][name]['count']}" for name in store.parts)
     skipped = sum(len(part["skipped"]) for part in store.meta["source"].get("parts", {}).values())
     left_out = f"; {skipped} unreadable image{'s' * (skipped != 1)} left out, listed in meta.json" if skipped else ""
-    click.echo(f"wrote {path} ({counts}{left_out}){' - verified' if verify else ''}")
+    click.echo(f"wrote {path} ({store.backend}: {counts}{left_out}){' - verified' if verify else ''}")
 
 
 def convert_image_dataset(dataset: str, root: Path | None, lists: dict[str, Path], full_train: bool,
                           test_root: Path | None, lt_ratio: float | None, lt_profile: str, size: int,
-                          workers: int | None, skip_bad: bool, out: Path, seed: int, overwrite: bool) -> Path:
+                          workers: int, skip_bad: bool, out: Path, seed: int, overwrite: bool, backend: str,
+                          encode: dict[str, Any]) -> Path:
     """`convert imagenet100-lt` (published or given lists) and `convert folder` (class per subfolder)."""
-    import os
-
     from fastlt.data.images import (
         IMAGENET100_LISTS, convert_images, folder_images, image_lists, list_sources, rebuilt_full_train,
         subsample_long_tail,
@@ -185,7 +194,6 @@ def convert_image_dataset(dataset: str, root: Path | None, lists: dict[str, Path
         raise FastltError(f"convert {dataset}: --root is required")
     if not root.is_dir():
         raise FastltError(f"{root}: no such folder")
-    workers = workers or len(os.sched_getaffinity(0))
     source: dict[str, Any] = {"dataset": dataset, "root": str(root)}
     if dataset == "imagenet100-lt":
         for option, value in (("--test-root", test_root), ("--lt-ratio", lt_ratio)):
@@ -214,7 +222,8 @@ def convert_image_dataset(dataset: str, root: Path | None, lists: dict[str, Path
                 raise FastltError(f"{test_root}: its class folders differ from those of {root}")
             parts["test"] = test
             source["test_root"] = str(test_root)
-    path, _ = convert_images(out, dataset, parts, size, workers, skip_bad, source, overwrite, convert_progress)
+    path, _ = convert_images(out, dataset, parts, size, workers, skip_bad, source, overwrite, convert_progress,
+                             backend, encode)
     return path
 
 
@@ -250,11 +259,11 @@ def splits_cifar(dataset: str, store_path: Path, out: Path, split_ids: tuple[int
                  seed: int) -> None:
     """CIFAR-10-LT / CIFAR-100-LT with the SDCLR profile and pool rules (D_i, D_b, S_b, eval lists)."""
     from fastlt.data.splits import load_split, write_cifar_lt_splits
-    from fastlt.data.store import NativeStore
+    from fastlt.data.store import Store
 
     if not split_ids:
         raise FastltError("--split-ids: give at least one split number")
-    labels = NativeStore.open(store_path, expect=dataset).part("train").labels
+    labels = Store.open(store_path, expect=dataset).part("train").labels
     val = load_split(val_list, len(labels)) if val_list else None
     for path in write_cifar_lt_splits(dataset, labels, out, split_ids, val_list=val, seed=seed):
         click.echo(f"wrote {path}")
@@ -270,9 +279,9 @@ def splits_cifar(dataset: str, store_path: Path, out: Path, split_ids: tuple[int
 def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
     """A long-tailed split of the digits train part with any imbalance ratio."""
     from fastlt.data.splits import write_digits_lt_split
-    from fastlt.data.store import NativeStore
+    from fastlt.data.store import Store
 
-    labels = NativeStore.open(store_path, expect="digits").part("train").labels
+    labels = Store.open(store_path, expect="digits").part("train").labels
     click.echo(f"wrote {write_digits_lt_split(labels, ratio, seed, out)}")
 
 

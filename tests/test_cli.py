@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from fastlt.cli import main
 from fastlt.data.sources import read_cifar
 from fastlt.data.splits import split_checksum
-from fastlt.data.store import NativeStore, StorePart, write_native_store
+from fastlt.data.store import Store, StorePart, write_native_store
 import fastlt.evaluate.protocol as protocol
 from fastlt.evaluate.protocol import linear_eval
 from fastlt.files import file_digest
@@ -155,7 +155,7 @@ def test_linear_eval_report_says_what_it_measured_and_is_not_overwritten(tiny_ru
 
 
 def test_few_shot_is_the_mean_and_std_over_subsets_each_a_probe_on_its_list(tiny_run, tmp_path, monkeypatch):
-    store = NativeStore.open(Path(json.loads((tiny_run / "config.json").read_text())["data"]["store"]))
+    store = Store.open(Path(json.loads((tiny_run / "config.json").read_text())["data"]["store"]))
     labels = np.asarray(store.part("train").labels)
     rng = np.random.default_rng(0)
     for subset in (1, 2, 3):

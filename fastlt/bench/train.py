@@ -32,7 +32,7 @@ from fastlt.bench.timing import machine_description, synchronize, usable_cores
 from fastlt.bench.views import synthetic_images
 from fastlt.data.loader import NativeLoader
 from fastlt.data.splits import split_or_all
-from fastlt.data.store import NativeStore, StorePart, write_native_store
+from fastlt.data.store import Store, StorePart, write_native_store
 from fastlt.errors import FastltError
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import MAPPINGS
@@ -227,7 +227,7 @@ def run_train_benchmark(recipe: str = DEFAULT_RECIPE, overrides: tuple[str, ...]
             data = f"temporary synthetic store, {count} random 32x32 images, all of them"
         else:
             store_path, split = Path(store), loaded.data.split
-        opened = NativeStore.open(store_path)
+        opened = Store.open(store_path)
         part = opened.part(loaded.data.part)
         indices = split_or_all(split, len(part.labels))
         if store is not None:

@@ -232,14 +232,15 @@ def rebuilt_full_train(root: Path, class_names: list[str]) -> ImageList:
 
 def convert_images(out: Path, name: str, parts: dict[str, ImageList], size: int, workers: int,
                    skip_bad: bool, source: dict, overwrite: bool = False,
-                   progress: Callable[[str], Progress] | None = None) -> tuple[Path, dict]:
-    """Write a native store with one part per image list; returns its path and the per-part manifest
-    (also stored in meta.json's ``source.parts``)."""
+                   progress: Callable[[str], Progress] | None = None, backend: str = "native",
+                   encode: dict | None = None) -> tuple[Path, dict]:
+    """Write a store with one part per image list; returns its path and the per-part manifest (also
+    stored in meta.json's ``source.parts``). FFCV and DALI stores encode the same decoded pixels."""
     if size < 8:
         raise FastltError(f"--size {size}: must be at least 8 pixels")
     class_names = next(iter(parts.values())).class_names
     manifest: dict[str, dict] = {}
-    writer = StoreWriter(out, name, class_names, source, overwrite)
+    writer = StoreWriter(out, name, class_names, source, overwrite, backend, encode)
     with writer:
         for part, images in parts.items():
             manifest[part] = convert_part(writer, part, images, size, workers, skip_bad,

@@ -7,7 +7,7 @@ processes, no per-epoch host-to-device traffic, no host synchronisation per step
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +23,32 @@ class Batch(NamedTuple):
     images: Tensor  # uint8 [B, 3, H, W], channels_last memory (a permuted NHWC tensor)
     labels: Tensor  # int64 [B]
     indices: Tensor  # int64 [B], index into the store part (not into the split)
+
+
+class Loader(Protocol):
+    """What the trainer iterates, whatever the store's backend: ``len`` batches an epoch of ``num_samples``."""
+
+    @property
+    def num_samples(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Batch]: ...
+
+
+def batch_bounds(count: int, size: int, drop_last: bool) -> list[tuple[int, int]]:
+    """(start, end) of each batch of an epoch over ``count`` samples in batches of ``size``.
+
+    With drop_last the partial last batch is skipped; without it, it is kept, and a last
+    batch of a single sample (which batch norm cannot train on) joins the batch before it.
+    """
+    ends = list(range(size, count + 1, size))
+    if not drop_last and count % size:
+        if count % size == 1 and ends:
+            ends[-1] = count
+        else:
+            ends.append(count)
+    return list(zip([0, *ends[:-1]], ends))
 
 
 class NativeLoader:
@@ -74,18 +100,7 @@ class NativeLoader:
         return int(self._indices.shape[0])
 
     def __len__(self) -> int:
-        return len(self._bounds())
-
-    def _bounds(self) -> list[tuple[int, int]]:
-        """(start, end) of each batch in the epoch's order."""
-        count, size = self.num_samples, self._batch_size
-        ends = list(range(size, count + 1, size))
-        if not self._drop_last and count % size:
-            if count % size == 1 and ends:
-                ends[-1] = count  # fold a single leftover sample into the last full batch
-            else:
-                ends.append(count)
-        return list(zip([0, *ends[:-1]], ends))
+        return len(batch_bounds(self.num_samples, self._batch_size, self._drop_last))
 
     def __iter__(self) -> Iterator[Batch]:
         device = self._images.device
@@ -93,7 +108,7 @@ class NativeLoader:
             order = torch.randperm(self.num_samples, generator=self._generator, device=device)
         else:
             order = torch.arange(self.num_samples, device=device)
-        for start, end in self._bounds():
+        for start, end in batch_bounds(self.num_samples, self._batch_size, self._drop_last):
             chosen = order[start:end]
             # Gather rows of the NHWC tensor, then view as NCHW: channels_last memory at no cost.
             images = self._images[chosen].permute(0, 3, 1, 2)

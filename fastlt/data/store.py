@@ -1,11 +1,17 @@
-"""The native store: a folder of plain .npy arrays plus meta.json, written once, read memory-mapped.
+"""A store: a folder of labels and images plus meta.json, written once, read memory-mapped.
 
 Layout (``version`` 1)::
 
-    out/{part}_images.npy   uint8 [N, H, W, 3] (NHWC, so one part is one contiguous block)
     out/{part}_labels.npy   int64 [N]
-    out/meta.json           format, version, name, class_names, num_classes, image_shape,
-                            parts: {part: {count, class_counts, sha256: {images, labels}}}, source
+    out/{part}_images.npy   uint8 [N, H, W, 3] (NHWC, so one part is one contiguous block); native
+    out/{part}.beton        FFCV: image (JPEG or raw), label, index; backend "ffcv"
+    out/{part}_jpeg.bin     DALI: the images as JPEGs back to back, and
+    out/{part}_offsets.npy  where each one starts; backend "dali"
+    out/meta.json           format, version, name, backend, class_names, num_classes, image_shape,
+                            parts: {part: {count, class_counts, sha256: {images, labels, ...}}}, source
+
+All backends hold the same fixed-size uint8 images (``fastlt.data.backends``); a store
+without a ``backend`` key is native.
 
 A store is built in a hidden sibling folder and renamed into place only when every file
 is written and synced, so a folder at ``out`` is always a complete store; an existing
@@ -51,11 +57,9 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _save_synced(path: Path, array: np.ndarray) -> None:
-    """np.save followed by fsync, so the bytes are on disk before the folder is renamed into place."""
-    with open(path, "wb") as handle:
-        np.save(handle, array, allow_pickle=False)
-        handle.flush()
+def _fsync_file(path: Path) -> None:
+    """Flush a written file's bytes to disk."""
+    with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 
 
@@ -99,8 +103,14 @@ class StoreWriter:
     ``with`` block without a commit removes the staging folder: nothing partial is left.
     """
 
-    def __init__(self, out: Path, name: str, class_names: list[str], source: dict, overwrite: bool = False):
+    def __init__(self, out: Path, name: str, class_names: list[str], source: dict, overwrite: bool = False,
+                 backend: str = "native", encode: dict | None = None):
+        from fastlt.data.backends import BACKENDS
+
+        if backend not in BACKENDS:
+            raise FastltError(f"--format {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.out, self.name, self.class_names, self.source = Path(out), name, list(class_names), source
+        self.backend, self.encode = backend, encode or {}
         if self.out.exists():
             if not overwrite:
                 raise FastltError(f"{self.out}: exists already (pass overwrite to replace the store)")
@@ -152,25 +162,34 @@ class StoreWriter:
         """Sync every file, write meta.json, and swap the staging folder in (the old store out, if any)."""
         height, width = _check_parts(self.name, self.class_names,
                                      {name: StorePart(*arrays) for name, arrays in self._parts.items()})
+        from fastlt.data.backends import image_files, write_images
+
         meta_parts = {}
         for part_name, (images, labels) in self._parts.items():
-            images_file, labels_file = self.staging / f"{part_name}_images.npy", self.staging / f"{part_name}_labels.npy"
-            if isinstance(images, np.memmap):
+            staged = self.staging / f"{part_name}_images.npy"
+            if self.backend != "native":
+                write_images(self.backend, self.staging, part_name, images, labels, self.encode)
+                del images
+                staged.unlink(missing_ok=True)  # the pixels now live in the backend's files
+            elif isinstance(images, np.memmap):
                 images.flush()
-                with open(images_file, "rb+") as handle:
-                    os.fsync(handle.fileno())
             else:
-                _save_synced(images_file, np.ascontiguousarray(images))
-            _save_synced(labels_file, labels)
+                np.save(staged, np.ascontiguousarray(images), allow_pickle=False)
+            np.save(self.staging / f"{part_name}_labels.npy", labels, allow_pickle=False)
+            files = {**image_files(self.backend, part_name), "labels": f"{part_name}_labels.npy"}
+            for file in files.values():
+                _fsync_file(self.staging / file)
             meta_parts[part_name] = {
                 "count": int(labels.shape[0]),
                 "class_counts": np.bincount(labels, minlength=len(self.class_names)).tolist(),
-                "sha256": {"images": file_digest(images_file), "labels": file_digest(labels_file)},
+                "sha256": {kind: file_digest(self.staging / file) for kind, file in files.items()},
             }
+        self._parts.clear()
         meta = {
             "format": STORE_FORMAT,
             "version": STORE_VERSION,
             "name": self.name,
+            "backend": self.backend,
             "class_names": self.class_names,
             "num_classes": len(self.class_names),
             "image_shape": [int(height), int(width), 3],
@@ -203,21 +222,24 @@ def write_native_store(
     parts: dict[str, StorePart],
     source: dict,
     overwrite: bool = False,
+    backend: str = "native",
+    encode: dict | None = None,
 ) -> Path:
-    """Write a native store of in-memory parts atomically and return its path.
+    """Write a store of in-memory parts atomically and return its path (``encode``: the FFCV / DALI
+    options of ``fastlt.data.backends.write_images``).
 
     Refuses an existing ``out`` unless ``overwrite``; with ``overwrite`` it still refuses a
     non-empty folder that is not a fastlt store (a user's folder is never deleted), and
     swaps the old store out only after the new one is complete.
     """
     _check_parts(name, class_names, parts)
-    with StoreWriter(out, name, class_names, source, overwrite) as writer:
+    with StoreWriter(out, name, class_names, source, overwrite, backend, encode) as writer:
         for part_name, part in parts.items():
             writer.add_part(part_name, part)
         return writer.commit()
 
 
-class NativeStore:
+class Store:
     """A native store opened for reading: its meta.json and memory-mapped parts."""
 
     def __init__(self, path: Path, meta: dict) -> None:
@@ -225,7 +247,7 @@ class NativeStore:
         self._meta = meta
 
     @classmethod
-    def open(cls, path: Path, expect: str | None = None) -> NativeStore:
+    def open(cls, path: Path, expect: str | None = None) -> Store:
         """Open ``path``, checking that it is a complete store of a version this code reads
         (and, with ``expect``, of that data set: "cifar10", "cifar100", "digits")."""
         path = Path(path)
@@ -274,38 +296,67 @@ class NativeStore:
 
     def identity(self, part: str) -> dict:
         """What a part holds, independent of where the store lies: name, count, classes, checksums."""
-        if part not in self._meta["parts"]:
-            raise FastltError(f"{self._path}: no part {part!r} (the store has {', '.join(self.parts)})")
-        entry = self._meta["parts"][part]
+        entry = self._entry(part)
         return {"store": self.name, "part": part, "count": int(entry["count"]), "num_classes": self.num_classes,
                 "sha256": dict(entry["sha256"])}
 
-    def part(self, name: str, verify: bool = False) -> StorePart:
-        """Load one part: images memory-mapped (read-only, paged in on use), labels read into memory.
+    @property
+    def backend(self) -> str:
+        """Where the images live: "native", "ffcv" or "dali" (stores from before the key are native)."""
+        return self._meta.get("backend", "native")
 
-        verify=True re-hashes both files against meta.json first, to catch a damaged copy
-        before days of training on it.
-        """
+    def _entry(self, name: str) -> dict:
         if name not in self._meta["parts"]:
             raise FastltError(f"{self._path}: no part {name!r} (the store has {', '.join(self.parts)})")
-        entry = self._meta["parts"][name]
-        files = {kind: self._path / f"{name}_{kind}.npy" for kind in ("images", "labels")}
-        for kind, file in files.items():
-            if not file.is_file():
-                raise FastltError(f"{file}: missing from the store")
-            if verify and file_digest(file) != entry["sha256"][kind]:
-                raise FastltError(f"{file}: checksum does not match meta.json (the file is damaged)")
+        return self._meta["parts"][name]
+
+    def labels(self, name: str) -> np.ndarray:
+        """One part's labels, without touching its images."""
+        entry = self._entry(name)
+        file = self._path / f"{name}_labels.npy"
         try:
-            images = np.load(files["images"], mmap_mode="r", allow_pickle=False)
-            labels = np.load(files["labels"], allow_pickle=False)
+            labels = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise FastltError(f"{file}: unreadable ({exc})") from None
+        if labels.dtype != np.int64 or labels.shape != (entry["count"],):
+            raise FastltError(f"{file}: expected int64 [{entry['count']}], found {labels.dtype} {list(labels.shape)}")
+        return labels
+
+    def part(self, name: str, verify: bool = False) -> StorePart:
+        """Load one part: labels in memory; images memory-mapped (native, paged in on use) or decoded on
+        the CPU when indexed (FFCV, DALI).
+
+        verify=True re-hashes every file of the part against meta.json first, to catch a damaged
+        copy before days of training on it.
+        """
+        from fastlt.data.backends import encoded_images, image_files
+
+        entry = self._entry(name)
+        files = {**image_files(self.backend, name), "labels": f"{name}_labels.npy"}
+        for kind, file in files.items():
+            path = self._path / file
+            if not path.is_file():
+                raise FastltError(f"{path}: missing from the store")
+            if verify and file_digest(path) != entry["sha256"][kind]:
+                raise FastltError(f"{path}: checksum does not match meta.json (the file is damaged)")
+        labels = self.labels(name)
+        height, width, _ = self._meta["image_shape"]
+        if self.backend == "dali":
+            from fastlt.data.dali_backend import check_dali_part
+
+            check_dali_part(self._path, name, entry["count"])
+        if self.backend != "native":
+            return StorePart(images=encoded_images(self.backend, self._path, name, labels, height, width),
+                             labels=labels)
+        images_file = self._path / files["images"]
+        try:
+            images = np.load(images_file, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise FastltError(f"{self._path}: part {name!r} unreadable ({exc})") from None
-        expected = (entry["count"], *self._meta["image_shape"])
-        for kind, array, dtype, shape in (("images", images, np.uint8, expected),
-                                          ("labels", labels, np.int64, (entry["count"],))):
-            if array.dtype != dtype or array.shape != shape:
-                found = f"{array.dtype} {list(array.shape)}"
-                raise FastltError(f"{files[kind]}: expected {np.dtype(dtype)} {list(shape)}, found {found}")
+        expected = (entry["count"], height, width, 3)
+        if images.dtype != np.uint8 or images.shape != expected:
+            raise FastltError(f"{images_file}: expected uint8 {list(expected)}, found {images.dtype} "
+                              f"{list(images.shape)}")
         return StorePart(images=images, labels=labels)
 
 

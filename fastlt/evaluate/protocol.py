@@ -25,7 +25,7 @@ from fastlt.data.splits import (
     split_checksum,
     split_or_all,
 )
-from fastlt.data.store import NativeStore, check_same_data
+from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
 from fastlt.evaluate.knn import knn_predict
@@ -304,7 +304,7 @@ def linear_eval(
                               origins={("eval", key): "linear-eval" for key in overrides or {}})
     settings = recipe.eval
     device = torch.device(device)
-    store = NativeStore.open(store_path or Path(recipe.data.store))
+    store = Store.open(store_path or Path(recipe.data.store))
     check_same_data(payload["data"], store.identity(recipe.data.part), f"{checkpoint}: store {store.path}")
     train_part = store.part(recipe.data.part)
     num_samples = len(train_part.labels)

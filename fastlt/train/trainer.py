@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastlt.data.loader import NativeLoader
+from fastlt.data.backends import make_loader
+from fastlt.data.loader import Loader
 from fastlt.data.splits import class_counts, class_groups, split_checksum, split_or_all
-from fastlt.data.store import NativeStore, check_same_data
+from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError
 from fastlt.files import write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
@@ -102,7 +103,7 @@ class TrainingData:
     """The resident loader, the size of the store part, each sample's class group, what the data is, and the
     held-out monitor (None when ``train.monitor_every`` is 0)."""
 
-    loader: NativeLoader
+    loader: Loader
     generator: torch.Generator  # the loader's: batch order
     part_size: int
     sample_groups: torch.Tensor  # [part_size] int8: 0 many, 1 medium, 2 few, -1 not in the split
@@ -112,13 +113,12 @@ class TrainingData:
 
 def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator) -> TrainingData:
     """Open the store, apply the split, and put the training images (and the monitor's) on the device once."""
-    store = NativeStore.open(Path(recipe.data.store))
+    store = Store.open(Path(recipe.data.store))
     part = store.part(recipe.data.part)
     labels = np.asarray(part.labels)
     indices = split_or_all(recipe.data.split, len(labels))
-    loader = NativeLoader(
-        part, indices, recipe.train.batch_size, device, generator, shuffle=True, drop_last=recipe.train.drop_last
-    )
+    loader = make_loader(store, recipe.data.part, indices, recipe.train.batch_size, device, generator,
+                         shuffle=True, drop_last=recipe.train.drop_last)
     groups = class_groups(class_counts(indices, labels, store.num_classes), recipe.eval.groups)
     group_of_class = np.full(store.num_classes, -1, dtype=np.int8)
     for code, name in enumerate(GROUP_NAMES):
@@ -356,7 +356,7 @@ class NonFiniteLoss:
                               f"stopped before it reached the BCL memory or a checkpoint (last checkpoint: {kept})")
 
 
-def train_one_epoch(state: RunState, loader: NativeLoader, context: StepContext, recipe: Recipe, epoch: int,
+def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recipe: Recipe, epoch: int,
                     progress: Progress) -> dict[str, Any]:
     """One pass over the loader; returns the epoch's metrics record.
 

@@ -16,7 +16,7 @@ from fastlt.data.images import (
     long_tail_counts,
     read_list_file,
 )
-from fastlt.data.store import NativeStore
+from fastlt.data.store import Store
 from fastlt.errors import FastltError
 
 PUBLISHED = Path(__file__).resolve().parents[2] / "splits" / "published" / "sdclr" / "imagenet-100"
@@ -58,7 +58,7 @@ def test_imagenet_lists_become_parts_in_list_order_at_the_stated_size(ilsvrc, tm
                            "--out", str(out), "--verify")
     assert code == 0, output
     assert "wrote" in output and "verified" in output
-    store = NativeStore.open(out)
+    store = Store.open(out)
     assert store.class_names == list(SYNSETS) and store.meta["image_shape"] == [48, 48, 3]
     for part, list_file in (("train", "lt.txt"), ("test", "test.txt")):
         paths, labels = read_list_file(ilsvrc / list_file)
@@ -79,7 +79,7 @@ def test_one_worker_and_two_write_the_same_bytes(ilsvrc, tmp_path):
         out = tmp_path / f"w{workers}"
         assert convert("imagenet100-lt", "--root", str(ilsvrc), "--list", f"train={ilsvrc / 'lt.txt'}",
                        "--size", "24", "--workers", workers, "--out", str(out))[0] == 0
-        stores.append(NativeStore.open(out).meta["parts"]["train"]["sha256"])
+        stores.append(Store.open(out).meta["parts"]["train"]["sha256"])
     assert stores[0] == stores[1]
 
 
@@ -88,7 +88,7 @@ def test_full_train_is_rebuilt_from_every_train_image(ilsvrc, tmp_path):
     code, output = convert("imagenet100-lt", "--root", str(ilsvrc), "--list", f"train={ilsvrc / 'lt.txt'}",
                            "--full-train", "--size", "16", "--out", str(out))
     assert code == 0, output
-    store = NativeStore.open(out)
+    store = Store.open(out)
     assert np.bincount(store.part("train_full").labels).tolist() == list(TRAIN_PER_CLASS)
     assert "rebuilt" in store.meta["source"]["lists"]["train_full"]
 
@@ -109,7 +109,7 @@ def test_a_corrupt_jpeg_stops_the_convert_by_name_or_is_skipped_and_listed(ilsvr
     assert "Traceback" not in output and not out.exists() and list(tmp_path.glob(".store*")) == []
     code, output = convert(*args, "--skip-bad")
     assert code == 0 and "1 unreadable image left out" in output, output
-    store = NativeStore.open(out)
+    store = Store.open(out)
     paths, labels = read_list_file(ilsvrc / "lt.txt")
     keep = [i for i, path in enumerate(paths) if path != "train/n002/n002_1.JPEG"]
     assert np.array_equal(store.part("train").labels, labels[keep])
@@ -147,7 +147,7 @@ def test_folder_long_tail_follows_the_profile_with_a_seeded_choice(ilsvrc, tmp_p
     code, output = convert("folder", "--root", str(ilsvrc / "train"), "--test-root", str(ilsvrc / "val"),
                            "--lt-ratio", "0.5", "--size", "16", "--seed", "3", "--out", str(out))
     assert code == 0, output
-    store = NativeStore.open(out)
+    store = Store.open(out)
     assert store.class_names == list(SYNSETS)
     # exp: 7 * 0.5^(k/2) -> 7, 4, 3 (capped by what each class has: 7, 5, 4)
     assert np.bincount(store.part("train").labels).tolist() == [7, 4, 3]
@@ -156,7 +156,7 @@ def test_folder_long_tail_follows_the_profile_with_a_seeded_choice(ilsvrc, tmp_p
     again = tmp_path / "again"
     convert("folder", "--root", str(ilsvrc / "train"), "--lt-ratio", "0.5", "--size", "16", "--seed", "3",
             "--out", str(again))
-    assert NativeStore.open(again).meta["parts"]["train"]["sha256"] == store.meta["parts"]["train"]["sha256"]
+    assert Store.open(again).meta["parts"]["train"]["sha256"] == store.meta["parts"]["train"]["sha256"]
 
 
 def test_long_tail_counts_by_formula():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fastlt.data.loader import Batch, NativeLoader
-from fastlt.data.store import NativeStore, StorePart
+from fastlt.data.store import Store, StorePart
 from fastlt.errors import FastltError
 
 
@@ -93,7 +93,7 @@ def test_batch_larger_than_split_with_drop_last_is_an_error(part):
 
 
 def test_loads_from_a_memory_mapped_store(digits_store):
-    store_part = NativeStore.open(digits_store).part("train")
+    store_part = Store.open(digits_store).part("train")
     loader = NativeLoader(store_part, np.arange(0, 100, 3), 8, "cpu", torch.Generator().manual_seed(0))
     batch = next(iter(loader))
     np.testing.assert_array_equal(batch.images.permute(0, 2, 3, 1).numpy(), store_part.images[batch.indices.numpy()])

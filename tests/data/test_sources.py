@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from fastlt.data.sources import download_cifar, make_coloured_digits, read_cifar
-from fastlt.data.store import NativeStore, write_native_store
+from fastlt.data.store import Store, write_native_store
 from fastlt.errors import FastltError
 
 CIFAR_FOLDER = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -69,7 +69,7 @@ def test_pixel_layout_is_red_green_blue_planes(cifar10_tarball):
 def test_converted_store_round_trip(cifar100_tarball, tmp_path):
     parts, class_names = read_cifar(cifar100_tarball, "cifar100")
     out = write_native_store(tmp_path / "c100", "cifar100", class_names, parts, {"source": str(cifar100_tarball)})
-    store = NativeStore.open(out)
+    store = Store.open(out)
     expected = expected_of(cifar100_tarball)
     assert store.class_names == [str(name) for name in expected["class_names"]] and store.num_classes == 100
     for name in ("train", "test"):

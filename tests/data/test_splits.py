@@ -20,7 +20,7 @@ from fastlt.data.splits import (
     write_cifar_lt_splits,
     write_shot_subsets,
 )
-from fastlt.data.store import NativeStore
+from fastlt.data.store import Store
 from fastlt.errors import FastltError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -198,7 +198,7 @@ def test_make_sdclr_split_prefix_rule_on_a_small_pool():
 
 
 def test_digits_lt_split(digits_store):
-    labels = NativeStore.open(digits_store).part("train").labels
+    labels = Store.open(digits_store).part("train").labels
     indices = make_digits_lt_split(labels, ratio=10, seed=1)
     n_max = min(Counter(labels.tolist()).values())
     counts = Counter(labels[indices].tolist())

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastlt.data.store as store_module
-from fastlt.data.store import NativeStore, StorePart, write_native_store
+from fastlt.data.store import Store, StorePart, write_native_store
 from fastlt.errors import FastltError
 
 
@@ -47,7 +47,7 @@ def test_layout_meta_counts_and_checksums(tmp_path):
 
 
 def test_open_and_read_parts(tmp_path):
-    store = NativeStore.open(write(tmp_path / "store"))
+    store = Store.open(write(tmp_path / "store"))
     assert store.name == "tiny" and store.class_names == ["a", "b", "c"] and store.num_classes == 3
     assert sorted(store.parts) == ["test", "train"] and store.path == tmp_path / "store"
     part = store.part("train", verify=True)
@@ -64,7 +64,7 @@ def test_verify_catches_a_damaged_file(tmp_path):
     data = bytearray(images.read_bytes())
     data[-1] ^= 0xFF  # one pixel byte
     images.write_bytes(bytes(data))
-    store = NativeStore.open(out)
+    store = Store.open(out)
     store.part("train")  # without verify the shape still reads
     with pytest.raises(FastltError, match=f"{images}: checksum"):
         store.part("train", verify=True)
@@ -72,18 +72,18 @@ def test_verify_catches_a_damaged_file(tmp_path):
 
 def test_open_rejects_what_is_not_a_store(tmp_path):
     with pytest.raises(FastltError, match="no such store"):
-        NativeStore.open(tmp_path / "missing")
+        Store.open(tmp_path / "missing")
     (tmp_path / "plain").mkdir()
     with pytest.raises(FastltError, match="no meta.json"):
-        NativeStore.open(tmp_path / "plain")
+        Store.open(tmp_path / "plain")
     out = write(tmp_path / "store")
     meta = json.loads((out / "meta.json").read_text())
     (out / "meta.json").write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(FastltError, match="version 99"):
-        NativeStore.open(out)
+        Store.open(out)
     (out / "meta.json").write_text("{not json")
     with pytest.raises(FastltError, match="meta.json: unreadable"):
-        NativeStore.open(out)
+        Store.open(out)
 
 
 def test_existing_store_is_kept_unless_overwrite(tmp_path):
@@ -93,7 +93,7 @@ def test_existing_store_is_kept_unless_overwrite(tmp_path):
         write(out, seed=1)
     assert (out / "meta.json").read_bytes() == before
     write(out, seed=1, overwrite=True)
-    np.testing.assert_array_equal(NativeStore.open(out).part("train").images, tiny_parts(1)["train"].images)
+    np.testing.assert_array_equal(Store.open(out).part("train").images, tiny_parts(1)["train"].images)
     assert [p.name for p in tmp_path.iterdir()] == ["store"]  # no staging or retired folder left
 
 
@@ -107,16 +107,17 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_store(tmp_path):
 
 
 def fail_on_third_save(monkeypatch):
+    """The third file synced to disk fails, as a full disk would."""
     calls = []
-    real = store_module._save_synced
+    real = store_module._fsync_file
 
-    def flaky(path, array):
+    def flaky(path):
         calls.append(path)
         if len(calls) == 3:
             raise OSError("disk full")
-        real(path, array)
+        real(path)
 
-    monkeypatch.setattr(store_module, "_save_synced", flaky)
+    monkeypatch.setattr(store_module, "_fsync_file", flaky)
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
@@ -132,7 +133,7 @@ def test_failed_overwrite_keeps_the_old_store(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write(out, seed=1, overwrite=True)
     assert [p.name for p in tmp_path.iterdir()] == ["store"]
-    kept = NativeStore.open(out).part("train", verify=True)
+    kept = Store.open(out).part("train", verify=True)
     np.testing.assert_array_equal(kept.images, tiny_parts(0)["train"].images)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 from sklearn.svm import LinearSVC
 
 import fastlt.evaluate.protocol as protocol
-from fastlt.data.store import NativeStore
+from fastlt.data.store import Store
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
 from fastlt.recipe import recipe_from_dict
@@ -21,7 +21,7 @@ def run_inputs(run: Path):
     """The run's store, split, recipe and pretrained backbone, rebuilt without the protocol module's planning."""
     payload = load_checkpoint(run / "checkpoints" / "last.pt")
     recipe = recipe_from_dict(payload["recipe"], source="test")
-    store = NativeStore.open(Path(recipe.data.store))
+    store = Store.open(Path(recipe.data.store))
     split = np.load(recipe.data.split)
     backbone = protocol.pretrained_backbone(payload, recipe, len(store.part("train").labels), run / "x.pt")
     return store, split, backbone

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fastlt.data.loader import Batch
-from fastlt.data.store import NativeStore
+from fastlt.data.store import Store
 from fastlt.errors import FastltError
 from fastlt.methods import PRESETS, Axes, build_method, resolve_axes
 from fastlt.recipe import recipe_from_dict
@@ -74,7 +74,7 @@ def test_resume_restores_bcl_state_bit_for_bit(digits_store, tmp_path):
 
 
 def test_higher_weight_gives_stronger_views(digits_store):
-    part = NativeStore.open(digits_store).part("train")
+    part = Store.open(digits_store).part("train")
     images = torch.from_numpy(np.array(part.images[:256])).permute(0, 3, 1, 2)
     batch = Batch(images, torch.zeros(256, dtype=torch.long), torch.arange(256))
     method = build_method(recipe_from_dict({"method": {"name": "bcl-i"}}, "test"), num_samples=256)

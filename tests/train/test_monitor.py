@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from fastlt.data.splits import class_counts, class_groups
-from fastlt.data.store import NativeStore
+from fastlt.data.store import Store
 from fastlt.errors import FastltError
 from fastlt.methods import build_method
 from fastlt.recipe import recipe_from_dict
@@ -58,7 +58,7 @@ def monitored(digits_store, tmp_path_factory):
 
 def direct_features(store_path, checkpoint):
     """Normalised backbone features of the split and of the held-out images, one plain forward each."""
-    part = NativeStore.open(store_path).part("train")
+    part = Store.open(store_path).part("train")
     split = np.load(SPLIT)
     held_out = np.array([i for i in range(len(part.labels)) if i not in set(split.tolist())])
     payload = load_checkpoint(checkpoint)
@@ -118,7 +118,7 @@ def measured_with_features(recipe, method, digits_store, monkeypatch):
     """Monitor.measure on ``method``, with the features and the predictions it computed on the way."""
     import fastlt.train.monitor as monitor_module
 
-    part = NativeStore.open(digits_store).part("train")
+    part = Store.open(digits_store).part("train")
     groups = class_groups(class_counts(np.load(SPLIT), part.labels, 10), "thirds")
     monitor = Monitor.for_recipe(recipe, part, np.load(SPLIT), 10, groups, torch.device("cpu"))
     seen = {}
@@ -246,7 +246,7 @@ def test_monitor_settings_are_checked_before_anything_is_written(digits_store, t
 
 
 def test_a_given_val_split_is_the_query_set(digits_store, tmp_path):
-    part = NativeStore.open(digits_store).part("train")
+    part = Store.open(digits_store).part("train")
     outside = np.setdiff1d(np.arange(len(part.labels)), np.load(SPLIT))
     val = np.random.default_rng(0).choice(outside, 50, replace=False)
     np.save(tmp_path / "val.npy", val)

@@ -15,7 +15,7 @@ import torch
 
 import fastlt.evaluate.protocol as protocol
 from fastlt.data.splits import class_counts, class_groups
-from fastlt.data.store import NativeStore
+from fastlt.data.store import Store
 from fastlt.errors import FastltError
 from fastlt.methods.boost import BoostStage, MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
@@ -104,7 +104,7 @@ def test_probe_trains_on_the_recipe_probe_list_and_groups_come_from_the_pretrain
         "train": {"epochs": 1, "batch_size": 128, "out_dir": str(tmp_path), "progress": False,
                   "precision": "fp32", "device": "cpu", "name": "probe"},
     }, "test"))
-    labels = np.asarray(NativeStore.open(digits_store).part("train").labels)
+    labels = np.asarray(Store.open(digits_store).part("train").labels)
     probe_list = np.random.default_rng(0).choice(len(labels), 300, replace=False)
     np.save(tmp_path / "probe.npy", probe_list)
     seen = []

@@ -1,0 +1,148 @@
+"""DALI stores: each part's images as re-encoded JPEGs in one file, and a loader that decodes them with DALI.
+
+Format: ``{part}_jpeg.bin`` holds the encoded images back to back and ``{part}_offsets.npy``
+(int64 [N + 1]) where each starts. One memory-mapped file instead of a file per image: no
+open() per sample, one sequential read on a cold disk, and the bytes go to DALI's decoder
+without a copy. DALI's own file reader was not used because its shuffling is a buffer of
+``initial_fill`` samples (or a whole-set shuffle only after the first epoch), so neither an
+exact permutation per epoch nor the run's seed would carry over; fastlt feeds each batch's
+encoded images through ``external_source`` in the permutation it draws from the run's torch
+generator, as NativeLoader does. So an epoch sees every index of the split once, batches
+match a native run of the same seed, and resume is exact.
+
+Decoding: on a CPU DALI's ``decoders.image`` (libjpeg-turbo) with ``device_id=None``; where
+CUDA is present the "mixed" decoder (nvJPEG) writes to the GPU. The decoded pixels differ
+from PIL's by the JPEG decoders' rounding (a level or two), not by more.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from fastlt.data.loader import Batch, batch_bounds
+from fastlt.errors import FastltError
+
+READ_BATCH = 512  # rows decoded per DALI batch when a part is read as an array
+
+
+def require_dali() -> None:
+    """One line saying how to get DALI, instead of an ImportError."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as error:
+        raise FastltError(f"DALI is not installed ({error}); install it with `pip install 'fastlt[dali]'`") from None
+
+
+def write_jpeg_part(folder: Path, part: str, images: np.ndarray, quality: int) -> None:
+    """Encode every image of a part as JPEG (PIL, 4:2:0) into ``{part}_jpeg.bin`` with its offsets."""
+    from PIL import Image
+
+    offsets = np.zeros(len(images) + 1, dtype=np.int64)
+    with open(folder / f"{part}_jpeg.bin", "wb") as blob:
+        for row in range(len(images)):
+            buffer = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(images[row])).save(buffer, format="JPEG", quality=quality)
+            blob.write(buffer.getbuffer())
+            offsets[row + 1] = offsets[row] + buffer.getbuffer().nbytes
+    np.save(folder / f"{part}_offsets.npy", offsets, allow_pickle=False)
+
+
+class _Decoder:
+    """A DALI pipeline that decodes a fed batch of encoded images to uint8 HWC, on the CPU or (mixed) the GPU."""
+
+    def __init__(self, max_batch: int, device: torch.device, threads: int):
+        require_dali()
+        from nvidia.dali import fn, pipeline_def, types
+
+        self.on_gpu = device.type == "cuda"
+        self.device = device
+
+        @pipeline_def
+        def decode():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            return fn.decoders.image(encoded, device="mixed" if self.on_gpu else "cpu", output_type=types.RGB)
+
+        device_id = (device.index or 0) if self.on_gpu else None
+        self.pipeline = decode(batch_size=max_batch, num_threads=max(1, threads), device_id=device_id,
+                               prefetch_queue_depth=1)
+        self.pipeline.build()
+
+    def __call__(self, encoded: list[np.ndarray]) -> torch.Tensor:
+        """[B, H, W, 3] uint8 on the loader's device."""
+        self.pipeline.feed_input("encoded", encoded)
+        (images,) = self.pipeline.run()
+        if self.on_gpu:
+            from nvidia.dali.plugin.pytorch import feed_ndarray
+
+            tensor = images.as_tensor()
+            out = torch.empty(tensor.shape(), dtype=torch.uint8, device=self.device)
+            feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device))
+            return out
+        return torch.from_numpy(images.as_array())
+
+
+class DALILoader:
+    """Yields Batch(images, labels, indices) from a DALI part, as NativeLoader does from a native one.
+
+    ``rows`` are the part's rows in the split (all when None); the order, the kept last batch and
+    the folding of a single last sample are NativeLoader's (``batch_bounds``).
+    """
+
+    def __init__(self, folder: Path, part: str, labels: np.ndarray, rows: np.ndarray | None, batch_size: int,
+                 device: torch.device, generator: torch.Generator, shuffle: bool = True, drop_last: bool = False,
+                 workers: int = 2):
+        self._offsets = np.load(folder / f"{part}_offsets.npy", allow_pickle=False)
+        self._bytes = np.memmap(folder / f"{part}_jpeg.bin", dtype=np.uint8, mode="r")
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._rows = np.arange(len(self._labels), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self._device, self._generator = torch.device(device), generator
+        self._shuffle = shuffle
+        self._bounds = batch_bounds(len(self._rows), batch_size, drop_last)
+        self._decode = _Decoder(max(end - start for start, end in self._bounds), self._device, workers)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def encoded(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The encoded bytes of each row (views into the memory map)."""
+        return [self._bytes[self._offsets[row]:self._offsets[row + 1]] for row in rows.tolist()]
+
+    def __iter__(self) -> Iterator[Batch]:
+        count = self.num_samples
+        if self._shuffle:
+            permutation = torch.randperm(count, generator=self._generator, device=self._generator.device).cpu().numpy()
+        else:
+            permutation = np.arange(count)
+        order = self._rows[permutation]
+        for start, end in self._bounds:
+            rows = order[start:end]
+            images = self._decode(self.encoded(rows))
+            yield Batch(images=images.permute(0, 3, 1, 2),
+                        labels=torch.from_numpy(self._labels[rows]).to(self._device),
+                        indices=torch.from_numpy(rows).to(self._device))
+
+
+def read_jpeg_rows(folder: Path, part: str, rows: np.ndarray, workers: int = 2) -> np.ndarray:
+    """The images of ``rows`` of a DALI part, decoded on the CPU in the order given: [len(rows), H, W, 3] uint8."""
+    offsets = np.load(folder / f"{part}_offsets.npy", allow_pickle=False)
+    blob = np.memmap(folder / f"{part}_jpeg.bin", dtype=np.uint8, mode="r")
+    decode = _Decoder(min(len(rows), READ_BATCH), torch.device("cpu"), workers)
+    chunks = [rows[start:start + READ_BATCH] for start in range(0, len(rows), READ_BATCH)]
+    return np.concatenate([decode([blob[offsets[r]:offsets[r + 1]] for r in chunk.tolist()]).numpy()
+                           for chunk in chunks])
+
+
+def check_dali_part(folder: Path, part: str, count: int) -> None:
+    """The offsets cover the blob exactly and count ``count`` images; a truncated copy fails here."""
+    offsets = np.load(folder / f"{part}_offsets.npy", allow_pickle=False)
+    size = (folder / f"{part}_jpeg.bin").stat().st_size
+    if offsets.shape != (count + 1,) or offsets[-1] != size or np.any(np.diff(offsets) <= 0):
+        raise FastltError(f"{folder / f'{part}_jpeg.bin'}: does not match its offsets ({count} images expected)")

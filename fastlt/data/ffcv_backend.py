@@ -1,0 +1,165 @@
+"""FFCV stores: one ``.beton`` per part (image as JPEG or raw, label, store index), and its loader.
+
+The loader hands FFCV the epoch's order itself: the permutation is drawn from the run's
+torch generator exactly as ``NativeLoader`` draws it, so an FFCV run visits the same batches
+as a native run of the same seed, resumes exactly (the generator state is checkpointed), and
+every index of the split comes once per epoch. FFCV decodes on its threads into uint8 NHWC,
+which goes to the device as it is; fastlt's view pipeline does the rest. (FFCV's fused
+decode + random-resized-crop draws from its own generator and would bypass fastlt's views,
+so it is not used.)
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from fastlt.data.loader import Batch, batch_bounds
+from fastlt.errors import FastltError
+
+WRITE_MODES = ("jpg", "raw")
+READ_BATCH = 512  # rows decoded per FFCV batch when a part is read as an array
+
+
+@contextlib.contextmanager
+def keeping_torch_threads() -> Iterator[None]:
+    """FFCV sets torch's intra-op thread count to its own (1 when ``ffcv.pipeline`` is imported, the
+    loader's workers at every epoch); training keeps the count it had, so its numbers do not
+    depend on whether FFCV was touched."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def require_ffcv() -> None:
+    """One line saying how to get FFCV, instead of an ImportError."""
+    try:
+        with keeping_torch_threads():
+            import ffcv  # noqa: F401
+            import ffcv.pipeline.compiler  # noqa: F401 - the import that resets torch's threads
+    except ImportError as error:
+        raise FastltError(f"FFCV is not installed ({error}); install it with `pip install 'fastlt[ffcv]'` "
+                          "after `apt-get install -y pkg-config libturbojpeg0-dev libopencv-dev`") from None
+
+
+class _Rows:
+    """The indexed data set FFCV's writer reads: (image HWC uint8, label, store index) per row."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, row: int) -> tuple[np.ndarray, int, int]:
+        return np.ascontiguousarray(self.images[row]), int(self.labels[row]), row
+
+
+def write_beton(path: Path, images: np.ndarray, labels: np.ndarray, write_mode: str, quality: int,
+                workers: int) -> None:
+    """Write one part as a .beton with fields image, label and index (the row in the part)."""
+    require_ffcv()
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
+    if write_mode not in WRITE_MODES:
+        raise FastltError(f"--image-format {write_mode!r}: expected one of {WRITE_MODES}")
+    fields = {"image": RGBImageField(write_mode=write_mode, jpeg_quality=quality), "label": IntField(),
+              "index": IntField()}
+    with keeping_torch_threads():
+        DatasetWriter(str(path), fields, num_workers=max(1, workers)).from_indexed_dataset(_Rows(images, labels))
+
+
+def _ffcv_loader(path: Path, batch_size: int, workers: int, rows: np.ndarray | None, device: torch.device,
+                 drop_last: bool = False):
+    """FFCV's Loader over the ``rows`` of ``path`` (all when None), in file order until its traversal
+    order is replaced, yielding (images NHWC uint8, labels, indices) on ``device``."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.fields.rgb_image import SimpleRGBImageDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import ToDevice, ToTensor
+
+    def to_device() -> list:
+        return [ToTensor(), ToDevice(device, non_blocking=True)]
+
+    pipelines = {"image": [SimpleRGBImageDecoder(), *to_device()],
+                 "label": [IntDecoder(), *to_device()],  # [B, 1]
+                 "index": [IntDecoder(), *to_device()]}
+    with keeping_torch_threads():
+        return Loader(str(path), batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
+                      pipelines=pipelines, drop_last=drop_last, indices=rows)
+
+
+class _GivenOrder:
+    """A traversal order that returns what the fastlt loader set for the coming epoch."""
+
+    def __init__(self) -> None:
+        self.order: np.ndarray | None = None
+
+    def sample_order(self, epoch: int) -> np.ndarray:
+        return self.order
+
+
+class FFCVLoader:
+    """Yields Batch(images, labels, indices) from an FFCV part, as NativeLoader does from a native one.
+
+    ``rows`` are the part's rows in the split (all when None). Batches follow the permutation
+    drawn from ``generator``; without drop_last the last partial batch is kept, and a last
+    batch of one sample joins the one before it (``batch_bounds``).
+    """
+
+    def __init__(self, path: Path, num_rows: int, rows: np.ndarray | None, batch_size: int, device: torch.device,
+                 generator: torch.Generator, shuffle: bool = True, drop_last: bool = False, workers: int = 2):
+        require_ffcv()
+        self._rows = np.arange(num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        self._bounds = batch_bounds(len(self._rows), batch_size, drop_last)
+        self._generator, self._shuffle = generator, shuffle
+        self._fold = not drop_last and len(self._rows) % batch_size == 1 and len(self._rows) > batch_size
+        self._loader = _ffcv_loader(path, batch_size, workers, self._rows, torch.device(device), drop_last)
+        self._order = _GivenOrder()
+        self._loader.traversal_order = self._order
+
+    @property
+    def num_samples(self) -> int:
+        return len(self._rows)
+
+    def __len__(self) -> int:
+        return len(self._bounds)
+
+    def __iter__(self) -> Iterator[Batch]:
+        count = self.num_samples
+        if self._shuffle:
+            permutation = torch.randperm(count, generator=self._generator, device=self._generator.device).cpu().numpy()
+        else:
+            permutation = np.arange(count)
+        self._order.order = self._rows[permutation]
+        batches = len(self._loader)
+        held = None
+        with keeping_torch_threads():
+            epoch = iter(self._loader)
+        for number, (images, labels, indices) in enumerate(epoch, 1):
+            batch = Batch(images=images.permute(0, 3, 1, 2), labels=labels.view(-1).long(),
+                          indices=indices.view(-1).long())
+            if self._fold and number == batches - 1:
+                # FFCV reuses its output buffers: keep a copy of the batch the single last sample joins.
+                held = Batch(batch.images.clone(), batch.labels.clone(), batch.indices.clone())
+            elif held is not None:
+                yield Batch(torch.cat([held.images, batch.images]), torch.cat([held.labels, batch.labels]),
+                            torch.cat([held.indices, batch.indices]))
+            else:
+                yield batch
+
+
+def read_beton_rows(path: Path, rows: np.ndarray, workers: int = 2) -> np.ndarray:
+    """The images of ``rows`` of a .beton, decoded on the CPU in the order given: [len(rows), H, W, 3] uint8."""
+    require_ffcv()
+    loader = _ffcv_loader(path, min(len(rows), READ_BATCH), workers, np.asarray(rows, dtype=np.int64),
+                          torch.device("cpu"))
+    with keeping_torch_threads():
+        epoch = iter(loader)
+    return np.concatenate([images.numpy().copy() for images, _, _ in epoch])  # FFCV reuses its buffers

@@ -1,0 +1,173 @@
+"""FFCV and DALI stores and loaders against the native ones: same rows, same order, pixels within JPEG tolerance.
+
+The test extra installs DALI; `make install` also installs FFCV where its system libraries can be
+installed. A backend that is missing is skipped with the reason (shown by `pytest -rs`).
+"""
+import importlib.util
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastlt.data.backends import make_loader
+from fastlt.data.loader import NativeLoader
+from fastlt.data.sources import make_coloured_digits
+from fastlt.data.store import Store, write_native_store
+from fastlt.errors import FastltError
+from fastlt.recipe import recipe_from_dict
+from fastlt.train.trainer import pretrain
+
+HAVE = {"ffcv": importlib.util.find_spec("ffcv") is not None,
+        "dali": importlib.util.find_spec("nvidia.dali") is not None}
+NEEDS = {name: pytest.mark.skipif(not present, reason=f"{name} is not installed (see the README's install section)")
+         for name, present in HAVE.items()}
+# (backend, FFCV image format): JPEG for both, and FFCV's raw pixels, which must equal the native store's.
+STORES = [pytest.param(("ffcv", "jpg"), marks=NEEDS["ffcv"], id="ffcv-jpg"),
+          pytest.param(("ffcv", "raw"), marks=NEEDS["ffcv"], id="ffcv-raw"),
+          pytest.param(("dali", "jpg"), marks=NEEDS["dali"], id="dali")]
+QUALITY = 95
+DIGITS_SPLIT = Path(__file__).resolve().parents[2] / "splits" / "digits_lt" / "ratio10_seed1.npy"
+
+
+def jpeg_round_trip_error(images: np.ndarray) -> float:
+    """Mean absolute error of encoding with PIL at QUALITY and decoding again: the JPEG loss itself."""
+    errors = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=QUALITY)
+        errors.append(np.abs(np.asarray(Image.open(buffer).convert("RGB")).astype(int) - image.astype(int)).mean())
+    return float(np.mean(errors))
+
+
+@pytest.fixture(scope="module")
+def digits_parts():
+    return make_coloured_digits(0)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, digits_parts):
+    """The digits as a native store and, lazily, as each compressed store."""
+    parts, class_names = digits_parts
+    folder = tmp_path_factory.mktemp("backends")
+    made = {"native": write_native_store(folder / "native", "digits", class_names, parts, {"dataset": "digits"})}
+
+    def get(backend: str, image_format: str = "jpg"):
+        key = f"{backend}-{image_format}"
+        if key not in made:
+            made[key] = write_native_store(folder / key, "digits", class_names, parts, {"dataset": "digits"},
+                                           backend=backend, encode={"image_format": image_format,
+                                                                    "quality": QUALITY, "workers": 2})
+        return made[key]
+    get.native = made["native"]
+    return get
+
+
+@pytest.mark.parametrize("store_kind", STORES)
+def test_a_store_holds_the_native_rows_labels_and_pixels_within_jpeg_tolerance(stores, store_kind):
+    backend, image_format = store_kind
+    native, other = Store.open(stores.native), Store.open(stores(backend, image_format))
+    assert other.backend == backend and other.meta["image_shape"] == native.meta["image_shape"]
+    for part in ("train", "test"):
+        expected, got = native.part(part), other.part(part, verify=True)
+        assert np.array_equal(got.labels, expected.labels) and len(got.images) == len(expected.images)
+        decoded = np.asarray(got.images)
+        assert decoded.shape == expected.images.shape and decoded.dtype == np.uint8
+        difference = np.abs(decoded.astype(int) - expected.images.astype(int))
+        if image_format == "raw":
+            assert difference.max() == 0
+        else:  # as close as PIL's own JPEG round trip at that quality, within a level on average
+            assert difference.mean() <= jpeg_round_trip_error(expected.images[:200]) + 1.0, difference.mean()
+        rows = np.array([5, 0, 17, 5])
+        assert np.array_equal(got.images[rows], decoded[rows]) and np.array_equal(got.images[3], decoded[3])
+        assert np.array_equal(got.images[2:6], decoded[2:6])
+
+
+@NEEDS["dali"]
+def test_dali_decodes_the_stored_jpeg_as_pil_does_within_a_level_or_two(stores):
+    """The stored bytes are ordinary JPEGs: DALI's decoder and PIL's read them within decoder rounding."""
+    store = Store.open(stores("dali"))
+    offsets = np.load(store.path / "train_offsets.npy")
+    blob = (store.path / "train_jpeg.bin").read_bytes()
+    decoded = store.part("train").images[np.arange(20)]
+    for row in range(20):
+        with Image.open(io.BytesIO(blob[offsets[row]:offsets[row + 1]])) as image:
+            by_pil = np.asarray(image.convert("RGB"))
+        assert np.abs(decoded[row].astype(int) - by_pil.astype(int)).max() <= 2
+
+
+@pytest.mark.parametrize("store_kind", STORES)
+@pytest.mark.parametrize("batch_size, drop_last", [(100, False), (63, False), (64, True)])
+def test_loaders_take_the_native_order_and_see_every_index_once(stores, store_kind, batch_size, drop_last):
+    backend, image_format = store_kind
+    threads = torch.get_num_threads()
+    native, other = Store.open(stores.native), Store.open(stores(backend, image_format))
+    split = np.sort(np.random.default_rng(0).choice(len(native.labels("train")), 253, replace=False))  # 253 = 4*63+1
+    expected = NativeLoader(native.part("train"), split, batch_size, "cpu", torch.Generator().manual_seed(3),
+                            drop_last=drop_last)
+    loader = make_loader(other, "train", split, batch_size, torch.device("cpu"), torch.Generator().manual_seed(3),
+                         drop_last=drop_last)
+    assert len(loader) == len(expected) and loader.num_samples == 253
+    labels = other.labels("train")
+    for _ in range(2):  # two epochs: the permutations move on together
+        seen = []
+        for want, got in zip(expected, loader, strict=True):
+            assert torch.equal(got.indices, want.indices) and torch.equal(got.labels, want.labels)
+            assert got.images.shape == want.images.shape and got.images.dtype == torch.uint8
+            assert np.array_equal(got.labels.numpy(), labels[got.indices.numpy()])
+            if image_format == "raw":
+                assert torch.equal(got.images, want.images)
+            seen.append(got.indices.numpy().copy())
+        seen = np.concatenate(seen)
+        assert len(set(seen.tolist())) == len(seen)  # nothing repeated
+        if not drop_last:
+            assert sorted(seen.tolist()) == split.tolist()  # nothing skipped
+    assert torch.get_num_threads() == threads  # FFCV resets torch's thread count; the loader puts it back
+
+
+@NEEDS["ffcv"]
+def test_pretraining_from_ffcv_raw_equals_pretraining_from_native(stores, tmp_path):
+    """Same batches, same pixels: the run's losses and held-out kNN match bit for bit (this caught FFCV
+    changing torch's thread count, which changes the sums' order)."""
+    losses = []
+    for name, store in (("native", stores.native), ("ffcv", stores("ffcv", "raw"))):
+        recipe = recipe_from_dict({
+            "data": {"store": str(store), "split": str(DIGITS_SPLIT)},
+            "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
+            "optim": {"lr": 0.1, "warmup_epochs": 1},
+            "train": {"epochs": 1, "batch_size": 100, "out_dir": str(tmp_path), "name": name, "progress": False,
+                      "precision": "fp32", "device": "cpu", "monitor_every": 1},
+        }, "test")
+        (line,) = map(json.loads, (pretrain(recipe) / "metrics.jsonl").read_text().splitlines())
+        losses.append({key: value for key, value in line.items() if "second" not in key})
+    assert losses[0] == losses[1] and "monitor_knn" in losses[0]
+
+
+@NEEDS["dali"]
+def test_a_truncated_dali_file_or_a_damaged_store_file_is_named(stores, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(stores("dali"), copy)
+    blob = copy / "train_jpeg.bin"
+    blob.write_bytes(blob.read_bytes()[:-100])
+    with pytest.raises(FastltError, match="train_jpeg.bin: checksum does not match"):
+        Store.open(copy).part("train", verify=True)
+    with pytest.raises(FastltError, match="train_jpeg.bin: does not match its offsets"):
+        Store.open(copy).part("train")
+
+
+def test_a_missing_backend_is_one_line_with_the_install_command(monkeypatch, stores):
+    import sys
+
+    from fastlt.data import dali_backend, ffcv_backend
+
+    monkeypatch.setitem(sys.modules, "ffcv", None)  # import ffcv now raises ImportError
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    with pytest.raises(FastltError, match=r"FFCV is not installed .*pip install 'fastlt\[ffcv\]'"):
+        ffcv_backend.require_ffcv()
+    with pytest.raises(FastltError, match=r"DALI is not installed .*pip install 'fastlt\[dali\]'"):
+        dali_backend.require_dali()
