@@ -11,12 +11,13 @@ $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	bash tools/install_ffcv.sh $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests -q -rs
 
 # convert digits -> SimCLR on digits-LT -> linear probe + kNN vs a random-init backbone.
 demo: $(STAMP)

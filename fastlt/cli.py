@@ -570,6 +570,30 @@ def bench_train(recipe: str, overrides: tuple[str, ...], steps: int | None, batc
     write_result(out, result)
 
 
+@bench.command("loader")
+@click.option("--store", "store_path", type=click.Path(path_type=Path), required=True,
+              help="A store made by `fastlt convert` (any --format).")
+@click.option("--backend", type=click.Choice(["native", "ffcv", "dali"]),
+              help="Check that the store is of this backend (a store has one).")
+@click.option("--part", default="train", show_default=True, help="Store part to load.")
+@click.option("--batch", type=click.IntRange(min=2), default=256, show_default=True, help="Images per batch.")
+@click.option("--batches", type=click.IntRange(min=1), help="Batches per timed pass (default: one epoch).")
+@click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Timed passes; the best counts.")
+@click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: the usable cores).")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON (atomically).")
+@user_errors
+def bench_loader(store_path: Path, backend: str | None, part: str, batch: int, batches: int | None, repeats: int,
+                 workers: int | None, device: str, out: Path | None) -> None:
+    """Images per second out of a store's loader, alone and with two SimCLR views."""
+    from fastlt.bench.loader import loader_table, run_loader_benchmark
+    from fastlt.bench.report import write_result
+
+    result = run_loader_benchmark(store_path, backend, part, batch, batches, repeats, device, workers)
+    click.echo(loader_table(result))
+    write_result(out, result)
+
+
 @bench.command("linear-eval")
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--store", "store_path", type=click.Path(path_type=Path),

@@ -177,3 +177,17 @@ def test_bench_linear_eval_times_both_protocols(tmp_path, tiny_run):
     assert all(entry["seconds"] > 0 and entry["evaluations"] for entry in result["protocols"].values())
     assert result["settings"]["overrides"] == {"epochs": 2, "sdclr_epochs": 1}
     assert result["sdclr_over_bcl"] > 0 and "SDCLR's protocol takes" in table
+
+
+def test_bench_loader_times_the_stores_own_loader_alone_and_with_views(digits_store, tmp_path):
+    out = tmp_path / "loader.json"
+    table = invoke(["bench", "loader", "--store", str(digits_store), "--backend", "native", "--batch", "64",
+                    "--batches", "2", "--repeats", "1", "--device", "cpu", "--out", str(out)])
+    result = json.loads(out.read_text())
+    check_machine(result["machine"])
+    assert result["settings"]["backend"] == "native" and result["settings"]["images_per_pass"] == 128
+    assert result["settings"]["view_size"] == 32  # CIFAR views for 32 px images
+    assert all(entry["images_per_s"] > 0 for entry in result["results"].values())
+    assert set(result["results"]) == {"load", "load_and_views"} and "load + two 32 px views" in table
+    wrong = CliRunner().invoke(main, ["bench", "loader", "--store", str(digits_store), "--backend", "ffcv"])
+    assert wrong.exit_code == 1 and "is a native store (convert the data with --format ffcv" in wrong.output
