@@ -9,6 +9,7 @@ evaluation never see the difference.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,9 +93,12 @@ def encoded_images(backend: str, folder: Path, part: str, labels: np.ndarray, he
 
 
 def make_loader(store: Any, part: str, indices: np.ndarray | None, batch_size: int, device: torch.device,
-                generator: torch.Generator, shuffle: bool = True, drop_last: bool = False, workers: int = 2) -> Any:
-    """The loader of the store's backend over ``indices`` of ``part``; every one takes the NativeLoader's order."""
+                generator: torch.Generator, shuffle: bool = True, drop_last: bool = False,
+                workers: int | None = None) -> Any:
+    """The loader of the store's backend over ``indices`` of ``part``; every one takes the NativeLoader's order.
+    FFCV and DALI decode with ``workers`` threads (default: the usable cores)."""
     backend = store.backend
+    workers = workers or len(os.sched_getaffinity(0))
     if backend == "native":
         return NativeLoader(store.part(part), indices, batch_size, device, generator, shuffle, drop_last)
     labels = store.labels(part)

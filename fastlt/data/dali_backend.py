@@ -54,8 +54,9 @@ def write_jpeg_part(folder: Path, part: str, images: np.ndarray, quality: int) -
 class _Decoder:
     """A DALI pipeline that decodes a fed batch of encoded images to uint8 HWC, on the CPU or (mixed) the GPU."""
 
-    def __init__(self, max_batch: int, device: torch.device, threads: int):
+    def __init__(self, max_batch: int, device: torch.device, threads: int, where: str):
         require_dali()
+        self.where = where
         from nvidia.dali import fn, pipeline_def, types
 
         self.on_gpu = device.type == "cuda"
@@ -74,7 +75,12 @@ class _Decoder:
     def __call__(self, encoded: list[np.ndarray]) -> torch.Tensor:
         """[B, H, W, 3] uint8 on the loader's device."""
         self.pipeline.feed_input("encoded", encoded)
-        (images,) = self.pipeline.run()
+        try:
+            (images,) = self.pipeline.run()
+        except RuntimeError as error:  # DALI reports a damaged image as a RuntimeError with a long trace
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise FastltError(f"{self.where}: DALI cannot decode an image of this batch ({first}); "
+                              "convert the data again (`fastlt convert ... --format dali --verify`)") from None
         if self.on_gpu:
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
@@ -102,7 +108,8 @@ class DALILoader:
         self._device, self._generator = torch.device(device), generator
         self._shuffle = shuffle
         self._bounds = batch_bounds(len(self._rows), batch_size, drop_last)
-        self._decode = _Decoder(max(end - start for start, end in self._bounds), self._device, workers)
+        self._decode = _Decoder(max(end - start for start, end in self._bounds), self._device, workers,
+                                str(folder / f"{part}_jpeg.bin"))
 
     @property
     def num_samples(self) -> int:
@@ -134,7 +141,7 @@ def read_jpeg_rows(folder: Path, part: str, rows: np.ndarray, workers: int = 2) 
     """The images of ``rows`` of a DALI part, decoded on the CPU in the order given: [len(rows), H, W, 3] uint8."""
     offsets = np.load(folder / f"{part}_offsets.npy", allow_pickle=False)
     blob = np.memmap(folder / f"{part}_jpeg.bin", dtype=np.uint8, mode="r")
-    decode = _Decoder(min(len(rows), READ_BATCH), torch.device("cpu"), workers)
+    decode = _Decoder(min(len(rows), READ_BATCH), torch.device("cpu"), workers, str(folder / f"{part}_jpeg.bin"))
     chunks = [rows[start:start + READ_BATCH] for start in range(0, len(rows), READ_BATCH)]
     return np.concatenate([decode([blob[offsets[r]:offsets[r + 1]] for r in chunk.tolist()]).numpy()
                            for chunk in chunks])

@@ -90,9 +90,13 @@ def _ffcv_loader(path: Path, batch_size: int, workers: int, rows: np.ndarray | N
     pipelines = {"image": [SimpleRGBImageDecoder(), *to_device()],
                  "label": [IntDecoder(), *to_device()],  # [B, 1]
                  "index": [IntDecoder(), *to_device()]}
-    with keeping_torch_threads():
-        return Loader(str(path), batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
-                      pipelines=pipelines, drop_last=drop_last, indices=rows)
+    try:
+        with keeping_torch_threads():
+            return Loader(str(path), batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
+                          pipelines=pipelines, drop_last=drop_last, indices=rows)
+    except (OSError, ValueError, IndexError, KeyError) as error:  # what FFCV's reader raises on a damaged file
+        raise FastltError(f"{path}: not a readable FFCV file ({type(error).__name__}: {error}); "
+                          "convert the data again (`fastlt convert ... --format ffcv --verify`)") from None
 
 
 class _GivenOrder:

@@ -158,6 +158,30 @@ def test_a_truncated_dali_file_or_a_damaged_store_file_is_named(stores, tmp_path
         Store.open(copy).part("train", verify=True)
     with pytest.raises(FastltError, match="train_jpeg.bin: does not match its offsets"):
         Store.open(copy).part("train")
+    shutil.rmtree(copy)
+    shutil.copytree(stores("dali"), copy)
+    offsets = np.load(copy / "train_offsets.npy")
+    damaged = bytearray(blob.read_bytes())
+    damaged[offsets[3]:offsets[3] + 40] = bytes(40)  # the first image's header zeroed: same size, no JPEG
+    blob.write_bytes(bytes(damaged))
+    loader = make_loader(Store.open(copy), "train", None, 64, torch.device("cpu"), torch.Generator(), shuffle=False)
+    with pytest.raises(FastltError, match="train_jpeg.bin: DALI cannot decode an image of this batch"):
+        next(iter(loader))
+
+
+@NEEDS["ffcv"]
+def test_a_truncated_beton_is_a_one_line_error_naming_it(stores, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(stores("ffcv"), copy)
+    beton = copy / "train.beton"
+    beton.write_bytes(beton.read_bytes()[:beton.stat().st_size // 2])
+    store = Store.open(copy)
+    with pytest.raises(FastltError, match="train.beton: not a readable FFCV file"):
+        make_loader(store, "train", None, 64, torch.device("cpu"), torch.Generator())
+    with pytest.raises(FastltError, match="train.beton: checksum does not match"):
+        store.part("train", verify=True)
 
 
 def test_a_missing_backend_is_one_line_with_the_install_command(monkeypatch, stores):
