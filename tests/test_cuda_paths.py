@@ -118,3 +118,27 @@ def test_resized_crop_gives_the_cpu_result_on_cuda():
     expected = resized_crop(images, boxes, (32, 32), flip)
     torch.testing.assert_close(resized_crop(images.cuda(), boxes.cuda(), (32, 32), flip.cuda()).cpu(), expected,
                                atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["ffcv", "dali"])
+def test_ffcv_and_dali_loaders_deliver_to_cuda_in_the_native_order(digits_store, tmp_path, backend):
+    """FFCV's ToDevice and DALI's mixed (nvJPEG) decoder on the GPU: the native order, pixels within JPEG loss."""
+    import numpy as np
+
+    from fastlt.data.backends import make_loader
+    from fastlt.data.loader import NativeLoader
+    from fastlt.data.store import Store, write_native_store
+
+    pytest.importorskip("ffcv" if backend == "ffcv" else "nvidia.dali")
+    native = Store.open(digits_store)
+    parts = {name: native.part(name) for name in native.parts}
+    store = Store.open(write_native_store(tmp_path / backend, "digits", native.class_names, parts, {},
+                                          backend=backend, encode={"image_format": "jpg", "quality": 95,
+                                                                   "workers": 2}))
+    split = np.arange(0, len(parts["train"].labels), 3)
+    expected = NativeLoader(parts["train"], split, 100, "cpu", torch.Generator().manual_seed(4))
+    loader = make_loader(store, "train", split, 100, torch.device("cuda"), torch.Generator("cpu").manual_seed(4))
+    for want, got in zip(expected, loader, strict=True):
+        assert got.images.is_cuda and got.indices.is_cuda
+        assert torch.equal(got.indices.cpu(), want.indices) and torch.equal(got.labels.cpu(), want.labels)
+        assert (got.images.cpu().float() - want.images.float()).abs().mean() < 4.0
