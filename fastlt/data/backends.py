@@ -44,7 +44,7 @@ def write_images(backend: str, folder: Path, part: str, images: np.ndarray, labe
         from fastlt.data.dali_backend import require_dali, write_jpeg_part
 
         require_dali()
-        write_jpeg_part(folder, part, images, options["quality"])
+        write_jpeg_part(folder, part, images, options["quality"], options["workers"])
     else:
         raise FastltError(f"--format {backend!r}: expected one of {BACKENDS}")
 

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 
 from fastlt.data.loader import Batch, batch_bounds
+from fastlt.data.workers import ordered_map
 from fastlt.errors import FastltError
 
 READ_BATCH = 512  # rows decoded per DALI batch when a part is read as an array
+ENCODE_CHUNK = 256  # rows per task when a part is encoded in worker processes
 
 
 def require_dali() -> None:
@@ -37,17 +39,31 @@ def require_dali() -> None:
         raise FastltError(f"DALI is not installed ({error}); install it with `pip install 'fastlt[dali]'`") from None
 
 
-def write_jpeg_part(folder: Path, part: str, images: np.ndarray, quality: int) -> None:
-    """Encode every image of a part as JPEG (PIL, 4:2:0) into ``{part}_jpeg.bin`` with its offsets."""
+def _encode_rows(task: tuple[np.ndarray, int]) -> list[bytes]:
+    """JPEG bytes of each image of a chunk (runs in a worker process)."""
     from PIL import Image
 
+    images, quality = task
+    encoded = []
+    for image in images:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="JPEG", quality=quality)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def write_jpeg_part(folder: Path, part: str, images: np.ndarray, quality: int, workers: int = 1) -> None:
+    """Encode every image of a part as JPEG (PIL, 4:2:0) into ``{part}_jpeg.bin`` with its offsets, in
+    ``workers`` processes, chunk by chunk (the part may be larger than memory)."""
     offsets = np.zeros(len(images) + 1, dtype=np.int64)
-    with open(folder / f"{part}_jpeg.bin", "wb") as blob:
-        for row in range(len(images)):
-            buffer = io.BytesIO()
-            Image.fromarray(np.ascontiguousarray(images[row])).save(buffer, format="JPEG", quality=quality)
-            blob.write(buffer.getbuffer())
-            offsets[row + 1] = offsets[row] + buffer.getbuffer().nbytes
+    chunks = ((images[start:start + ENCODE_CHUNK], quality) for start in range(0, len(images), ENCODE_CHUNK))
+    with open(folder / f"{part}_jpeg.bin", "wb") as blob, ordered_map(workers) as mapped:
+        row = 0
+        for encoded in mapped(_encode_rows, chunks, 1):
+            for data in encoded:
+                blob.write(data)
+                offsets[row + 1] = offsets[row] + len(data)
+                row += 1
     np.save(folder / f"{part}_offsets.npy", offsets, allow_pickle=False)
 
 

@@ -14,16 +14,14 @@ recorded (path and reason) in the store's manifest.
 """
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 
 from fastlt.data.store import StoreWriter
+from fastlt.data.workers import ordered_map
 from fastlt.errors import FastltError
 from fastlt.files import file_digest
 
@@ -162,8 +160,9 @@ def convert_part(writer: StoreWriter, part: str, images: ImageList, size: int, w
     pixels, labels = writer.new_part(part, count, size, size)
     tasks = [(row, str(root / path), size) for row, path in enumerate(images.paths)]
     kept, bad = 0, []
-    with _decoder(workers) as decode:
-        for done, (row, image, why) in enumerate(decode(tasks, max(1, min(64, count // (8 * workers)))), 1):
+    chunk = max(1, min(64, count // (8 * workers)))  # rows per task: few round trips, still balanced
+    with ordered_map(workers) as mapped:
+        for done, (row, image, why) in enumerate(mapped(_decode_task, tasks, chunk), 1):
             if image is None:
                 if not skip_bad:
                     raise FastltError(f"{root / images.paths[row]}: cannot decode ({why}); "
@@ -178,16 +177,6 @@ def convert_part(writer: StoreWriter, part: str, images: ImageList, size: int, w
         raise FastltError(f"part {part!r}: none of its {count} images could be read")
     writer.keep_rows(part, kept)
     return {"images": kept, "listed": count, "skipped": bad}
-
-
-@contextlib.contextmanager
-def _decoder(workers: int) -> Iterator[Callable[[list, int], Iterator]]:
-    """decode(tasks, chunk) over a pool of ``workers`` processes (in this process for 1), in task order."""
-    if workers <= 1:
-        yield lambda tasks, chunk: map(_decode_task, tasks)
-        return
-    with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(workers) as pool:
-        yield lambda tasks, chunk: pool.imap(_decode_task, tasks, chunksize=chunk)
 
 
 # The published ImageNet-100-LT lists (splits/published/sdclr/imagenet-100), one store part each.

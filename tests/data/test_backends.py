@@ -195,3 +195,15 @@ def test_a_missing_backend_is_one_line_with_the_install_command(monkeypatch, sto
         ffcv_backend.require_ffcv()
     with pytest.raises(FastltError, match=r"DALI is not installed .*pip install 'fastlt\[dali\]'"):
         dali_backend.require_dali()
+
+
+@NEEDS["dali"]
+def test_dali_encoding_in_worker_processes_writes_the_same_bytes(digits_parts, tmp_path):
+    from fastlt.data.dali_backend import ENCODE_CHUNK, write_jpeg_part
+
+    images = digits_parts[0]["train"].images[:ENCODE_CHUNK + 7]  # more than one chunk, the last one short
+    for workers in (1, 2):
+        (tmp_path / str(workers)).mkdir()
+        write_jpeg_part(tmp_path / str(workers), "train", images, QUALITY, workers)
+    for file in ("train_jpeg.bin", "train_offsets.npy"):
+        assert (tmp_path / "1" / file).read_bytes() == (tmp_path / "2" / file).read_bytes()
