@@ -657,7 +657,8 @@ def info() -> None:
         "cuda_build": torch.version.cuda,
         "auto": auto,
         "installed_extras": {"nvidia.dali": importable("nvidia.dali"), "ffcv": importable("ffcv"),
-                             "note": "fastlt reads its native store only; DALI and FFCV loaders are not built yet"},
+                             "note": "store backends (fastlt convert --format): native always, ffcv and dali "
+                                     "where installed"},
     }
     click.echo(json.dumps(report, indent=2))
 
