@@ -173,6 +173,12 @@ class EvalConfig:
                                            "recipe's folder; empty = no few-shot report")
     sdclr_few_shot_epochs: int = setting(100, "SDCLR protocol: few-shot epochs (lr x0.1 at 40% and 60%)",
                                          AT_LEAST_1)
+    sdclr_crop: str = setting("padded", "SDCLR protocol: training views, padded (RandomCrop with 4 px padding, "
+                                        "CIFAR) or resized (RandomResizedCrop to eval.center_crop, ImageNet-100)",
+                              one_of("padded", "resized"))
+    sdclr_batch_size: int = setting(128, "SDCLR protocol: fc batch size (128 CIFAR, 512 ImageNet-100)", AT_LEAST_1)
+    center_crop: int = setting(0, "evaluation views: the centre square of this side (224 on a 256 px ImageNet "
+                                  "store: Resize 256 + CenterCrop 224); 0 = the whole image", NON_NEGATIVE)
     groups: str = setting("thirds", "many/medium/few: thirds (CIFAR) or thresholds (ImageNet-100-LT)",
                           one_of("thirds", "thresholds"))
     epochs: int = setting(500, "probe epochs", AT_LEAST_1)
@@ -187,6 +193,8 @@ class EvalConfig:
     def check(self) -> None:
         if self.final_lr > self.lr:
             raise FastltError(f"eval.final_lr: must not exceed eval.lr ({self.lr}), got {self.final_lr}")
+        if self.sdclr_crop == "resized" and self.center_crop == 0:
+            raise FastltError("eval.sdclr_crop: resized needs eval.center_crop, the side of the views (224)")
 
 
 # Keys that name files: relative values are taken relative to the recipe file that sets them.

@@ -12,14 +12,31 @@ from torch import Tensor, nn
 from fastlt.errors import FastltError
 
 
+def center_square(images: Tensor, side: int) -> Tensor:
+    """The centre ``side`` x ``side`` of [..., H, W] images (all of them for side 0), at torchvision's
+    ``CenterCrop`` offsets; a side larger than the images is an error."""
+    if side == 0:
+        return images
+    height, width = images.shape[-2:]
+    if side > min(height, width):
+        raise FastltError(f"eval.center_crop {side}: larger than the {height}x{width} images")
+    top, left = int(round((height - side) / 2.0)), int(round((width - side) / 2.0))
+    return images[..., top:top + side, left:left + side]
+
+
 def extract_features(
     backbone: nn.Module,
     images: np.ndarray | Tensor,
     device: torch.device | str,
     batch_size: int = 512,
     autocast_dtype: torch.dtype | None = None,
+    center_crop: int = 0,
 ) -> Tensor:
     """Features of uint8 NHWC images as float32 [N, D] on ``device``, backbone in eval mode.
+
+    ``center_crop`` > 0 feeds the centre square of that side instead of the whole image, with
+    torchvision's ``CenterCrop`` offsets: on a store kept at 256 px that is the ImageNet test
+    view, Resize(256) + CenterCrop(224).
 
     Each batch moves to the device as uint8 (4x less traffic than float), becomes float in
     [0, 1] there, and is fed as NCHW in channels_last memory (a permute of NHWC is exactly
@@ -50,7 +67,7 @@ def extract_features(
                 batch = torch.from_numpy(np.array(batch)) if isinstance(batch, np.ndarray) else batch
                 if pinned and batch.device.type == "cpu":
                     batch = batch.pin_memory()
-                batch = batch.to(device, non_blocking=pinned).permute(0, 3, 1, 2)
+                batch = center_square(batch.to(device, non_blocking=pinned).permute(0, 3, 1, 2), center_crop)
                 pixels = batch.float().div_(255).contiguous(memory_format=torch.channels_last)
                 chunks.append(backbone(pixels).float())
     finally:

@@ -198,9 +198,10 @@ def bcl_probe_config(inputs: ProtocolInputs) -> LinearProbeConfig:
 def sdclr_probe_config(plan: Evaluation, inputs: ProtocolInputs) -> SDCLRProbeConfig:
     """SDCLR's fc training: 30 epochs full-shot (x0.1 at 1/3, 2/3), 100 on the few-shot list (x0.1 at 40%, 60%)."""
     s = inputs.settings
+    views = {"batch_size": s.sdclr_batch_size, "crop": s.sdclr_crop, "crop_size": s.center_crop, "seed": inputs.seed}
     if plan.shots == FULL:
-        return SDCLRProbeConfig(epochs=s.sdclr_epochs, seed=inputs.seed)
-    return SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6), seed=inputs.seed)
+        return SDCLRProbeConfig(epochs=s.sdclr_epochs, **views)
+    return SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6), **views)
 
 
 def bcl_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str) -> dict[str, dict]:
@@ -347,9 +348,10 @@ def linear_eval(
         bank = FeatureBank(
             needed,
             extract_features(module, np.ascontiguousarray(train_part.images[needed]), device,
-                             autocast_dtype=inputs.autocast_dtype),
+                             autocast_dtype=inputs.autocast_dtype, center_crop=settings.center_crop),
             train_labels,
-            extract_features(module, np.asarray(test_part.images), device, autocast_dtype=inputs.autocast_dtype),
+            extract_features(module, np.asarray(test_part.images), device, autocast_dtype=inputs.autocast_dtype,
+                             center_crop=settings.center_crop),
             test_labels,
         )
         for plan in plans:

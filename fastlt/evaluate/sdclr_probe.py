@@ -2,7 +2,8 @@
 
 Unlike BCL's probe, which fits on features extracted once, SDCLR trains only the fc while
 every batch goes through the backbone again, with RandomCrop(pad 4) and a horizontal flip
-made here on the device. The backbone stays in eval mode (batch norm frozen) and under
+(CIFAR), or RandomResizedCrop and a flip (ImageNet-100: 224 px from the 256 px store, batch
+512), made here on the device. The backbone stays in eval mode (batch norm frozen) and under
 no_grad, so only the fc learns: SGD with lr 30 and momentum 0.9, batches of 128, the
 learning rate x0.1 at 1/3 and 2/3 of the epochs (10 and 20 of 30; 40 and 60 of 100 for
 the few-shot list), and the epoch with the best accuracy on the held-out list is kept
@@ -17,9 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastlt.augment.functional import padded_crop, to_float
+from fastlt.augment.functional import padded_crop, resized_crop, to_float
+from fastlt.augment.views import sample_resized_crop_boxes
 from fastlt.errors import FastltError
 from fastlt.evaluate.linear import predict_linear, seeded_linear
+
+
+PROBE_CROPS = ("padded", "resized")
+RESIZED_SCALE, RESIZED_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop defaults
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,17 @@ class SDCLRProbeConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     batch_size: int = 128
+    crop: str = "padded"  # "padded": RandomCrop(pad 4), same size; "resized": RandomResizedCrop(crop_size)
     padding: int = 4
+    crop_size: int = 0  # "resized": the side of the training views (the test views' centre crop)
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise FastltError(f"SDCLR probe: epochs and batch size must be >= 1, got {self.epochs} / {self.batch_size}")
+        if self.crop not in PROBE_CROPS or (self.crop == "resized" and self.crop_size < 1):
+            raise FastltError(f"SDCLR probe: crop must be one of {PROBE_CROPS} (resized with a crop size), "
+                              f"got {self.crop!r} / {self.crop_size}")
 
     @property
     def milestones(self) -> list[int]:
@@ -54,12 +65,19 @@ class SDCLRProbe:
     held_out_accuracy: list[float]
 
 
-def augment_batch(images: Tensor, generator: torch.Generator, padding: int) -> Tensor:
-    """uint8 [B, 3, H, W] -> float [B, 3, H, W] in [0, 1]: a random padded crop and a random flip per image."""
-    batch = images.shape[0]
-    offsets = torch.randint(0, 2 * padding + 1, (batch, 2), generator=generator, device=images.device)
+def augment_batch(images: Tensor, generator: torch.Generator, config: SDCLRProbeConfig) -> Tensor:
+    """uint8 [B, 3, H, W] -> float views in [0, 1], channels_last, a random flip per image and either a
+    random padded crop of the same size or torchvision's RandomResizedCrop (scale 0.08..1, ratio
+    3/4..4/3, bilinear) to ``crop_size``."""
+    batch, _, height, width = images.shape
+    if config.crop == "resized":
+        boxes = sample_resized_crop_boxes(batch, height, width, RESIZED_SCALE, RESIZED_RATIO, generator)
+        flips = torch.rand(batch, generator=generator, device=images.device) < 0.5
+        views = resized_crop(to_float(images), boxes, (config.crop_size, config.crop_size), flips, "bilinear")
+        return views.clamp_(0.0, 1.0).contiguous(memory_format=torch.channels_last)
+    offsets = torch.randint(0, 2 * config.padding + 1, (batch, 2), generator=generator, device=images.device)
     flips = torch.rand(batch, generator=generator, device=images.device) < 0.5
-    return to_float(padded_crop(images, offsets, padding, flips)).contiguous(memory_format=torch.channels_last)
+    return to_float(padded_crop(images, offsets, config.padding, flips)).contiguous(memory_format=torch.channels_last)
 
 
 def train_fc_through_backbone(
@@ -97,7 +115,7 @@ def train_fc_through_backbone(
         for epoch in range(1, config.epochs + 1):
             order = torch.randperm(len(images), generator=generator, device=device)
             for batch in order.split(config.batch_size):
-                views = augment_batch(nchw[batch], generator, config.padding)
+                views = augment_batch(nchw[batch], generator, config)
                 with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype,
                                                      enabled=autocast_dtype is not None):
                     features = backbone(views).float()

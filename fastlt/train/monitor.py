@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from fastlt.data.splits import held_out_indices
 from fastlt.data.store import StorePart
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import extract_features
+from fastlt.evaluate.features import center_square, extract_features
 from fastlt.evaluate.knn import knn_predict
 from fastlt.evaluate.report import GROUP_NAMES, accuracy_report
 from fastlt.recipe import Recipe
@@ -75,7 +75,10 @@ class Monitor:
         labels = np.asarray(part.labels)
         queries = held_out_indices(recipe.eval.val_split, pretrain_indices, len(labels))
         rows = np.concatenate([np.asarray(pretrain_indices, dtype=np.int64), queries])
-        return cls(torch.from_numpy(np.ascontiguousarray(part.images[rows])).to(device),
+        # The evaluation view (eval.center_crop) is cut once here, so the device keeps only what is used.
+        nchw = torch.from_numpy(np.ascontiguousarray(part.images[rows])).permute(0, 3, 1, 2)
+        images = center_square(nchw, recipe.eval.center_crop).permute(0, 2, 3, 1).contiguous()
+        return cls(images.to(device),
                    torch.from_numpy(labels[rows].astype(np.int64)).to(device), len(pretrain_indices), num_classes,
                    groups, recipe.eval.knn[0] if recipe.eval.knn else 1, recipe.eval.exit,
                    recipe.train.monitor_every, recipe.train.epochs, 2 * recipe.train.batch_size)

@@ -95,3 +95,17 @@ def test_bf16_autocast_returns_float32_close_to_fp32(images):
 def test_rejects_non_uint8_nhwc(bad):
     with pytest.raises(FastltError, match="images"):
         extract_features(tiny_backbone(), bad, "cpu")
+
+
+@pytest.mark.parametrize("height, width, side", [(16, 16, 12), (15, 20, 8), (10, 10, 10)])
+def test_center_crop_feeds_torchvisions_center_crop(height, width, side):
+    import torchvision.transforms.v2.functional as TF
+
+    images = torch.randint(0, 256, (5, height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    features = extract_features(nn.Flatten(), images.numpy(), "cpu", batch_size=2, center_crop=side)
+    for b in range(5):
+        expected = TF.center_crop(images[b].permute(2, 0, 1), [side, side]).float() / 255
+        assert torch.equal(features[b], expected.flatten())
+    with pytest.raises(FastltError, match=f"eval.center_crop {min(height, width) + 1}: larger than the "
+                                          f"{height}x{width} images"):
+        extract_features(nn.Flatten(), images.numpy(), "cpu", center_crop=min(height, width) + 1)

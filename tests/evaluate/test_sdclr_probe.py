@@ -87,3 +87,35 @@ def test_augmented_training_learns_and_is_seeded():
     assert first.held_out_accuracy == again.held_out_accuracy and torch.equal(first.fc.weight, again.fc.weight)
     with pytest.raises(FastltError, match="uint8"):
         train_fc_through_backbone(backbone, images.float(), labels, held_features, held_labels, 3, config)
+
+
+def test_resized_training_views_are_torchvisions_random_resized_crop_and_flip():
+    """ImageNet-100's probe views: the boxes drawn as RandomResizedCrop(scale 0.08..1) draws them, then
+    torchvision's bilinear resized crop and a flip, per image."""
+    import torchvision.transforms.v2.functional as TF
+
+    from fastlt.augment.views import sample_resized_crop_boxes
+    from fastlt.evaluate.sdclr_probe import RESIZED_RATIO, RESIZED_SCALE, augment_batch
+
+    images = torch.randint(0, 256, (6, 3, 40, 36), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    config = SDCLRProbeConfig(crop="resized", crop_size=24)
+    views = augment_batch(images, torch.Generator().manual_seed(3), config)
+    assert views.shape == (6, 3, 24, 24) and views.is_contiguous(memory_format=torch.channels_last)
+    generator = torch.Generator().manual_seed(3)  # the same draws, in the same order
+    boxes = sample_resized_crop_boxes(6, 40, 36, RESIZED_SCALE, RESIZED_RATIO, generator)
+    flips = torch.rand(6, generator=generator) < 0.5
+    for b, (top, left, height, width) in enumerate(boxes.tolist()):
+        expected = TF.resized_crop(images[b].float() / 255, top, left, height, width, [24, 24],
+                                   TF.InterpolationMode.BILINEAR, antialias=True).clamp(0, 1)
+        expected = TF.horizontal_flip(expected) if flips[b] else expected
+        torch.testing.assert_close(views[b], expected, atol=1e-5, rtol=0)
+    with pytest.raises(FastltError, match="crop must be one of"):
+        SDCLRProbeConfig(crop="resized")
+
+
+def test_resized_probe_crop_needs_the_center_crop_side():
+    from fastlt.recipe import recipe_from_dict
+
+    with pytest.raises(FastltError, match="eval.sdclr_crop: resized needs eval.center_crop"):
+        recipe_from_dict({"eval": {"sdclr_crop": "resized"}}, "test")
+    assert recipe_from_dict({"eval": {"sdclr_crop": "resized", "center_crop": 224}}, "test").eval.center_crop == 224

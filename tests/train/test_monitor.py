@@ -258,6 +258,15 @@ def test_a_given_val_split_is_the_query_set(digits_store, tmp_path):
     assert Monitor.for_recipe(tiny(digits_store, tmp_path, "w"), part, np.load(SPLIT), 10, {}, "cpu") is None
 
 
+def test_the_monitor_keeps_the_evaluation_view_only(digits_store, tmp_path):
+    """With eval.center_crop the device holds the centre squares (ImageNet: 224 of the stored 256)."""
+    part = Store.open(digits_store).part("train")
+    recipe = tiny(digits_store, tmp_path, "c", monitor_every=1, eval_settings={"center_crop": 24})
+    monitor = Monitor.for_recipe(recipe, part, np.load(SPLIT), 10, {}, torch.device("cpu"))
+    expected = torch.from_numpy(np.asarray(part.images)[np.load(SPLIT)])[:, 4:28, 4:28]  # (32 - 24) / 2 = 4
+    assert torch.equal(monitor.images[:monitor.memory_size], expected)
+
+
 def test_tensorboard_gets_every_metrics_number(digits_store, tmp_path):
     pytest.importorskip("tensorboard", reason="the optional tensorboard package (pip install 'fastlt[tensorboard]') "
                                               "is not installed")
