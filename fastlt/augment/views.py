@@ -24,7 +24,7 @@ from fastlt.errors import FastltError
 CROP_ATTEMPTS = 10  # torchvision's RandomResizedCrop tries 10 boxes before its fallback
 JITTER_OPS = 4  # brightness, contrast, saturation, hue (the order is drawn per sample)
 HUE_OP = 3  # index of the hue shift among the jitter ops (0..2 are functional.BRIGHTNESS..SATURATION)
-
+SEQUENCE_FIELDS = ("scale", "ratio", "jitter", "blur_sigma")
 
 
 class ExtraStage(Protocol):
@@ -41,8 +41,6 @@ class ExtraStage(Protocol):
 
     def prefers_eager(self, device: torch.device) -> bool:
         """Whether the stage runs faster eagerly than inside the compiled view pipeline on ``device``."""
-
-SEQUENCE_FIELDS = ("scale", "ratio", "jitter", "blur_sigma")
 
 
 def _check_positive_range(name: str, pair: tuple[float, ...], high: float) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fastlt.data.loader import NativeLoader
+from fastlt.data.loader import NativeLoader, check_batching
 from fastlt.errors import FastltError
 
 BACKENDS = ("native", "ffcv", "dali")
@@ -103,11 +103,7 @@ def make_loader(store: Any, part: str, indices: np.ndarray | None, batch_size: i
         return NativeLoader(store.part(part), indices, batch_size, device, generator, shuffle, drop_last)
     labels = store.labels(part)
     rows = np.arange(len(labels), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-    if len(rows) == 0:
-        raise FastltError("loader: the split selects no samples")
-    if drop_last and batch_size > len(rows):
-        raise FastltError(f"batch size {batch_size}: larger than the {len(rows)} samples of the split, "
-                          "so drop_last leaves no batch")
+    check_batching(len(rows), batch_size, drop_last)
     if backend == "ffcv":
         from fastlt.data.ffcv_backend import FFCVLoader
 

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fastlt.data.loader import Batch, batch_bounds
+from fastlt.data.loader import Batch, batch_bounds, epoch_order
 from fastlt.data.workers import ordered_map
 from fastlt.errors import FastltError
 
@@ -107,6 +107,19 @@ class _Decoder:
         return torch.from_numpy(images.as_array())
 
 
+class _JpegPart:
+    """A DALI part's encoded images: the memory-mapped blob and where each image starts."""
+
+    def __init__(self, folder: Path, part: str):
+        self.path = folder / f"{part}_jpeg.bin"
+        self.offsets = np.load(folder / f"{part}_offsets.npy", allow_pickle=False)
+        self.blob = np.memmap(self.path, dtype=np.uint8, mode="r")
+
+    def encoded(self, rows: np.ndarray) -> list[np.ndarray]:
+        """The encoded bytes of each row (views into the memory map)."""
+        return [self.blob[self.offsets[row]:self.offsets[row + 1]] for row in rows.tolist()]
+
+
 class DALILoader:
     """Yields Batch(images, labels, indices) from a DALI part, as NativeLoader does from a native one.
 
@@ -117,15 +130,14 @@ class DALILoader:
     def __init__(self, folder: Path, part: str, labels: np.ndarray, rows: np.ndarray | None, batch_size: int,
                  device: torch.device, generator: torch.Generator, shuffle: bool = True, drop_last: bool = False,
                  workers: int = 2):
-        self._offsets = np.load(folder / f"{part}_offsets.npy", allow_pickle=False)
-        self._bytes = np.memmap(folder / f"{part}_jpeg.bin", dtype=np.uint8, mode="r")
+        self._jpegs = _JpegPart(folder, part)
         self._labels = np.asarray(labels, dtype=np.int64)
         self._rows = np.arange(len(self._labels), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self._device, self._generator = torch.device(device), generator
         self._shuffle = shuffle
         self._bounds = batch_bounds(len(self._rows), batch_size, drop_last)
         self._decode = _Decoder(max(end - start for start, end in self._bounds), self._device, workers,
-                                str(folder / f"{part}_jpeg.bin"))
+                                str(self._jpegs.path))
 
     @property
     def num_samples(self) -> int:
@@ -134,20 +146,11 @@ class DALILoader:
     def __len__(self) -> int:
         return len(self._bounds)
 
-    def encoded(self, rows: np.ndarray) -> list[np.ndarray]:
-        """The encoded bytes of each row (views into the memory map)."""
-        return [self._bytes[self._offsets[row]:self._offsets[row + 1]] for row in rows.tolist()]
-
     def __iter__(self) -> Iterator[Batch]:
-        count = self.num_samples
-        if self._shuffle:
-            permutation = torch.randperm(count, generator=self._generator, device=self._generator.device).cpu().numpy()
-        else:
-            permutation = np.arange(count)
-        order = self._rows[permutation]
+        order = self._rows[epoch_order(self.num_samples, self._generator, self._shuffle).cpu().numpy()]
         for start, end in self._bounds:
             rows = order[start:end]
-            images = self._decode(self.encoded(rows))
+            images = self._decode(self._jpegs.encoded(rows))
             yield Batch(images=images.permute(0, 3, 1, 2),
                         labels=torch.from_numpy(self._labels[rows]).to(self._device),
                         indices=torch.from_numpy(rows).to(self._device))
@@ -155,12 +158,10 @@ class DALILoader:
 
 def read_jpeg_rows(folder: Path, part: str, rows: np.ndarray, workers: int = 2) -> np.ndarray:
     """The images of ``rows`` of a DALI part, decoded on the CPU in the order given: [len(rows), H, W, 3] uint8."""
-    offsets = np.load(folder / f"{part}_offsets.npy", allow_pickle=False)
-    blob = np.memmap(folder / f"{part}_jpeg.bin", dtype=np.uint8, mode="r")
-    decode = _Decoder(min(len(rows), READ_BATCH), torch.device("cpu"), workers, str(folder / f"{part}_jpeg.bin"))
-    chunks = [rows[start:start + READ_BATCH] for start in range(0, len(rows), READ_BATCH)]
-    return np.concatenate([decode([blob[offsets[r]:offsets[r + 1]] for r in chunk.tolist()]).numpy()
-                           for chunk in chunks])
+    jpegs = _JpegPart(folder, part)
+    decode = _Decoder(min(len(rows), READ_BATCH), torch.device("cpu"), workers, str(jpegs.path))
+    return np.concatenate([decode(jpegs.encoded(rows[start:start + READ_BATCH])).numpy()
+                           for start in range(0, len(rows), READ_BATCH)])
 
 
 def check_dali_part(folder: Path, part: str, count: int) -> None:

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fastlt.data.loader import Batch, batch_bounds
+from fastlt.data.loader import Batch, batch_bounds, epoch_order
 from fastlt.errors import FastltError
 
 WRITE_MODES = ("jpg", "raw")
@@ -123,7 +123,6 @@ class FFCVLoader:
         self._rows = np.arange(num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self._bounds = batch_bounds(len(self._rows), batch_size, drop_last)
         self._generator, self._shuffle = generator, shuffle
-        self._fold = not drop_last and len(self._rows) % batch_size == 1 and len(self._rows) > batch_size
         self._loader = _ffcv_loader(path, batch_size, workers, self._rows, torch.device(device), drop_last)
         self._order = _GivenOrder()
         self._loader.traversal_order = self._order
@@ -136,20 +135,16 @@ class FFCVLoader:
         return len(self._bounds)
 
     def __iter__(self) -> Iterator[Batch]:
-        count = self.num_samples
-        if self._shuffle:
-            permutation = torch.randperm(count, generator=self._generator, device=self._generator.device).cpu().numpy()
-        else:
-            permutation = np.arange(count)
-        self._order.order = self._rows[permutation]
+        self._order.order = self._rows[epoch_order(self.num_samples, self._generator, self._shuffle).cpu().numpy()]
         batches = len(self._loader)
+        fold = batches == len(self._bounds) + 1  # FFCV's single-sample last batch joins the one before it
         held = None
         with keeping_torch_threads():
             epoch = iter(self._loader)
         for number, (images, labels, indices) in enumerate(epoch, 1):
             batch = Batch(images=images.permute(0, 3, 1, 2), labels=labels.view(-1).long(),
                           indices=indices.view(-1).long())
-            if self._fold and number == batches - 1:
+            if fold and number == batches - 1:
                 # FFCV reuses its output buffers: keep a copy of the batch the single last sample joins.
                 held = Batch(batch.images.clone(), batch.labels.clone(), batch.indices.clone())
             elif held is not None:

@@ -51,6 +51,25 @@ def batch_bounds(count: int, size: int, drop_last: bool) -> list[tuple[int, int]
     return list(zip([0, *ends[:-1]], ends))
 
 
+def check_batching(count: int, batch_size: int, drop_last: bool) -> None:
+    """Refuse a split no epoch can be made of, whatever the backend."""
+    if batch_size < 1:
+        raise FastltError(f"batch size {batch_size}: must be at least 1")
+    if count == 0:
+        raise FastltError("loader: the split selects no samples")
+    if drop_last and batch_size > count:
+        raise FastltError(f"batch size {batch_size}: larger than the {count} samples of the split, "
+                          "so drop_last leaves no batch")
+
+
+def epoch_order(count: int, generator: torch.Generator, shuffle: bool) -> torch.Tensor:
+    """The epoch's order of the split's positions, on the generator's device: one ``randperm`` from the run's
+    generator, or 0..count-1. Every backend's loader takes it, so all of them visit the same batches."""
+    if shuffle:
+        return torch.randperm(count, generator=generator, device=generator.device)
+    return torch.arange(count, device=generator.device)
+
+
 class NativeLoader:
     """Yields Batch(images, labels, indices) from a store part restricted to ``indices`` (all when None).
 
@@ -74,15 +93,7 @@ class NativeLoader:
     ) -> None:
         device = torch.device(device)
         rows = np.arange(len(part.labels), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
-        if batch_size < 1:
-            raise FastltError(f"batch size {batch_size}: must be at least 1")
-        if len(rows) == 0:
-            raise FastltError("loader: the split selects no samples")
-        if drop_last and batch_size > len(rows):
-            raise FastltError(
-                f"batch size {batch_size}: larger than the {len(rows)} samples of the split, "
-                "so drop_last leaves no batch"
-            )
+        check_batching(len(rows), batch_size, drop_last)
         if generator.device.type != device.type:
             raise FastltError(f"loader: generator is on {generator.device}, data on {device}; they must match")
         # Fancy indexing copies out of the memory map, so the tensors own writable memory.
@@ -103,11 +114,7 @@ class NativeLoader:
         return len(batch_bounds(self.num_samples, self._batch_size, self._drop_last))
 
     def __iter__(self) -> Iterator[Batch]:
-        device = self._images.device
-        if self._shuffle:
-            order = torch.randperm(self.num_samples, generator=self._generator, device=device)
-        else:
-            order = torch.arange(self.num_samples, device=device)
+        order = epoch_order(self.num_samples, self._generator, self._shuffle)
         for start, end in batch_bounds(self.num_samples, self._batch_size, self._drop_last):
             chosen = order[start:end]
             # Gather rows of the NHWC tensor, then view as NCHW: channels_last memory at no cost.

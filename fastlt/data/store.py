@@ -141,22 +141,18 @@ class StoreWriter:
         self._parts[part_name] = (images, labels)
         return images, labels
 
-    def keep_rows(self, part_name: str, count: int) -> tuple[np.ndarray, np.ndarray]:
+    def keep_rows(self, part_name: str, count: int) -> None:
         """Cut a staged part to its first ``count`` rows (after dropping unreadable images)."""
         images, labels = self._parts[part_name]
         if count == len(labels):
-            return images, labels
-        kept, kept_labels = self.new_part(f"{part_name}_kept", count, *images.shape[1:3])
+            return
+        kept_file = self.staging / f".{part_name}_kept.npy"
+        kept = np.lib.format.open_memmap(kept_file, mode="w+", dtype=np.uint8, shape=(count, *images.shape[1:]))
         for start in range(0, count, 4096):  # chunked: the part may be larger than memory
             end = min(start + 4096, count)
             kept[start:end] = images[start:end]
-        kept_labels[:] = labels[:count]
-        kept.flush()
-        del images
-        del self._parts[f"{part_name}_kept"]
-        os.replace(self.staging / f"{part_name}_kept_images.npy", self.staging / f"{part_name}_images.npy")
-        self._parts[part_name] = (kept, kept_labels)
-        return kept, kept_labels
+        os.replace(kept_file, self.staging / f"{part_name}_images.npy")
+        self._parts[part_name] = (kept, labels[:count].copy())
 
     def commit(self) -> Path:
         """Sync every file, write meta.json, and swap the staging folder in (the old store out, if any)."""
