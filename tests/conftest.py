@@ -8,8 +8,10 @@ before packing so readers can be checked against them.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,11 @@ from fastlt.data.store import write_native_store
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA device; every other test is pinned to the CPU")
+    # Inductor's on-disk cache is keyed without the oneDNN / ATen ISA limits, and kernels built under one
+    # setting gave NaNs when reused under another (AVX2 emulated on an AVX-512 CPU): one cache per setting,
+    # for every compile of the suite and the fastlt processes it starts, unless the caller chose a cache.
+    isa = "-".join(os.environ.get(name, "native") for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"fastlt-inductor-{isa}"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
