@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fastlt-installed
 DEMO   ?= demo
 
-.PHONY: install test demo bench reproduce-cifar100 reproduce-cifar10 reproduce-digits
+.PHONY: install test demo bench reproduce-cifar100 reproduce-cifar10 reproduce-imagenet100 reproduce-digits
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,12 +34,13 @@ bench: $(STAMP)
 	$(BIN)/fastlt bench train --out bench-train.json
 
 # The published tables (fastlt/reproduce.py): CIFAR=path/to/tarball (else it is downloaded),
-# SPLITS=1,2,3,4,5 for mean and std over the published splits, EPOCHS=N for a short version.
+# SPLITS=1,2,3,4,5 for mean and std over the published splits, EPOCHS=N for a short version,
+# SET="section.key=value ..." to override recipe values in every run.
 # Stopped and run again, each target continues where it stopped.
 DATA    ?= data
 RESULTS ?= results
 SPLITS  ?= 1
-REPRODUCE = $(BIN)/fastlt reproduce --out $(RESULTS) $(if $(EPOCHS),--epochs $(EPOCHS))
+REPRODUCE = $(BIN)/fastlt reproduce --out $(RESULTS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(foreach s,$(SET),--set $(s))
 
 $(DATA)/%/meta.json: | $(STAMP)
 	$(BIN)/fastlt convert $* $(if $(CIFAR),--source $(CIFAR),--download) --out $(DATA)/$*
@@ -49,6 +50,16 @@ reproduce-cifar100: $(STAMP) $(DATA)/cifar100/meta.json
 
 reproduce-cifar10: $(STAMP) $(DATA)/cifar10/meta.json
 	$(REPRODUCE) cifar10 --store $(DATA)/cifar10 --splits $(SPLITS)
+
+# TS's ImageNet-100-LT row: IMAGENET=path/to/ILSVRC2012 (with train/ and val/). The store is built once from
+# the published lists (LISTS="lt=FILE val=FILE test=FILE" replaces them, SIZE=N the stored side, 256).
+$(DATA)/imagenet100-lt/meta.json: | $(STAMP)
+	@test -n "$(IMAGENET)" || { echo "reproduce-imagenet100: set IMAGENET=path/to/ILSVRC2012 (with train/ and val/)" >&2; exit 2; }
+	$(BIN)/fastlt convert imagenet100-lt --root $(IMAGENET) $(foreach list,$(LISTS),--list $(list)) \
+	    $(if $(SIZE),--size $(SIZE)) --out $(DATA)/imagenet100-lt
+
+reproduce-imagenet100: $(STAMP) $(DATA)/imagenet100-lt/meta.json
+	$(REPRODUCE) imagenet100 --store $(DATA)/imagenet100-lt
 
 # The same pipeline on the built-in digits, short enough for two CPU cores.
 reproduce-digits: $(STAMP)

@@ -94,12 +94,12 @@ def main() -> None:
     """Fast contrastive self-supervised learning on long-tailed image data."""
 
 
-def part_list(text: str) -> tuple[str, Path]:
-    """--list PART=FILE."""
-    part, sep, file = text.partition("=")
-    if not sep or not part.isidentifier() or not file:
-        raise click.BadParameter(f"expected PART=FILE (a part name such as train, then a list file), got {text!r}")
-    return part, Path(file)
+def named_list(text: str) -> tuple[str, Path]:
+    """--list NAME=FILE."""
+    name, sep, file = text.partition("=")
+    if not sep or not name.isidentifier() or not file:
+        raise click.BadParameter(f"expected NAME=FILE (a list name such as lt or test, then a list file), got {text!r}")
+    return name, Path(file)
 
 
 @main.command()
@@ -108,11 +108,12 @@ def part_list(text: str) -> tuple[str, Path]:
 @click.option("--download", is_flag=True, help="Download the official CIFAR tarball (checksummed) first.")
 @click.option("--root", type=click.Path(path_type=Path),
               help="Image folder: ILSVRC root (with train/ and val/) or a class-per-subfolder data set.")
-@click.option("--list", "lists", multiple=True, callback=lambda ctx, param, value: [part_list(v) for v in value],
-              help="PART=FILE, a list of '<relative path> <label>' lines per store part (imagenet100-lt: "
-                   "replaces the published lists; repeat for several parts).")
+@click.option("--list", "lists", multiple=True, callback=lambda ctx, param, value: [named_list(v) for v in value],
+              help="NAME=FILE, a list of '<relative path> <label>' lines (imagenet100-lt: replaces the published "
+                   "lists; repeat for several; 'test' is the test part, every other list an index list "
+                   "lists/NAME.npy into the train part, which holds the images of them all).")
 @click.option("--full-train", is_flag=True,
-              help="imagenet100-lt: add part train_full, every train image of the 100 classes (rebuilt).")
+              help="imagenet100-lt: add list full, every train image of the 100 classes (rebuilt).")
 @click.option("--test-root", type=click.Path(path_type=Path), help="folder: a class-per-subfolder test set (part test).")
 @click.option("--lt-ratio", type=click.FloatRange(0, 1, min_open=True),
               help="folder: subsample the classes to a long tail, smallest / largest class.")
@@ -185,8 +186,8 @@ def convert_image_dataset(dataset: str, root: Path | None, lists: dict[str, Path
                           encode: dict[str, Any]) -> Path:
     """`convert imagenet100-lt` (published or given lists) and `convert folder` (class per subfolder)."""
     from fastlt.data.images import (
-        IMAGENET100_LISTS, convert_images, folder_images, image_lists, list_sources, rebuilt_full_train,
-        subsample_long_tail,
+        IMAGENET100_LISTS, TEST_LIST, convert_images, folder_images, image_lists, list_sources, rebuilt_full_train,
+        subsample_long_tail, union_of_lists,
     )
     from fastlt.shipped import shipped_folder
 
@@ -195,6 +196,7 @@ def convert_image_dataset(dataset: str, root: Path | None, lists: dict[str, Path
     if not root.is_dir():
         raise FastltError(f"{root}: no such folder")
     source: dict[str, Any] = {"dataset": dataset, "root": str(root)}
+    index_lists: dict[str, tuple[str, Any]] = {}
     if dataset == "imagenet100-lt":
         for option, value in (("--test-root", test_root), ("--lt-ratio", lt_ratio)):
             if value:
@@ -202,11 +204,18 @@ def convert_image_dataset(dataset: str, root: Path | None, lists: dict[str, Path
         if not lists:
             published = shipped_folder("splits") / "published" / "sdclr" / "imagenet-100"
             lists = {part: published / file for part, file in IMAGENET100_LISTS.items()}
-        parts, class_names = image_lists(root, lists)
+        read, class_names = image_lists(root, lists)
         source["lists"] = list_sources(lists)
         if full_train:
-            parts["train_full"] = rebuilt_full_train(root, class_names)
-            source["lists"]["train_full"] = {"rebuilt": "every image of root/train/<class>/ for the listed classes"}
+            read["full"] = rebuilt_full_train(root, class_names)
+            source["lists"]["full"] = {"rebuilt": "every image of root/train/<class>/ for the listed classes"}
+        test = read.pop(TEST_LIST, None)
+        if not read:
+            raise FastltError("convert imagenet100-lt: no training list (every --list is the test list)")
+        parts = {"train": union_of_lists(read, {**lists, "full": root / "train"})}
+        index_lists = {name: ("train", images) for name, images in read.items()}
+        if test is not None:
+            parts["test"] = test
     else:
         for option, value in (("--list", lists), ("--full-train", full_train)):
             if value:
@@ -223,7 +232,7 @@ def convert_image_dataset(dataset: str, root: Path | None, lists: dict[str, Path
             parts["test"] = test
             source["test_root"] = str(test_root)
     path, _ = convert_images(out, dataset, parts, size, workers, skip_bad, source, overwrite, convert_progress,
-                             backend, encode)
+                             backend, encode, index_lists)
     return path
 
 
@@ -334,7 +343,7 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
 
 
 @main.command()
-@click.argument("table", type=click.Choice(["cifar100", "cifar10", "digits"]))
+@click.argument("table", type=click.Choice(["cifar100", "cifar10", "imagenet100", "digits"]))
 @click.option("--store", "store_path", required=True, type=click.Path(path_type=Path),
               help="The converted data set (fastlt convert).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True,

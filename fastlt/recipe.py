@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fastlt.augment.views import ViewConfig
+from fastlt.data.store import STORE_LIST
 from fastlt.errors import FastltError
 from fastlt.shipped import shipped_folder
 
@@ -54,7 +55,8 @@ class DataConfig:
 
     store: str = setting("", "native store folder (fastlt convert), relative to the current folder")
     part: str = setting("train", "part of the store to pretrain on")
-    split: str = setting("", "SDCLR-format .npy of indices into the part, relative to the recipe's folder; "
+    split: str = setting("", "SDCLR-format .npy of indices into the part, relative to the recipe's folder, "
+                             "or store:NAME (a list the store keeps); "
                              "empty = the whole part")
 
 
@@ -159,10 +161,10 @@ class EvalConfig:
     protocol: str = setting("bcl", "bcl (linear probe on cached features), sdclr (fc through the frozen backbone "
                                    "on augmented images), ts (kNN and LinearSVCs on the LT split) or all",
                             one_of(*EVAL_PROTOCOLS, "all"))
-    train_split: str = setting("", "the probe's training indices, relative to the recipe's folder; "
+    train_split: str = setting("", "the probe's training indices, relative to the recipe's folder, or store:NAME; "
                                    "empty = the whole part")
     val_split: str = setting("", "held-out indices of the training part (SDCLR protocol's best epoch, the online "
-                                 "monitor), relative to the recipe's folder; empty = the part's samples "
+                                 "monitor), relative to the recipe's folder, or store:NAME; empty = the part's samples "
                                  "outside data.split")
     shot_lists: str = setting("", "few-shot probe lists: a file pattern with {shots} and {subset}, relative to "
                                   "the recipe's folder; empty = none")
@@ -170,7 +172,7 @@ class EvalConfig:
     test_part: str = setting("test", "part of the store the probe is tested on")
     sdclr_epochs: int = setting(30, "SDCLR protocol: full-shot epochs (lr x0.1 at 1/3 and 2/3)", AT_LEAST_1)
     sdclr_few_shot_list: str = setting("", "SDCLR protocol: the few-shot list (the split's S_b), relative to the "
-                                           "recipe's folder; empty = no few-shot report")
+                                           "recipe's folder, or store:NAME; empty = no few-shot report")
     sdclr_few_shot_epochs: int = setting(100, "SDCLR protocol: few-shot epochs (lr x0.1 at 40% and 60%)",
                                          AT_LEAST_1)
     sdclr_crop: str = setting("padded", "SDCLR protocol: training views, padded (RandomCrop with 4 px padding, "
@@ -197,7 +199,8 @@ class EvalConfig:
             raise FastltError("eval.sdclr_crop: resized needs eval.center_crop, the side of the views (224)")
 
 
-# Keys that name files: relative values are taken relative to the recipe file that sets them.
+# Keys that name index files: relative values are taken relative to the recipe file that sets them,
+# and "store:NAME" names the list NAME the data store keeps (``with_store_lists``).
 RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split", "val_split", "shot_lists", "sdclr_few_shot_list")}
 
 
@@ -301,8 +304,9 @@ def read_recipe_tables(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
     for section, keys in RECIPE_RELATIVE_PATHS.items():
         table = raw.get(section)
         for key in keys:
-            if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
-                table[key] = str((path.parent / table[key]).resolve())
+            value = table.get(key) if isinstance(table, dict) else None
+            if isinstance(value, str) and value and not value.startswith(STORE_LIST):
+                table[key] = str((path.parent / value).resolve())
     base_name = raw.pop("extends", None)
     if base_name is None:
         return raw
@@ -315,6 +319,20 @@ def read_recipe_tables(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
         else:
             merged[section] = table
     return merged
+
+
+def with_store_lists(recipe: Recipe, list_file: Callable[[str], Path]) -> Recipe:
+    """``recipe`` with every "store:NAME" index-file value replaced by the file ``list_file(NAME)``
+    (``Store.list_file`` of the run's store). Runs record the unresolved recipe, so a moved store
+    is found again."""
+    sections = {}
+    for section, keys in RECIPE_RELATIVE_PATHS.items():
+        config = getattr(recipe, section)
+        named = {key: getattr(config, key) for key in keys if getattr(config, key).startswith(STORE_LIST)}
+        if named:
+            files = {key: str(list_file(value[len(STORE_LIST):])) for key, value in named.items()}
+            sections[section] = dataclasses.replace(config, **files)
+    return dataclasses.replace(recipe, **sections)
 
 
 def recipe_with_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> Recipe:

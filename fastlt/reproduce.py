@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fastlt.data.splits import split_name
 from fastlt.errors import FastltError
 from fastlt.evaluate.plots import PlotResult, plot_runs
 from fastlt.evaluate.protocol import linear_eval
@@ -51,7 +52,8 @@ class Table:
 BCL_COLUMNS = ("full", "100", "50")  # full-shot, 100-shot, 50-shot linear probe (BCL protocol)
 TS_COLUMNS = ("knn@1", "knn@10", "svm FS", "svm LT")  # class-mean accuracies (TS protocol)
 
-# REFERENCE.md section 9: ResNet-18, 2000 epochs; BCL table on CIFAR-100-LT split 1, TS on its own LT data.
+# REFERENCE.md section 9: ResNet-18, 2000 epochs; BCL table on CIFAR-100-LT split 1, TS on its own LT data
+# (CIFAR), and TS's ImageNet-100-LT row (ResNet-50, 800 epochs).
 TABLES: dict[str, Table] = {
     "cifar100": Table(
         "cifar100_lt", "../../splits/published/sdclr/cifar100_imbSub_with_subsets/cifar100_split{split}_D_i.npy",
@@ -65,6 +67,10 @@ TABLES: dict[str, Table] = {
         "cifar10_lt", "../../splits/published/sdclr/cifar10_imbSub_with_subsets/split{split}_D_i.npy",
         (Row("simclr-ts", "SimCLR-TS", "ts", {"knn@1": 61.21, "knn@10": 61.20, "svm FS": 71.49, "svm LT": 62.92}),),
         "TS (Kukleva et al., ICLR 2023), CIFAR-10-LT"),
+    "imagenet100": Table(
+        "imagenet100_lt", "",  # the recipe's own split: the store's published LT list (store:lt)
+        (Row("simclr-ts", "SimCLR-TS", "ts", {"knn@1": 38.38, "knn@10": 38.98, "svm FS": 45.18, "svm LT": 47.26}),),
+        "TS (Kukleva et al., ICLR 2023), ImageNet-100-LT, ResNet-50, 800 epochs"),
     "digits": Table(
         "digits_lt", "",
         (Row("simclr", "SimCLR", "bcl"), Row("sdclr", "SDCLR", "bcl"), Row("bcl-i", "BCL-I", "bcl"),
@@ -120,8 +126,8 @@ def train_row(recipe_path: Path, run_dir: Path, overrides: list[str], epochs: in
 def report_folders(recipe: Recipe, row: Row, shots: tuple[str, ...]) -> dict[str, str]:
     """Column group -> the report folder name ``fastlt linear-eval`` gives it (docs: README, Linear evaluation)."""
     if row.protocol == "ts":
-        return {"ts": f"ts-{Path(recipe.data.split).stem if recipe.data.split else 'all-train'}"}
-    full = Path(recipe.eval.train_split).stem if recipe.eval.train_split else "all-train"
+        return {"ts": f"ts-{split_name(recipe.data.split)}"}
+    full = split_name(recipe.eval.train_split)
     return {shot: f"bcl-linear-{full}" if shot == "full" else f"bcl-linear-{shot}shot" for shot in shots}
 
 
@@ -153,14 +159,15 @@ def evaluate_row(row: Row, recipe: Recipe, run_dir: Path, shots: tuple[str, ...]
 
 def reproduce(table_name: str, store: Path, out_dir: Path, splits: tuple[int, ...] = (1,), epochs: int | None = None,
               overrides: tuple[str, ...] = (), device: str = "auto", precision: str = "auto") -> Path:
-    """Pretrain, evaluate and tabulate ``table_name`` (cifar100, cifar10, digits); returns the Markdown file."""
+    """Pretrain, evaluate and tabulate ``table_name`` (cifar100, cifar10, imagenet100, digits); returns the
+    Markdown file."""
     if table_name not in TABLES:
         raise FastltError(f"reproduce: unknown table {table_name!r} (expected one of {', '.join(TABLES)})")
     table = TABLES[table_name]
     if table.split_file == "" and splits != (1,):
         raise FastltError(f"reproduce {table_name}: has one split only, got --splits {','.join(map(str, splits))}")
     if not (store / "meta.json").is_file():
-        raise FastltError(f"{store}: not a native store (no meta.json); convert the data set first")
+        raise FastltError(f"{store}: not a fastlt store (no meta.json); convert the data set first")
     runs_dir = out_dir / table.folder / "runs"
     shots = BCL_COLUMNS if table_name != "digits" else ("full",)
     plan = []

@@ -1,5 +1,5 @@
-"""Shared fixtures: tiny CIFAR tarballs in the real pickle format, the coloured-digits store, the reference splits
-and the true CIFAR train labels.
+"""Shared fixtures: tiny CIFAR tarballs in the real pickle format, a tiny ILSVRC-shaped JPEG folder with
+SDCLR-format lists, the coloured-digits store, the reference splits and the true CIFAR train labels.
 
 Each tarball fixture also writes ``expected.npz`` beside the tarball: the NHWC images and
 labels that were packed (train in pickle order, then test) and the class names, built
@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from PIL import Image
+from sklearn.datasets import load_sample_images
 
 from fastlt.data.sources import make_coloured_digits
 from fastlt.data.store import write_native_store
@@ -117,6 +120,40 @@ def cifar10_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def cifar100_tarball(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """500 train images (5/class), 100 test (1/class); expected.npz beside it."""
     return build_cifar_tarball(tmp_path_factory.mktemp("cifar100"), "cifar100", [500], 100, seed=100)
+
+
+ILSVRC_SYNSETS = ("n001", "n002", "n003")
+ILSVRC_TRAIN_PER_CLASS = (7, 5, 4)
+ILSVRC_LT_PER_CLASS = (6, 4, 2)
+
+
+@pytest.fixture(scope="session")
+def ilsvrc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ILSVRC-shaped folder of JPEGs cut from scikit-learn's two photos in several aspect ratios, with
+    SDCLR-format lists: lt.txt (6, 4, 2 per class), val.txt (the train images lt leaves out), fewshot.txt
+    (each class's first image, which lt holds too) and test.txt (2 per class, from val/)."""
+    root = tmp_path_factory.mktemp("ilsvrc")
+    photos = load_sample_images().images
+    rng = np.random.default_rng(0)
+    for split, counts in (("train", ILSVRC_TRAIN_PER_CLASS), ("val", (2, 2, 2))):
+        for label, (synset, count) in enumerate(zip(ILSVRC_SYNSETS, counts)):
+            folder = root / split / synset
+            folder.mkdir(parents=True)
+            for i in range(count):
+                top, left = rng.integers(0, 150, 2)
+                height, width = 90 + 20 * i, 160 - 10 * i  # landscape and portrait
+                Image.fromarray(photos[(label + i) % 2][top:top + height, left:left + width]).save(
+                    folder / f"{synset}_{i}.JPEG", quality=90)
+
+    def write_list(name: str, split: str, ranges: list[range]) -> None:
+        (root / f"{name}.txt").write_text("".join(f"{split}/{synset}/{synset}_{i}.JPEG {label}\n" for label, (synset, rows)
+                                                  in enumerate(zip(ILSVRC_SYNSETS, ranges)) for i in rows))
+
+    write_list("lt", "train", [range(n) for n in ILSVRC_LT_PER_CLASS])
+    write_list("val", "train", [range(lt, n) for lt, n in zip(ILSVRC_LT_PER_CLASS, ILSVRC_TRAIN_PER_CLASS)])
+    write_list("fewshot", "train", [range(1)] * 3)
+    write_list("test", "val", [range(2)] * 3)
+    return root
 
 
 @pytest.fixture(scope="session")

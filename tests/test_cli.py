@@ -320,3 +320,28 @@ def test_pretrain_list_names_every_preset_and_axis_choice():
         assert " | ".join(choices) in output
     for axis_a, choice_a, axis_b, choice_b, _ in INCOMPATIBLE:
         assert f"{axis_a}={choice_a} with {axis_b}={choice_b}" in output
+
+
+def test_an_imagenet100_recipe_pretrains_and_runs_every_protocol_on_the_store_lists(tmp_path, ilsvrc):
+    """The shipped ImageNet-100-LT recipe (shrunk) on a tiny ILSVRC store: pretraining on store:lt, the BCL and
+    SDCLR probes on the rebuilt full list, SDCLR's few-shot on store:fewshot, TS on the LT list."""
+    store = tmp_path / "imagenet100-lt"
+    run("convert", "imagenet100-lt", "--root", ilsvrc, *[f"--list={name}={ilsvrc / f'{name}.txt'}" for name in
+                                                          ("lt", "val", "fewshot", "test")],
+        "--full-train", "--size", "36", "--out", store)
+    shrink = ["model.arch=resnet18", "model.projector_hidden=16", "views.size=32", "eval.center_crop=32",
+              "train.batch_size=8", "train.epochs=1", "train.name=sdclr", f"train.out_dir={tmp_path}",
+              f"data.store={store}"]
+    result = run("pretrain", "imagenet100_lt/sdclr", *[arg for s in shrink for arg in ("--set", s)], *TINY)
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+    run("linear-eval", run_dir, "--protocol", "all", "--epochs", "2", "--device", "cpu")
+    reports = {folder.name: json.loads((folder / "eval.json").read_text()) for folder in (run_dir / "eval").iterdir()}
+    assert sorted(reports) == ["bcl-linear-full", "sdclr-linear-fewshot", "sdclr-linear-full", "ts-lt"]
+    lists = {name: np.load(store / "lists" / f"{name}.npy") for name in ("lt", "val", "fewshot", "full")}
+    assert reports["ts-lt"]["pretraining_split"]["samples"] == len(lists["lt"])
+    probe = reports["bcl-linear-full"]["probe_lists"]
+    assert [entry["samples"] for entry in probe] == [len(lists["full"])]
+    sdclr = reports["sdclr-linear-full"]
+    assert sdclr["protocol"]["groups"] == "thresholds" and sdclr["groups"]["few"] == [0, 1, 2]  # all < 20 images
+    assert (sdclr["protocol"]["fc"]["crop"], sdclr["protocol"]["fc"]["batch_size"]) == ("resized", 512)
+    assert sdclr["probe_lists"][0]["samples"] == len(np.setdiff1d(lists["full"], lists["val"]))  # never on val

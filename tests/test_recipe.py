@@ -94,7 +94,7 @@ def test_extends_lays_a_recipe_over_its_base(tmp_path):
 def test_shipped_presets_keep_reference_weight_decays():
     decay = {path.stem: load_recipe(path).optim.weight_decay for path in (PIPELINES / "cifar100_lt").glob("*.toml")}
     assert decay == {"simclr": 5e-4, "bcl-i": 5e-4, "sdclr": 1e-4, "bcl-d": 1e-4,
-                     "simclr-ts": 5e-4, "lotar": 5e-4, "sdclr-ts": 1e-4, "bcl-d-ts": 1e-4,
+                     "simclr-ts": 1e-4, "lotar": 5e-4, "sdclr-ts": 1e-4, "bcl-d-ts": 1e-4,
                      "supcon": 1e-4, "selfcon": 1e-4, "selfcon-su": 1e-4, "flatclr": 1e-6}
     assert load_recipe(PIPELINES / "cifar100_lt" / "bcl-d.toml").train.epochs == 2000
 
@@ -150,3 +150,21 @@ def test_recipe_show_marks_what_a_recipe_and_its_overrides_change(tmp_path):
     assert shown["train.epochs"].value == 7 and shown["train.epochs"].default == 2000
     assert shown["model.subnetwork"].value == "small" and shown["method.name"].value == "selfcon"
     assert shown["views.scale"].value == [0.1, 1.0]  # lists, as TOML and JSON write them
+
+
+@pytest.mark.parametrize("method", sorted(PRESETS))
+def test_shipped_imagenet100_recipes_keep_the_reference_settings(method):
+    recipe = load_recipe(find_recipe(f"imagenet100_lt/{method}"))
+    assert (recipe.model.arch, recipe.model.stem, recipe.model.projector_hidden) == ("resnet50", "imagenet", 2048)
+    views = recipe.views
+    assert (views.size, views.interpolation, views.blur_p, views.blur_sigma) == (224, "bilinear", 0.5, (0.1, 2.0))
+    assert views.scale == ((0.2, 1.0) if method in ("supcon", "selfcon", "selfcon-su") else (0.08, 1.0))
+    assert recipe.train.batch_size == 256 and 500 <= recipe.train.epochs <= 800
+    assert (recipe.data.split, recipe.eval.train_split, recipe.eval.val_split, recipe.eval.sdclr_few_shot_list) == (
+        "store:lt", "store:full", "store:val", "store:fewshot")
+    assert (recipe.eval.groups, recipe.eval.center_crop, recipe.eval.sdclr_crop, recipe.eval.sdclr_batch_size) == (
+        "thresholds", 224, "resized", 512)
+    if method in ("sdclr", "sdclr-ts", "bcl-d", "bcl-d-ts"):  # SDCLR's ImageNet-100 setting
+        assert (recipe.method.pruning_ratio, recipe.method.temperature) == (0.3, 0.3)
+    if method == "simclr-ts":  # the published TS row: 800 epochs
+        assert recipe.train.epochs == 800 and recipe.optim.weight_decay == 1e-4

@@ -2,17 +2,21 @@
 published numbers, and a second invocation that resumes instead of starting again."""
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fastlt.data.store import StorePart, write_native_store
+from conftest import ILSVRC_LT_PER_CLASS
+from fastlt.data.store import Store, StorePart, write_native_store
 from fastlt.errors import FastltError
 from fastlt.reproduce import TABLES, reproduce
 from fastlt.train.trainer import pretrain
 from fastlt.recipe import find_recipe, load_recipe
 
+ROOT = Path(__file__).resolve().parents[1]
 TINY = ("model.width=4", "model.projector_hidden=16", "model.projector_out=8", "views.size=8", "train.batch_size=256",
         "train.progress=false", "eval.epochs=2", "eval.knn=[1]")
 
@@ -82,5 +86,48 @@ def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_
 
     with pytest.raises(FastltError, match="has one split only"):
         reproduce("digits", digits_store, tmp_path / "r", splits=(1, 2))
-    with pytest.raises(FastltError, match="not a native store"):
+    with pytest.raises(FastltError, match="not a fastlt store"):
         reproduce("cifar10", tmp_path / "nowhere", tmp_path / "r")
+
+
+def test_make_reproduce_imagenet100_converts_pretrains_and_tabulates_the_ts_row(tmp_path, ilsvrc):
+    """The Makefile target end to end on a tiny ILSVRC folder: convert with given lists, one epoch of the
+    shipped SimCLR-TS recipe (shrunk by SET), the TS evaluation on the store's LT list, the table."""
+    venv = Path(sys.prefix)
+    if not (venv / "bin" / "fastlt").is_file():
+        pytest.fail(f"{venv}/bin/fastlt missing: install fastlt into the environment that runs the tests")
+    lists = " ".join(f"{name}={ilsvrc / f'{name}.txt'}" for name in ("lt", "val", "test"))
+    shrink = ("model.arch=resnet18 model.width=4 model.projector_hidden=16 model.projector_out=8 views.size=32 "
+              "eval.center_crop=32 train.batch_size=8 train.progress=false train.precision=fp32")
+    data, results = tmp_path / "data", tmp_path / "results"
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "-C", str(ROOT), "-o", str(venv / ".fastlt-installed"), f"VENV={venv}",
+                               f"DATA={data}", f"RESULTS={results}", "reproduce-imagenet100", *args],
+                              capture_output=True, text=True, timeout=600)
+
+    missing = make()
+    assert missing.returncode == 2 and "set IMAGENET=path/to/ILSVRC2012" in missing.stderr, missing.stderr
+    done = make(f"IMAGENET={ilsvrc}", f"LISTS={lists}", "SIZE=36", "EPOCHS=1", f"SET={shrink}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    store = Store.open(data / "imagenet100-lt")
+    assert store.parts == ["train", "test"] and store.lists == ["lt", "val"]
+    assert store.meta["image_shape"] == [36, 36, 3]
+
+    run = results / "imagenet100_lt" / "runs" / "simclr-ts-split1"
+    config = json.loads((run / "config.json").read_text())
+    assert config["data"]["split"] == "store:lt" and config["eval"]["val_split"] == "store:val"  # as written
+    assert config["model"]["arch"] == "resnet18" and config["views"]["size"] == 32
+    (epoch,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "monitor_knn" in epoch  # the held-out kNN ran on the store's val list
+    ts = report(run, "ts-lt")
+    assert ts["pretraining_split"]["samples"] == sum(ILSVRC_LT_PER_CLASS)
+    markdown = (results / "imagenet100_lt.md").read_text()
+    knn = ts["reports"]["knn@1"]["class_mean"]
+    assert cell(markdown, "SimCLR-TS")[:3] == [f"{knn:.2f}", "38.38", f"{knn - 38.38:+.2f}"]
+    assert cell(markdown, "SimCLR-TS")[9:12] == [f"{ts['reports']['svm LT']['class_mean']:.2f}", "47.26",
+                                                 f"{ts['reports']['svm LT']['class_mean'] - 47.26:+.2f}"]
+
+    again = make(f"IMAGENET={ilsvrc}", "EPOCHS=1", f"SET={shrink}")  # the store and the run are kept
+    assert again.returncode == 0 and "convert imagenet100-lt" not in again.stdout, again.stdout + again.stderr
+    assert [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] == [epoch]

@@ -36,7 +36,7 @@ from fastlt.data.store import Store, StorePart, write_native_store
 from fastlt.errors import FastltError
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import MAPPINGS
-from fastlt.recipe import Recipe, find_recipe, load_recipe
+from fastlt.recipe import Recipe, find_recipe, load_recipe, with_store_lists
 from fastlt.train.device import PRECISION_TYPES, resolve_device
 from fastlt.train.trainer import build_optimizer, choose_hardware, precision_of, seeded_method
 
@@ -228,6 +228,7 @@ def run_train_benchmark(recipe: str = DEFAULT_RECIPE, overrides: tuple[str, ...]
         else:
             store_path, split = Path(store), loaded.data.split
         opened = Store.open(store_path)
+        split = with_store_lists(loaded, opened.list_file).data.split if split else ""
         part = opened.part(loaded.data.part)
         indices = split_or_all(split, len(part.labels))
         if store is not None:

@@ -179,14 +179,16 @@ def convert_part(writer: StoreWriter, part: str, images: ImageList, size: int, w
     return {"images": kept, "listed": count, "skipped": bad}
 
 
-# The published ImageNet-100-LT lists (splits/published/sdclr/imagenet-100), one store part each.
+# The published ImageNet-100-LT lists (splits/published/sdclr/imagenet-100). The test list becomes the
+# store's test part; the others index one train part that holds each of their images once.
 IMAGENET100_LISTS = {
-    "train": "imageNet_100_LT_train.txt",  # the long-tailed pretraining set, 1,280 down to 6 per class
+    "lt": "imageNet_100_LT_train.txt",  # the long-tailed pretraining set, 1,280 down to 6 per class
     "balanced": "imageNet_100_BL_train.txt",  # its balanced counterpart, 122 per class
     "fewshot": "imageNet_100_sub_balance_train_0.01.txt",  # few-shot linear evaluation, 12 per class
     "val": "ImageNet_100_val.txt",  # 20 per class, from ILSVRC train images
     "test": "ImageNet_100_test.txt",  # 50 per class, the ILSVRC validation images
 }
+TEST_LIST = "test"
 
 
 def image_lists(root: Path, lists: dict[str, Path]) -> tuple[dict[str, ImageList], list[str]]:
@@ -201,8 +203,37 @@ def image_lists(root: Path, lists: dict[str, Path]) -> tuple[dict[str, ImageList
     if sorted(names) != list(range(len(names))):
         raise FastltError(f"{', '.join(map(str, lists.values()))}: labels must be 0..K-1 with every class listed")
     class_names = [names[label] for label in range(len(names))]
+    first_label = {}
+    for label, name in enumerate(class_names):
+        if first_label.setdefault(name, label) != label:
+            raise FastltError(f"{', '.join(map(str, lists.values()))}: labels {first_label[name]} and {label} both "
+                              f"name the class folder {name!r}")
     return {part: ImageList(Path(root), paths, labels, class_names) for part, (paths, labels) in read.items()}, \
         class_names
+
+
+def union_of_lists(lists: dict[str, ImageList], files: dict[str, Path]) -> ImageList:
+    """Every image of the lists once, sorted by path; an image two lists label differently is refused."""
+    label_of: dict[str, int] = {}
+    first_in: dict[str, str] = {}
+    for name, images in lists.items():
+        for path, label in zip(images.paths, images.labels.tolist()):
+            if label_of.setdefault(path, label) != label:
+                raise FastltError(f"{files[name]}: {path} has label {label}, but {label_of[path]} in "
+                                  f"{files[first_in[path]]}")
+            first_in.setdefault(path, name)
+    paths = sorted(label_of)
+    some = next(iter(lists.values()))
+    return ImageList(some.root, paths, np.asarray([label_of[path] for path in paths], dtype=np.int64),
+                     some.class_names)
+
+
+def rows_in_part(part: ImageList, skipped: list[dict], images: ImageList) -> np.ndarray:
+    """Rows of ``images`` in the written ``part`` (which left the ``skipped`` ones out), in list order;
+    a skipped image is dropped from the list too."""
+    left_out = {entry["path"] for entry in skipped}
+    row_of = {path: row for row, path in enumerate(p for p in part.paths if p not in left_out)}
+    return np.asarray([row_of[path] for path in images.paths if path in row_of], dtype=np.int64)
 
 
 def rebuilt_full_train(root: Path, class_names: list[str]) -> ImageList:
@@ -222,9 +253,11 @@ def rebuilt_full_train(root: Path, class_names: list[str]) -> ImageList:
 def convert_images(out: Path, name: str, parts: dict[str, ImageList], size: int, workers: int,
                    skip_bad: bool, source: dict, overwrite: bool = False,
                    progress: Callable[[str], Progress] | None = None, backend: str = "native",
-                   encode: dict | None = None) -> tuple[Path, dict]:
-    """Write a store with one part per image list; returns its path and the per-part manifest (also
-    stored in meta.json's ``source.parts``). FFCV and DALI stores encode the same decoded pixels."""
+                   encode: dict | None = None,
+                   lists: dict[str, tuple[str, ImageList]] | None = None) -> tuple[Path, dict]:
+    """Write a store with one part per image list, and ``lists`` (name -> (part, images)) as index lists
+    into those parts; returns its path and the per-part manifest (also stored in meta.json's
+    ``source.parts``). FFCV and DALI stores encode the same decoded pixels."""
     if size < 8:
         raise FastltError(f"--size {size}: must be at least 8 pixels")
     class_names = next(iter(parts.values())).class_names
@@ -234,6 +267,10 @@ def convert_images(out: Path, name: str, parts: dict[str, ImageList], size: int,
         for part, images in parts.items():
             manifest[part] = convert_part(writer, part, images, size, workers, skip_bad,
                                           progress(part) if progress else None)
+        for list_name, (part, images) in (lists or {}).items():
+            rows = rows_in_part(parts[part], manifest[part]["skipped"], images)
+            writer.add_list(list_name, part, rows, {"listed": len(images.paths),
+                                                    "left_out": len(images.paths) - len(rows)})
         writer.source = {**source, "stored_size": size, "resize": "shorter side to size, bicubic; centre square",
                          "parts": manifest}
         return writer.commit(), manifest

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fastlt.data.store import LISTS_FOLDER, META_FILE, STORE_LIST
 from fastlt.errors import FastltError
 from fastlt.files import replace_atomically
 
@@ -307,6 +308,12 @@ def save_split(path: Path, indices: np.ndarray, manifest: dict) -> None:
     replace_atomically(path.with_suffix(".json"), lambda handle: handle.write(text.encode("utf-8")))
 
 
+def split_name(split: str) -> str:
+    """How reports name a split value: the file's stem, a store list's name ("store:lt" -> "lt"), or
+    "all-train" for the whole part."""
+    return Path(split.removeprefix(STORE_LIST)).stem if split else "all-train"
+
+
 def split_or_all(split: str | Path, num_samples: int) -> np.ndarray:
     """The indices of a split file, or every sample of the part when ``split`` is empty (recipes' "")."""
     return load_split(Path(split), num_samples) if split else np.arange(num_samples, dtype=np.int64)
@@ -320,7 +327,11 @@ def load_split(path: Path, num_samples: int) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise FastltError(f"{path}: no such split file")
+        kept = ""
+        if path.parent.name == LISTS_FOLDER and (path.parent.parent / META_FILE).is_file():
+            names = sorted(file.stem for file in path.parent.glob("*.npy"))
+            kept = f" (the store keeps the lists {', '.join(names)})" if names else " (the store keeps no lists)"
+        raise FastltError(f"{path}: no such split file{kept}")
     try:
         indices = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:

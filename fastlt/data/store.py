@@ -7,8 +7,11 @@ Layout (``version`` 1)::
     out/{part}.beton        FFCV: image (JPEG or raw), label, index; backend "ffcv"
     out/{part}_jpeg.bin     DALI: the images as JPEGs back to back, and
     out/{part}_offsets.npy  where each one starts; backend "dali"
+    out/lists/{name}.npy    int64 index lists into a part (ImageNet-100-LT's LT, balanced, few-shot
+                            and val lists into its one train part); recipes name them "store:{name}"
     out/meta.json           format, version, name, backend, class_names, num_classes, image_shape,
-                            parts: {part: {count, class_counts, sha256: {images, labels, ...}}}, source
+                            parts: {part: {count, class_counts, sha256: {images, labels, ...}}},
+                            lists: {name: {part, count, class_counts, sha256, ...}}, source
 
 All backends hold the same fixed-size uint8 images (``fastlt.data.backends``); a store
 without a ``backend`` key is native.
@@ -35,6 +38,8 @@ from fastlt.files import file_digest
 STORE_FORMAT = "fastlt-native"
 STORE_VERSION = 1
 META_FILE = "meta.json"
+LISTS_FOLDER = "lists"
+STORE_LIST = "store:"  # how recipes name a kept list: "store:lt" is lists/lt.npy of the run's store
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class StoreWriter:
         self._tag = uuid.uuid4().hex[:8]
         self.staging = self.out.parent / f".{self.out.name}.partial-{self._tag}"
         self._parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._lists: dict[str, dict] = {}
 
     def __enter__(self) -> StoreWriter:
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +159,30 @@ class StoreWriter:
             kept[start:end] = images[start:end]
         os.replace(kept_file, self.staging / f"{part_name}_images.npy")
         self._parts[part_name] = (kept, labels[:count].copy())
+
+    def add_list(self, list_name: str, part_name: str, rows: np.ndarray, about: dict | None = None) -> None:
+        """An index list into a part already added (rows as the part is finally written), kept as
+        ``lists/{list_name}.npy``; ``about`` (its source file, images dropped) goes to meta.json."""
+        if not list_name.isidentifier():
+            raise FastltError(f"store {self.name!r} list {list_name!r}: list names must be plain identifiers")
+        if part_name not in self._parts:
+            raise FastltError(f"store {self.name!r} list {list_name!r}: no part {part_name!r} to index")
+        labels = self._parts[part_name][1]
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= len(labels))) or \
+                len(np.unique(rows)) != len(rows):
+            raise FastltError(f"store {self.name!r} list {list_name!r}: rows must be distinct rows of part "
+                              f"{part_name!r} (0..{len(labels) - 1})")
+        folder = self.staging / LISTS_FOLDER
+        folder.mkdir(exist_ok=True)
+        file = folder / f"{list_name}.npy"
+        np.save(file, rows, allow_pickle=False)
+        _fsync_file(file)
+        self._lists[list_name] = {
+            "part": part_name, "count": int(len(rows)),
+            "class_counts": np.bincount(labels[rows], minlength=len(self.class_names)).tolist(),
+            "sha256": file_digest(file), **(about or {}),
+        }
 
     def commit(self) -> Path:
         """Sync every file, write meta.json, and swap the staging folder in (the old store out, if any)."""
@@ -190,8 +220,11 @@ class StoreWriter:
             "num_classes": len(self.class_names),
             "image_shape": [int(height), int(width), 3],
             "parts": meta_parts,
+            "lists": self._lists,
             "source": self.source,
         }
+        if self._lists:
+            _fsync_dir(self.staging / LISTS_FOLDER)
         with open(self.staging / META_FILE, "w", encoding="utf-8") as handle:
             json.dump(meta, handle, indent=1)
             handle.flush()
@@ -289,6 +322,17 @@ class Store:
     def meta(self) -> dict:
         """The parsed meta.json (counts, checksums, source), for reports and run records."""
         return self._meta
+
+    @property
+    def lists(self) -> list[str]:
+        """Names of the index lists the store keeps (``lists/{name}.npy``)."""
+        return list(self._meta.get("lists", {}))
+
+    def list_file(self, name: str) -> Path:
+        """Where index list ``name`` lies (``lists/{name}.npy``; a pattern such as ``x_{shots}`` is kept for
+        formatting). Whoever loads it checks that it exists (``fastlt.data.splits.load_split``), so a
+        recipe may name lists its run never reads."""
+        return self._path / LISTS_FOLDER / f"{name}.npy"
 
     def identity(self, part: str) -> dict:
         """What a part holds, independent of where the store lies: name, count, classes, checksums."""

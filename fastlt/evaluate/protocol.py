@@ -23,6 +23,7 @@ from fastlt.data.splits import (
     held_out_indices,
     load_split,
     split_checksum,
+    split_name,
     split_or_all,
 )
 from fastlt.data.store import Store, check_same_data
@@ -41,7 +42,7 @@ from fastlt.evaluate.report import (
 )
 from fastlt.files import file_digest
 from fastlt.methods import build_method
-from fastlt.recipe import EVAL_PROTOCOLS, EvalConfig, Recipe, recipe_from_dict
+from fastlt.recipe import EVAL_PROTOCOLS, EvalConfig, Recipe, recipe_from_dict, with_store_lists
 from fastlt.train.checkpoint import load_checkpoint, load_model_state
 from fastlt.train.device import PRECISION_TYPES
 
@@ -150,8 +151,9 @@ def plan_evaluations(settings: EvalConfig, shots: tuple[str, ...], num_samples: 
     already; on digits the probe list is the whole part). ts: one report on the pretraining split.
     """
     protocols = EVAL_PROTOCOLS if settings.protocol == "all" else (settings.protocol,)
-    full = ProbeList(settings.train_split, np.sort(split_or_all(settings.train_split, num_samples)))
-    full_name = Path(settings.train_split).stem if settings.train_split else "all-train"
+    full_name = split_name(settings.train_split)
+    if "bcl" in protocols or "sdclr" in protocols:  # ts never reads the probe list
+        full = ProbeList(settings.train_split, np.sort(split_or_all(settings.train_split, num_samples)))
     plans = []
     if "bcl" in protocols:
         for shot in shots:
@@ -167,10 +169,9 @@ def plan_evaluations(settings: EvalConfig, shots: tuple[str, ...], num_samples: 
             few_indices = load_split(Path(settings.sdclr_few_shot_list), num_samples)
             few = ProbeList(settings.sdclr_few_shot_list, np.setdiff1d(few_indices, held_out.indices))
             plans.append(Evaluation("sdclr", "few", [few], reports_dir /
-                                    f"sdclr-linear-{Path(settings.sdclr_few_shot_list).stem}{suffix}"))
+                                    f"sdclr-linear-{split_name(settings.sdclr_few_shot_list)}{suffix}"))
     if "ts" in protocols:
-        name = Path(pretrain.file).stem if pretrain.file else "all-train"
-        plans.append(Evaluation("ts", FULL, [pretrain], reports_dir / f"ts-{name}{suffix}"))
+        plans.append(Evaluation("ts", FULL, [pretrain], reports_dir / f"ts-{split_name(pretrain.file)}{suffix}"))
     return plans
 
 
@@ -303,9 +304,10 @@ def linear_eval(
     raw = {**payload["recipe"], "eval": {**payload["recipe"].get("eval", {}), **(overrides or {})}}
     recipe = recipe_from_dict(raw, source=f"{checkpoint} (recipe)",
                               origins={("eval", key): "linear-eval" for key in overrides or {}})
-    settings = recipe.eval
     device = torch.device(device)
     store = Store.open(store_path or Path(recipe.data.store))
+    recipe = with_store_lists(recipe, store.list_file)
+    settings = recipe.eval
     check_same_data(payload["data"], store.identity(recipe.data.part), f"{checkpoint}: store {store.path}")
     train_part = store.part(recipe.data.part)
     num_samples = len(train_part.labels)

@@ -30,7 +30,7 @@ from fastlt.errors import FastltError
 from fastlt.files import write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
-from fastlt.recipe import OptimConfig, Recipe, recipe_from_dict, recipe_with_overrides
+from fastlt.recipe import OptimConfig, Recipe, recipe_from_dict, recipe_with_overrides, with_store_lists
 from fastlt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
 from fastlt.train.device import (
     PRECISION_TYPES,
@@ -114,6 +114,7 @@ class TrainingData:
 def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator) -> TrainingData:
     """Open the store, apply the split, and put the training images (and the monitor's) on the device once."""
     store = Store.open(Path(recipe.data.store))
+    recipe = with_store_lists(recipe, store.list_file)
     part = store.part(recipe.data.part)
     labels = np.asarray(part.labels)
     indices = split_or_all(recipe.data.split, len(labels))

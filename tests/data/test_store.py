@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import fastlt.data.store as store_module
+from fastlt.data.splits import load_split
 from fastlt.data.store import Store, StorePart, write_native_store
 from fastlt.errors import FastltError
 
@@ -150,3 +151,27 @@ def test_invalid_parts_are_refused_before_writing(tmp_path):
         with pytest.raises(FastltError):
             write_native_store(tmp_path / "store", "tiny", ["a", "b", "c"], parts, {})
         assert list(tmp_path.iterdir()) == [], problem
+
+
+def test_index_lists_are_kept_with_counts_and_checksums(tmp_path):
+    parts = tiny_parts()
+    with store_module.StoreWriter(tmp_path / "store", "tiny", ["a", "b", "c"], {}) as writer:
+        for name, part in parts.items():
+            writer.add_part(name, part)
+        writer.add_list("few", "train", np.array([7, 2, 5]), {"listed": 4})
+        for rows, problem in (([1, 1], "distinct"), ([12], "rows of part 'train' \\(0..11\\)"), ([-1], "distinct")):
+            with pytest.raises(FastltError, match=problem):
+                writer.add_list("bad", "train", np.array(rows))
+        with pytest.raises(FastltError, match="no part 'val' to index"):
+            writer.add_list("bad", "val", np.array([0]))
+        store = Store.open(writer.commit())
+    assert store.lists == ["few"] and np.load(store.list_file("few")).tolist() == [7, 2, 5]
+    entry = store.meta["lists"]["few"]
+    assert entry["part"] == "train" and entry["count"] == 3 and entry["listed"] == 4
+    assert entry["class_counts"] == np.bincount(parts["train"].labels[[7, 2, 5]], minlength=3).tolist()
+    assert entry["sha256"] == hashlib.sha256(store.list_file("few").read_bytes()).hexdigest()
+    with pytest.raises(FastltError, match="many.npy: no such split file \\(the store keeps the lists few\\)"):
+        load_split(store.list_file("many"), 12)
+    plain = Store.open(write(tmp_path / "plain"))
+    with pytest.raises(FastltError, match="few.npy: no such split file \\(the store keeps no lists\\)"):
+        load_split(plain.list_file("few"), 12)
