@@ -15,11 +15,12 @@ from typing import Any, Callable
 
 import click
 
-from fastlt.errors import FastltError
+from fastlt.errors import FastltError, RunStopped
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Report FastltError as one line and exit 1, instead of a traceback."""
+    """Report FastltError as one line and exit 1, and a run a signal stopped (its checkpoint saved) as one
+    line and exit 128 + the signal, instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -28,6 +29,9 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except FastltError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(1)
+        except RunStopped as stop:
+            click.echo(str(stop), err=True)
+            sys.exit(128 + stop.signum)
 
     return wrapper
 

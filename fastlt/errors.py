@@ -1,4 +1,4 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The exceptions the CLI turns into a one-line message and a non-zero exit, instead of a traceback."""
 
 
 class FastltError(Exception):
@@ -7,3 +7,12 @@ class FastltError(Exception):
     The message names the file or setting and what is wrong with it; the CLI prints
     it as ``error: <message>`` and exits with status 1, without a traceback.
     """
+
+
+class RunStopped(Exception):
+    """A run stopped by SIGINT or SIGTERM after writing its checkpoint; the CLI prints the message and
+    exits with 128 + the signal's number, as a shell reports a process a signal ended."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -146,6 +146,8 @@ class TrainConfig:
     name: str = setting("", "run folder name; empty = the recipe's stem and a timestamp")
     log_every: int = setting(50, "steps between reads of the device-side loss", AT_LEAST_1)
     checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch is always saved", AT_LEAST_1)
+    keep_every: int = setting(0, "epochs between milestone checkpoints kept as checkpoints/epoch<N>.pt (besides "
+                                 "last.pt and previous.pt); 0 = none", NON_NEGATIVE)
     progress: bool = setting(True, "a progress line on stderr")
     monitor_every: int = setting(0, "epochs between held-out kNN checks, also after the last epoch (monitor_knn "
                                     "and its many / medium / few in metrics.jsonl; k = the first eval.knn, bank = "

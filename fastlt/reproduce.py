@@ -22,10 +22,10 @@ from fastlt.evaluate.protocol import linear_eval
 from fastlt.evaluate.report import PER_CLASS_PNG
 from fastlt.files import write_text_atomic
 from fastlt.recipe import Recipe, find_recipe, load_recipe
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.train.checkpoint import CHECKPOINTS, LAST, PREVIOUS, load_run_checkpoint
 from fastlt.train.device import resolve_device, resolve_precision
 from fastlt.train.progress import say
-from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
+from fastlt.train.trainer import pretrain, resume_run
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,8 @@ def first_epoch_seconds(run_dir: Path) -> float:
 
 
 def epochs_done(run_dir: Path) -> int:
-    """Epochs the run's last checkpoint holds (0 when it has none yet)."""
-    checkpoint = run_dir / CHECKPOINT_NAME
-    return int(load_checkpoint(checkpoint)["epoch"]) if checkpoint.is_file() else 0
+    """Epochs the run's last checkpoint holds (previous.pt where last.pt is unreadable)."""
+    return int(load_run_checkpoint(run_dir, say)[1]["epoch"])
 
 
 def train_row(recipe_path: Path, run_dir: Path, overrides: list[str], epochs: int, clock: Clock,
@@ -117,7 +116,7 @@ def train_row(recipe_path: Path, run_dir: Path, overrides: list[str], epochs: in
         clock.epoch_seconds.append(first_epoch_seconds(run_dir))
         say(f"{run_dir.name}: first epoch {clock.epoch_seconds[-1]:.1f} s; expected time for this run and the "
             f"ones after it on this device: {clock.remaining(epochs - 1 + epochs_after)}")
-    elif not (run_dir / CHECKPOINT_NAME).is_file():
+    elif not any((run_dir / CHECKPOINTS / name).is_file() for name in (LAST, PREVIOUS)):
         raise FastltError(f"{run_dir}: run folder without a checkpoint; remove it to start the run again")
     if epochs_done(run_dir) < epochs:
         resume_run(run_dir)

@@ -14,8 +14,7 @@ from typing import Any
 
 from fastlt.bench.report import say, table
 from fastlt.bench.timing import machine_description, synchronize
-from fastlt.errors import FastltError
-from fastlt.evaluate.protocol import linear_eval, resolve_checkpoint
+from fastlt.evaluate.protocol import linear_eval, read_checkpoint
 from fastlt.train.device import resolve_device, resolve_precision
 
 PROTOCOLS = ("bcl", "sdclr")
@@ -25,9 +24,7 @@ def run_linear_eval_benchmark(target: Path, store: Path | None = None, device: s
                               precision: str = "auto", epochs: int | None = None, sdclr_epochs: int | None = None,
                               sdclr_few_shot_epochs: int | None = None) -> dict[str, Any]:
     """Time ``linear_eval`` with protocol bcl, then sdclr, on ``target``; the reports go to a temporary folder."""
-    checkpoint = resolve_checkpoint(Path(target))
-    if not checkpoint.is_file():  # one line before anything is printed
-        raise FastltError(f"{checkpoint}: checkpoint not found")
+    read_checkpoint(Path(target))  # a missing or unreadable checkpoint is one line before anything is printed
     torch_device = resolve_device(device, "--device")
     chosen = resolve_precision(precision, torch_device, "--precision")
     settings = {"epochs": epochs, "sdclr_epochs": sdclr_epochs, "sdclr_few_shot_epochs": sdclr_few_shot_epochs}

@@ -32,14 +32,13 @@ from torch import Tensor, nn
 
 import fastlt
 from fastlt.errors import FastltError
-from fastlt.evaluate.protocol import pretrained_backbone, resolve_checkpoint, run_folder_of
+from fastlt.evaluate.protocol import pretrained_backbone, read_checkpoint, run_folder_of
 from fastlt.files import file_digest, replace_atomically
 from fastlt.methods import resolve_axes
 from fastlt.methods.sdclr import DenseBranch
 from fastlt.models.resnet import ARCHITECTURES, ResNet
 from fastlt.models.self_damaging import DENSE, DualBatchNorm
 from fastlt.recipe import recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
 
 FORMAT = "fastlt-torchvision-resnet"
 VERSION = 1
@@ -148,14 +147,13 @@ def export_torchvision(target: Path, out: Path, overwrite: bool = False) -> dict
     ``out`` is written atomically and never replaced unless ``overwrite``.
     """
     target, out = Path(target), Path(out)
-    checkpoint = resolve_checkpoint(target)
     if out.is_dir():
         raise FastltError(f"{out}: is a folder; --out takes a file name")
-    if out.exists() and checkpoint.exists() and out.resolve() == checkpoint.resolve():
+    checkpoint, payload = read_checkpoint(target)
+    if out.exists() and out.resolve() == checkpoint.resolve():
         raise FastltError(f"{out}: is the checkpoint being exported; choose another --out")
     if out.exists() and not overwrite:
         raise FastltError(f"{out}: already exists (use --overwrite to replace it)")
-    payload = load_checkpoint(checkpoint)
     recipe = recipe_from_dict(payload["recipe"], source=f"{checkpoint} (recipe)")
     run = run_folder_of(checkpoint)
     model_config = recipe.model

@@ -43,10 +43,10 @@ from fastlt.evaluate.report import (
 from fastlt.files import file_digest
 from fastlt.methods import build_method
 from fastlt.recipe import EVAL_PROTOCOLS, EvalConfig, Recipe, recipe_from_dict, with_store_lists
-from fastlt.train.checkpoint import load_checkpoint, load_model_state
+from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_checkpoint, load_model_state, load_run_checkpoint
 from fastlt.train.device import PRECISION_TYPES
+from fastlt.train.progress import say
 
-CHECKPOINT_IN_RUN = Path("checkpoints/last.pt")
 FULL = "full"
 
 
@@ -102,16 +102,17 @@ class FeatureBank:
         return self.features[at], self.labels[at]
 
 
-def resolve_checkpoint(target: Path) -> Path:
-    """A run folder means its last checkpoint; a file is taken as it is."""
+def read_checkpoint(target: Path) -> tuple[Path, dict[str, Any]]:
+    """A run folder means its last checkpoint (previous.pt, with a warning, where last.pt is unreadable);
+    a file is taken as it is. Returns the file and its contents."""
     if target.is_dir():
-        return target / CHECKPOINT_IN_RUN
-    return target
+        return load_run_checkpoint(target, say)
+    return target, load_checkpoint(target)
 
 
 def run_folder_of(checkpoint: Path) -> Path:
     """The run a checkpoint belongs to (``RUN/checkpoints/x.pt``), else the checkpoint's own folder."""
-    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_IN_RUN.parent.name else checkpoint.parent
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
 
 
 def pretrained_backbone(payload: dict[str, Any], recipe: Recipe, num_samples: int, checkpoint: Path,
@@ -299,8 +300,7 @@ def linear_eval(
     Every input is checked, and every report folder is free (or ``overwrite``), before any
     feature is extracted. Features are extracted once per backbone for every protocol.
     """
-    checkpoint = resolve_checkpoint(target)
-    payload = load_checkpoint(checkpoint)
+    checkpoint, payload = read_checkpoint(target)
     raw = {**payload["recipe"], "eval": {**payload["recipe"].get("eval", {}), **(overrides or {})}}
     recipe = recipe_from_dict(raw, source=f"{checkpoint} (recipe)",
                               origins={("eval", key): "linear-eval" for key in overrides or {}})
@@ -316,7 +316,7 @@ def linear_eval(
     pretrain = ProbeList(recipe.data.split, pretrain_indices)  # in file order: its checksum is the run's
 
     run_dir = run_folder_of(checkpoint)
-    suffix = "" if checkpoint.name == CHECKPOINT_IN_RUN.name else f"-{checkpoint.stem}"
+    suffix = "" if checkpoint.name == LAST else f"-{checkpoint.stem}"
     suffix += "" if settings.exit == "backbone" else f"-{settings.exit}-exit"
     held_out = held_out_list(settings, pretrain.indices, num_samples) if settings.protocol in ("sdclr", "all") \
         else ProbeList("", np.zeros(0, dtype=np.int64))

@@ -93,6 +93,11 @@ class ContrastiveMethod(nn.Module):
         """Called before the first step of each epoch (1-based): sets the epoch's temperature."""
         self.contrast.set_epoch(epoch)
 
+    def on_epoch_resume(self, epoch: int) -> None:
+        """Called instead of ``on_epoch_start`` when a stopped epoch is resumed: the state the start made
+        (masks, memory) came back with the checkpoint; only what is not saved is set again."""
+        self.contrast.set_epoch(epoch)
+
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         """Called after the last step of each epoch; returns extra metrics to log."""
         boost = self.boost.end_epoch() if self.boost is not None else {}

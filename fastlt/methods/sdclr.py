@@ -12,6 +12,7 @@ from fastlt.models.self_damaging import (
     DENSE,
     PRUNED,
     BranchSwitch,
+    mask_sparsity,
     prunable_convolutions,
     update_masks,
 )
@@ -66,6 +67,10 @@ class SDCLR(ContrastiveMethod):
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self.sparsity = update_masks(prunable_convolutions(self.backbone), self.pruning_ratio)
+
+    def on_epoch_resume(self, epoch: int) -> None:
+        super().on_epoch_resume(epoch)
+        self.sparsity = mask_sparsity(prunable_convolutions(self.backbone))  # the epoch's masks came back
 
     def on_epoch_end(self, epoch: int) -> dict[str, float]:
         return {**super().on_epoch_end(epoch), "sparsity": round(self.sparsity, 6)}

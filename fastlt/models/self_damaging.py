@@ -84,3 +84,9 @@ def update_masks(convolutions: list[MaskedConv2d], ratio: float) -> float:
         conv.mask.copy_(conv.weight.detach().abs() >= threshold)
     return float((magnitudes < threshold).sum()) / magnitudes.numel()
 
+
+
+def mask_sparsity(convolutions: list[MaskedConv2d]) -> float:
+    """The fraction of prunable weights the current masks drop (what ``update_masks`` returned for them)."""
+    dropped = sum(int((~conv.mask).sum()) for conv in convolutions)
+    return dropped / sum(conv.mask.numel() for conv in convolutions)

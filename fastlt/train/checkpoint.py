@@ -4,27 +4,78 @@ A checkpoint holds tensors, numbers, strings, lists and dicts only, so it loads 
 ``torch.load(weights_only=True)``: a file from elsewhere cannot execute anything. A file
 that needs more (arbitrary pickled objects, or the pickled numpy RNG state of version 1)
 is refused with one line, without unpickling its objects.
+
+A run keeps ``checkpoints/last.pt`` and the one before it, ``previous.pt`` (the old last is
+renamed only once the new one is complete), plus a milestone ``epoch<N>.pt`` every
+``train.keep_every`` epochs. A last.pt that is missing or unreadable (a disk that failed
+under it) falls back to previous.pt, with a warning.
 """
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from fastlt.errors import FastltError
-from fastlt.files import replace_atomically
+from fastlt.files import remove_temporaries, replace_atomically
 
 FORMAT = "fastlt-checkpoint"
 VERSION = 2  # 1 pickled numpy state and needed weights_only=False
 _NUMPY_GLOBALS = ("numpy.", "_codecs.encode")  # what a version-1 checkpoint's numpy RNG state pickles
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write payload (plus the format tag) atomically: a crash mid-write keeps the previous checkpoint."""
-    replace_atomically(path, lambda handle: torch.save({"format": FORMAT, "version": VERSION, **payload}, handle))
+CHECKPOINTS = "checkpoints"  # the folder in a run
+LAST, PREVIOUS = "last.pt", "previous.pt"
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any], keep_old_as: Path | None = None) -> None:
+    """Write payload (plus the format tag) atomically: a crash mid-write keeps the previous checkpoint
+    (renamed to ``keep_old_as`` once the new one is complete, when given)."""
+    replace_atomically(path, lambda handle: torch.save({"format": FORMAT, "version": VERSION, **payload}, handle),
+                       keep_old_as)
+
+
+def save_run_checkpoint(run_dir: Path, payload: dict[str, Any], milestone: bool = False) -> Path:
+    """The run's new last.pt, the old one kept as previous.pt; a milestone also stays as epoch<N>.pt."""
+    folder = Path(run_dir) / CHECKPOINTS
+    last = folder / LAST
+    try:
+        save_checkpoint(last, payload, keep_old_as=folder / PREVIOUS)
+        if milestone:
+            kept = folder / f"epoch{payload['epoch']}.pt"
+            kept.unlink(missing_ok=True)
+            try:
+                os.link(last, kept)  # the same bytes, no copy: last.pt is only ever renamed, never rewritten
+            except OSError:
+                shutil.copyfile(last, kept)
+    except OSError as error:
+        raise FastltError(f"{last}: cannot write the checkpoint ({error.strerror or error}); the checkpoints "
+                          f"written before are intact") from None
+    return last
+
+
+def load_run_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """The run's last.pt, or previous.pt (with a warning) when last.pt is missing or unreadable.
+
+    Temporary files a killed write left in the run are removed first.
+    """
+    folder = Path(run_dir) / CHECKPOINTS
+    remove_temporaries(folder)
+    remove_temporaries(Path(run_dir))
+    try:
+        return folder / LAST, load_checkpoint(folder / LAST)
+    except FastltError as error:
+        previous = folder / PREVIOUS
+        if not previous.is_file():
+            raise
+        payload = load_checkpoint(previous)
+        warn(f"warning: {error}; using {previous} (epoch {payload['epoch']}) instead")
+        return previous, payload
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

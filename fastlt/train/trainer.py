@@ -2,15 +2,20 @@
 
 One run = one folder: config.json (the resolved recipe), run.json (seed, commit, versions,
 device, the hardware choices and why, every resume), metrics.jsonl (one line per epoch)
-and checkpoints/last.pt, rewritten atomically every ``train.checkpoint_every`` epochs and
-at the last. ``resume_run`` continues a run exactly: model, optimiser, loss scaler, method
-state (e.g. BCL memory), every RNG and the hardware choices recorded at the start. With
+and checkpoints/last.pt (with previous.pt and milestones, fastlt.train.checkpoint), written
+atomically every ``train.checkpoint_every`` epochs, at the last, and when SIGINT or SIGTERM
+stops the run mid-epoch (fastlt.train.stopping). An epoch's metrics line is written before
+its checkpoint, and a resume drops the lines after the checkpoint's epoch, so the two never
+disagree whenever the process dies. ``resume_run`` continues a run exactly, also from the
+middle of an epoch: model, optimiser, loss scaler, method state (e.g. BCL memory), every RNG
+and the hardware choices recorded at the start. With
 ``train.monitor_every`` an epoch's record also holds the held-out kNN accuracy
 (fastlt.train.monitor); with ``train.tensorboard`` every record also goes to RUN/tensorboard.
 """
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -26,12 +31,12 @@ from fastlt.data.backends import make_loader
 from fastlt.data.loader import Loader
 from fastlt.data.splits import class_counts, class_groups, split_checksum, split_or_all
 from fastlt.data.store import Store, check_same_data
-from fastlt.errors import FastltError
+from fastlt.errors import FastltError, RunStopped
 from fastlt.files import write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
 from fastlt.recipe import OptimConfig, Recipe, recipe_from_dict, recipe_with_overrides, with_store_lists
-from fastlt.train.checkpoint import load_checkpoint, load_model_state, save_checkpoint
+from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_model_state, load_run_checkpoint, save_run_checkpoint
 from fastlt.train.device import (
     PRECISION_TYPES,
     Precision,
@@ -48,8 +53,10 @@ from fastlt.train.progress import Progress, say
 from fastlt.train.resume import check_recipe_change
 from fastlt.train.runinfo import run_record
 from fastlt.train.schedule import warmup_cosine_lr
+from fastlt.train.stopping import StopRequest
 
-CHECKPOINT_NAME = "checkpoints/last.pt"
+CHECKPOINT_NAME = f"{CHECKPOINTS}/{LAST}"
+ROOM_FACTOR = 3  # checkpoints on disk at once while one is written: last, previous and the new one
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,17 @@ class HardwareChoices:
     reasons: dict[str, str]
 
 
+@dataclass(frozen=True)
+class PartialEpoch:
+    """Where a stopped epoch stopped: what its resume needs to finish it as if nothing had happened."""
+
+    epoch: int
+    batches: int  # batches done
+    loss_sum: float  # the float32 sum of their losses
+    seconds: float  # time spent on them
+    data_rng: torch.Tensor  # the data generator's state at the epoch's start: the same permutation again
+
+
 @dataclass
 class RunState:
     """Everything that moves during training and must survive a resume."""
@@ -76,6 +94,7 @@ class RunState:
     view_generator: torch.Generator
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
+    partial: PartialEpoch | None = None  # the epoch a signal stopped, until it is finished
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict[str, Any]]:
@@ -139,6 +158,26 @@ def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
     if run_dir.exists():
         raise FastltError(f"{run_dir}: run folder exists already (use --resume to continue it, or another name)")
     return run_dir
+
+
+def checkpoint_bytes(state: RunState) -> int:
+    """About the size of one checkpoint: the method's tensors and the optimiser's one buffer per parameter."""
+    tensors = list(state.method.state_dict().values()) + [p for p in state.method.parameters() if p.requires_grad]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def make_run_dir(run_dir: Path, checkpoint_size: int) -> None:
+    """Create the run folder, refusing one that cannot be written or a disk without room for the
+    checkpoints, before any training."""
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as error:
+        raise FastltError(f"{run_dir}: cannot create the run folder ({error.strerror or error})") from None
+    needed, free = ROOM_FACTOR * checkpoint_size, shutil.disk_usage(run_dir).free
+    if free < needed:
+        run_dir.rmdir()
+        raise FastltError(f"{run_dir.parent}: {free / 2**20:.0f} MiB free, and the run needs about "
+                          f"{needed / 2**20:.0f} MiB for its checkpoints (train.out_dir elsewhere?)")
 
 
 def choose_hardware(recipe: Recipe, method: nn.Module, split_size: int) -> HardwareChoices:
@@ -247,7 +286,7 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | N
     choices = choose_hardware(recipe, method, data.loader.num_samples)
     state = build_run_state(recipe, data, choices, method)
     run_dir = new_run_dir(recipe, recipe_path)
-    run_dir.mkdir(parents=True)
+    make_run_dir(run_dir, checkpoint_bytes(state))
     write_json_atomic(run_dir / "config.json", recipe.to_dict())
     record = run_record(device, recipe.train.seed, recipe_path)
     write_json_atomic(run_dir / "run.json", {**record, "hardware": asdict(choices), "data": data.identity,
@@ -258,8 +297,7 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | N
 
 def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until_epoch: int | None = None) -> Path:
     """Continue a run from its last checkpoint with the choices it recorded; refuse changes to its history."""
-    checkpoint = run_dir / CHECKPOINT_NAME
-    payload = load_checkpoint(checkpoint)
+    checkpoint, payload = load_run_checkpoint(run_dir, say)
     recipe = recipe_with_overrides(json.loads(json.dumps(payload["recipe"])), overrides, str(checkpoint))
     where = f"{run_dir}"
     # Through the recipe's own defaults, so a key added since the checkpoint was written compares equal.
@@ -279,7 +317,8 @@ def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until
     choices = recorded_hardware(recipe, payload["hardware"], device, method, where)
     state = build_run_state(recipe, data, choices, method)
     restore(state, payload, checkpoint)
-    say(f"{run_dir}: resuming at epoch {epochs_done + 1} of {recipe.train.epochs}")
+    within = f", batch {state.partial.batches + 1}" if state.partial is not None else ""
+    say(f"{run_dir}: resuming at epoch {epochs_done + 1}{within} of {recipe.train.epochs}")
     keep_metrics_until(run_dir / "metrics.jsonl", epochs_done)
     write_json_atomic(run_dir / "config.json", recipe.to_dict())
     record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -293,12 +332,16 @@ def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until
 
 
 def keep_metrics_until(path: Path, epoch: int) -> None:
-    """Drop metrics lines of epochs after the checkpoint (they will be run again), atomically."""
+    """Drop metrics lines of epochs after the checkpoint (they will be run again), and a last line a killed
+    write cut short, atomically."""
     if not path.is_file():
         return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if lines and not text.endswith("\n"):
+        lines.pop()  # torn: the process died inside the append
     kept = [line for line in lines if json.loads(line)["epoch"] <= epoch]
-    if len(kept) != len(lines):
+    if kept != lines or not text.endswith("\n"):
         write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
@@ -319,21 +362,47 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
                         monitor.epochs(state.epoch + 1, last_epoch) if monitor else (),
                         monitor.label if monitor else "kNN")
     tensorboard = TensorBoardLog(run_dir, state.epoch) if recipe.train.tensorboard else None
+    keep_every = recipe.train.keep_every
     try:
-        for epoch in range(state.epoch + 1, last_epoch + 1):
-            record = train_one_epoch(state, data.loader, context, recipe, epoch, progress)
-            if monitor is not None and monitor.due(epoch):
-                record |= monitor.measure(state.method, precision_of(choices).dtype)
-            if epoch % recipe.train.checkpoint_every == 0 or epoch == last_epoch:
-                save_checkpoint(run_dir / CHECKPOINT_NAME, checkpoint_payload(state, recipe, choices, data.identity))
-            with (run_dir / "metrics.jsonl").open("a", encoding="utf-8") as file:
-                file.write(json.dumps(record) + "\n")
-            if tensorboard is not None:
-                tensorboard.write(record)
-            progress.end_epoch(record)
+        with StopRequest() as stop:
+            for epoch in range(state.epoch + 1, last_epoch + 1):
+                record = train_one_epoch(state, data.loader, context, recipe, epoch, progress, stop)
+                if record is None:  # a signal stopped the epoch: keep where it stopped
+                    save_run_checkpoint(run_dir, checkpoint_payload(state, recipe, choices, data.identity))
+                    raise stopped(run_dir, stop.signal, f"epoch {epoch}, after batch {state.partial.batches}")
+                if monitor is not None and monitor.due(epoch):
+                    record |= monitor.measure(state.method, precision_of(choices).dtype)
+                append_metrics(run_dir / "metrics.jsonl", record)  # before the checkpoint: see the module's text
+                if epoch % recipe.train.checkpoint_every == 0 or epoch == last_epoch or stop.requested:
+                    save_run_checkpoint(run_dir, checkpoint_payload(state, recipe, choices, data.identity),
+                                        milestone=keep_every > 0 and epoch % keep_every == 0)
+                if tensorboard is not None:
+                    tensorboard.write(record)
+                progress.end_epoch(record)
+                if stop.requested and epoch < last_epoch:
+                    raise stopped(run_dir, stop.signal, f"the end of epoch {epoch}")
     finally:
         if tensorboard is not None:
             tensorboard.close()
+
+
+def stopped(run_dir: Path, signum: int, where: str) -> RunStopped:
+    """The exception that ends a run a signal stopped, once its checkpoint is written."""
+    import signal
+
+    name = signal.Signals(signum).name
+    return RunStopped(f"{name}: stopped at {where}; checkpoint saved, continue with "
+                      f"`fastlt pretrain --resume {run_dir}`", signum)
+
+
+def append_metrics(path: Path, record: dict[str, Any]) -> None:
+    """One epoch's line; a full disk is a one-line error (the checkpoints are untouched)."""
+    try:
+        with path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise FastltError(f"{path}: cannot append the epoch's metrics ({error.strerror or error}); "
+                          "the checkpoints written before are intact") from None
 
 
 class NonFiniteLoss:
@@ -358,8 +427,9 @@ class NonFiniteLoss:
 
 
 def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recipe: Recipe, epoch: int,
-                    progress: Progress) -> dict[str, Any]:
-    """One pass over the loader; returns the epoch's metrics record.
+                    progress: Progress, stop: StopRequest | None = None) -> dict[str, Any] | None:
+    """One pass over the loader (the rest of it, for an epoch a signal stopped); returns the epoch's
+    metrics record, or None when ``stop`` rose before the last step (``state.partial`` says where).
 
     The loss accumulates on the device and is read every ``train.log_every`` steps and once
     at the end (with the non-finite check), so steps do not wait on the host.
@@ -370,14 +440,24 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
     warmup_steps = round(o.warmup_epochs * steps)
     images_per_epoch = steps * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
     checkpoint_epoch = (epoch - 1) // recipe.train.checkpoint_every * recipe.train.checkpoint_every
-    method.train()
-    method.on_epoch_start(epoch)
     device = state.data_generator.device
-    loss_sum = torch.zeros((), device=device)
+    resumed, state.partial = state.partial, None
+    method.train()
+    if resumed is None:
+        epoch_rng = state.data_generator.get_state()
+        done, loss_sum, earlier = 0, torch.zeros((), device=device), 0.0
+        method.on_epoch_start(epoch)
+    else:  # the generator is back at the epoch's start (restore), so the loader draws the same order
+        epoch_rng = resumed.data_rng
+        done, loss_sum, earlier = resumed.batches, torch.tensor(resumed.loss_sum, device=device), resumed.seconds
+        method.on_epoch_resume(epoch)
     nonfinite = NonFiniteLoss(device)
     progress.start_epoch(epoch, steps)
-    started = time.perf_counter()
+    started = time.perf_counter() - earlier
     for batch_index, batch in enumerate(loader):
+        if batch_index < done:  # the part of the epoch trained before the stop
+            progress.step()
+            continue
         lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, o.lr, o.final_lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -394,6 +474,11 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
             elapsed = time.perf_counter() - started
             progress.reading(batch_index + 1, loss_sum.item() / (batch_index + 1),
                              (batch_index + 1) * recipe.train.batch_size / elapsed)
+        if stop is not None and stop.requested and batch_index + 1 < steps:
+            nonfinite.check(epoch, steps, checkpoint_epoch)
+            state.partial = PartialEpoch(epoch, batch_index + 1, loss_sum.item(), time.perf_counter() - started,
+                                         epoch_rng)
+            return None
     nonfinite.check(epoch, steps, checkpoint_epoch)
     elapsed = time.perf_counter() - started
     state.epoch = epoch
@@ -409,9 +494,10 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
 
 
 def generator_states(state: RunState) -> dict[str, torch.Tensor]:
-    """The RNG states a resume needs: the run's two generators, torch's CPU one and the current CUDA device's."""
+    """The RNG states a resume needs: the run's two generators (the data one as it was at the start of a
+    stopped epoch), torch's CPU one and the current CUDA device's."""
     states = {
-        "data": state.data_generator.get_state(),
+        "data": state.partial.data_rng if state.partial is not None else state.data_generator.get_state(),
         "views": state.view_generator.get_state(),
         "torch": torch.get_rng_state(),
     }
@@ -422,8 +508,13 @@ def generator_states(state: RunState) -> dict[str, torch.Tensor]:
 
 def checkpoint_payload(state: RunState, recipe: Recipe, choices: HardwareChoices,
                        identity: dict[str, Any]) -> dict[str, Any]:
-    """Model, optimiser, scaler, counters, RNG states, hardware choices and data identity: tensors and plain values."""
+    """Model, optimiser, scaler, counters, RNG states, hardware choices, data identity and, for a stopped epoch,
+    where it stopped: tensors and plain values."""
+    partial = state.partial
+    position = {} if partial is None else {"position": {"epoch": partial.epoch, "batches": partial.batches,
+                                                        "loss_sum": partial.loss_sum, "seconds": partial.seconds}}
     return {
+        **position,
         "recipe": recipe.to_dict(),
         "hardware": asdict(choices),
         "data": identity,
@@ -449,3 +540,7 @@ def restore(state: RunState, payload: dict[str, Any], path: Path) -> None:
         torch.cuda.set_rng_state(rng["cuda"], state.data_generator.device)
     state.epoch = payload["epoch"]
     state.step = payload["step"]
+    if "position" in payload:
+        position = payload["position"]
+        state.partial = PartialEpoch(position["epoch"], position["batches"], position["loss_sum"],
+                                     position["seconds"], rng["data"])

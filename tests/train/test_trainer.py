@@ -146,9 +146,9 @@ def test_checkpoint_every_saves_on_schedule_and_at_the_last_epoch(digits_store, 
     import fastlt.train.trainer as trainer
 
     saved = []
-    real_save = trainer.save_checkpoint
-    monkeypatch.setattr(trainer, "save_checkpoint", lambda path, payload: (saved.append(payload["epoch"]),
-                                                                            real_save(path, payload)))
+    real_save = trainer.save_run_checkpoint
+    monkeypatch.setattr(trainer, "save_run_checkpoint", lambda run, payload, milestone=False: (
+        saved.append(payload["epoch"]), real_save(run, payload, milestone)))
     pretrain(tiny_recipe(digits_store, tmp_path, name="a", epochs=5, checkpoint_every=2))
     assert saved == [2, 4, 5]
     saved.clear()

@@ -1,0 +1,223 @@
+"""A run loses nothing when it is stopped: signals, SIGKILL at any moment (a real process), a damaged or
+half-written checkpoint, a torn metrics line, a full disk, an unwritable run folder."""
+from __future__ import annotations
+
+import errno
+import json
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import fastlt.train.checkpoint as checkpoint_module
+from fastlt.errors import FastltError, RunStopped
+from fastlt.recipe import Recipe, recipe_from_dict
+from fastlt.train.checkpoint import load_checkpoint
+from fastlt.train.progress import Progress
+from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
+
+
+def recipe(store: Path, out_dir: Path, name: str, method: str = "bcl-d", **train) -> Recipe:
+    """BCL-D: pruning masks made at an epoch's start and a memory updated every step, both of which a
+    resume from the middle of an epoch must carry over."""
+    return recipe_from_dict({
+        "data": {"store": str(store)},
+        "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
+        "method": {"name": method},
+        "optim": {"lr": 0.1, "warmup_epochs": 1},
+        "train": {"epochs": 3, "batch_size": 128, "out_dir": str(out_dir), "progress": False, "name": name,
+                  "precision": "fp32", "device": "cpu", "log_every": 3, **train},
+    }, "test")
+
+
+def final_state(run: Path) -> tuple[dict, list[dict]]:
+    """The last checkpoint's model and the metrics lines without their timings."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        del line["epoch_seconds"], line["images_per_second"]
+    return load_checkpoint(run / CHECKPOINT_NAME)["model"], lines
+
+
+def assert_same_run(run: Path, reference: Path) -> None:
+    model, lines = final_state(run)
+    expected_model, expected_lines = final_state(reference)
+    assert lines == expected_lines  # every epoch once, the same losses, BCL weights and sparsity
+    assert model.keys() == expected_model.keys()
+    assert all(torch.equal(model[key], expected_model[key]) for key in model)
+
+
+@pytest.fixture(scope="module")
+def reference(digits_store, tmp_path_factory) -> Path:
+    """The uninterrupted run every interrupted one must end equal to."""
+    return pretrain(recipe(digits_store, tmp_path_factory.mktemp("reference"), "reference"))
+
+
+def signal_after_step(monkeypatch, number: int, signum: int) -> None:
+    """Raise ``signum`` in this process right after the run's ``number``-th step, as a user or scheduler would."""
+    steps = []
+    real_step = Progress.step
+
+    def step_then_signal(progress: Progress) -> None:
+        real_step(progress)
+        steps.append(1)
+        if len(steps) == number:
+            signal.raise_signal(signum)
+
+    monkeypatch.setattr(Progress, "step", step_then_signal)
+
+
+def test_sigterm_mid_epoch_saves_where_it_stopped_and_the_resume_finishes_the_same_run(
+        digits_store, tmp_path, reference, monkeypatch):
+    signal_after_step(monkeypatch, 12, signal.SIGTERM)  # 10 batches of 128 an epoch: epoch 2's second
+    with pytest.raises(RunStopped, match="SIGTERM: stopped at epoch 2, after batch 2; checkpoint saved") as stop:
+        pretrain(recipe(digits_store, tmp_path, "stopped"))
+    assert stop.value.signum == signal.SIGTERM
+    monkeypatch.undo()
+    run = tmp_path / "stopped"
+    payload = load_checkpoint(run / CHECKPOINT_NAME)
+    assert payload["epoch"] == 1 and payload["step"] == 12 and payload["position"]["batches"] == 2
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+    resume_run(run)
+    assert_same_run(run, reference)
+
+
+def test_a_signal_in_an_epochs_last_step_saves_that_epoch(digits_store, tmp_path, reference, monkeypatch):
+    signal_after_step(monkeypatch, 10, signal.SIGINT)
+    with pytest.raises(RunStopped, match="SIGINT: stopped at the end of epoch 1"):
+        pretrain(recipe(digits_store, tmp_path, "stopped", checkpoint_every=2))
+    payload = load_checkpoint(tmp_path / "stopped" / CHECKPOINT_NAME)
+    assert payload["epoch"] == 1 and "position" not in payload  # saved although checkpoints come every 2 epochs
+    monkeypatch.undo()
+    resume_run(tmp_path / "stopped", ["train.checkpoint_every=1"])
+    assert_same_run(tmp_path / "stopped", reference)
+
+
+def test_last_and_previous_are_kept_with_milestones(digits_store, tmp_path):
+    run = pretrain(recipe(digits_store, tmp_path, "kept", method="simclr", epochs=5, keep_every=2))
+    folder = run / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch2.pt", "epoch4.pt", "last.pt", "previous.pt"]
+    epochs = {p.name: load_checkpoint(p)["epoch"] for p in folder.iterdir()}
+    assert epochs == {"epoch2.pt": 2, "epoch4.pt": 4, "last.pt": 5, "previous.pt": 4}
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(digits_store, tmp_path, reference, capsys):
+    run = pretrain(recipe(digits_store, tmp_path, "damaged"), until_epoch=2)
+    last = run / CHECKPOINT_NAME
+    last.write_bytes(last.read_bytes()[:1000])  # a disk that failed under it
+    (run / "checkpoints" / ".last.pt.x1y2.part").write_bytes(b"half a checkpoint")  # a killed write's leftover
+    with (run / "metrics.jsonl").open("a") as metrics:
+        metrics.write('{"epoch": 3, "lo')  # an append cut short
+    resume_run(run)
+    err = capsys.readouterr().err
+    assert "warning: " in err and "last.pt: not a readable checkpoint" in err and "previous.pt (epoch 1)" in err
+    assert "resuming at epoch 2 of 3" in err
+    assert not list((run / "checkpoints").glob(".*.part"))
+    assert_same_run(run, reference)
+    last.unlink()
+    (run / "checkpoints" / "previous.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(FastltError, match="previous.pt: not a readable checkpoint"):
+        resume_run(run)
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_checkpoints(digits_store, tmp_path, monkeypatch):
+    writes = []
+    real_save = torch.save
+
+    def save_until_the_disk_fills(payload, handle):
+        writes.append(1)
+        if len(writes) == 2:
+            handle.write(b"partial bytes")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(payload, handle)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_until_the_disk_fills)
+    with pytest.raises(FastltError, match="last.pt: cannot write the checkpoint \\(No space left on device\\); "
+                                          "the checkpoints written before are intact"):
+        pretrain(recipe(digits_store, tmp_path, "full", method="simclr"))
+    folder = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"] and load_checkpoint(folder / "last.pt")["epoch"] == 1
+
+
+def test_an_unwritable_run_folder_or_a_small_disk_is_refused_before_training(digits_store, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(FastltError, match="a-file/x: cannot create the run folder"):
+        pretrain(recipe(digits_store, blocker, "x"))
+    import fastlt.train.trainer as trainer
+
+    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    with pytest.raises(FastltError, match="0 MiB free, and the run needs about [0-9.]+ MiB for its checkpoints"):
+        pretrain(recipe(digits_store, tmp_path, "small"))
+    assert not (tmp_path / "small").exists()
+
+
+def test_sigkill_at_random_moments_even_inside_a_checkpoint_write_then_resume_equals_one_run(
+        digits_store, tmp_path, reference):
+    """A real `fastlt pretrain` process killed with SIGKILL several times, once while a checkpoint is being
+    written (its temporary file exists), and resumed each time, ends with the reference run's weights."""
+    base = tmp_path / "same.toml"
+    base.write_text("")  # the reference's recipe, every key given on the command line
+    settings = recipe(digits_store, tmp_path, "killed").to_dict()
+    overrides = [arg for section, table in settings.items() for key, value in table.items()
+                 for arg in ("--set", f"{section}.{key}={json.dumps(value)}")]
+    run, folder = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
+    rng = random.Random(0)
+    # The first kill waits for a checkpoint's temporary file; four more come at random moments (start-up
+    # takes about 3 s here, an epoch about 1 s); the last start runs to the end.
+    moments = ["inside a write", *(rng.uniform(0.5, 4.0) for _ in range(4)), None]
+    kills, inside_a_write = 0, 0
+    for moment in moments:
+        started = (folder / "last.pt").exists() or (folder / "previous.pt").exists()
+        if run.exists() and not started:  # killed before its first checkpoint: start again
+            shutil.rmtree(run)
+        args = ["--resume", str(run)] if started else [str(base), *overrides]
+        process = subprocess.Popen([sys.executable, "-m", "fastlt", "pretrain", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        if moment is None:
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err
+            break
+        deadline = time.monotonic() + (120 if moment == "inside a write" else moment)
+        while process.poll() is None and time.monotonic() < deadline:
+            if moment == "inside a write" and folder.is_dir() and list(folder.glob(".last.pt.*.part")):
+                break
+            time.sleep(0.0002)
+        if process.poll() is not None:  # a fast machine finished before the moment came
+            assert process.returncode == 0, process.communicate()[1]
+            break
+        process.kill()
+        process.communicate()
+        kills += 1
+        inside_a_write += bool(folder.is_dir() and list(folder.glob(".last.pt.*.part")))
+    assert kills >= 3 and inside_a_write >= 1, (kills, inside_a_write)
+    assert not list(folder.glob(".*.part"))
+    assert_same_run(run, reference)
+
+
+def test_sigterm_to_a_real_process_exits_cleanly_with_its_checkpoint(digits_store, tmp_path):
+    base = tmp_path / "same.toml"
+    base.write_text("")
+    settings = recipe(digits_store, tmp_path, "term", epochs=50).to_dict()
+    overrides = [arg for section, table in settings.items() for key, value in table.items()
+                 for arg in ("--set", f"{section}.{key}={json.dumps(value)}")]
+    process = subprocess.Popen([sys.executable, "-m", "fastlt", "pretrain", str(base), *overrides],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "term" / CHECKPOINT_NAME
+    deadline = time.monotonic() + 120
+    while not last.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("SIGTERM: stopped at ")
+    assert f"continue with `fastlt pretrain --resume {tmp_path / 'term'}`" in err
+    payload = load_checkpoint(last)
+    lines = (tmp_path / "term" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, payload["epoch"] + 1))
