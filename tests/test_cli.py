@@ -1,5 +1,6 @@
 """The command line end to end on tiny data, its progress output, and one-line errors for every bad input."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -293,16 +294,89 @@ BAD_INPUTS = [
     ("convert cifar10 --source {out}/x.tar.gz --download --out {out}/c10", "exactly one of --source PATH or --download"),
     ("convert cifar10 --source {out}/missing.tar.gz --out {out}/c10", "missing.tar.gz"),
     ("convert digits --source {out}/x --out {out}/d", "--source/--download do not apply"),
+    ("convert cifar10 --source {truncated_tarball} --out {out}/c10", "truncated.tar.gz: "),
+    ("convert cifar10 --source {text_file} --out {out}/c10", "text.txt: "),
+    ("convert folder --root {corrupt_jpegs} --size 16 --out {out}/f", "n002_0.JPEG: cannot decode"),
+    ("convert folder --root {out}/nowhere --out {out}/f", "nowhere: no such folder"),
+    ("convert imagenet100-lt --root {ilsvrc} --list lt={unknown_paths} --size 16 --out {out}/i",
+     "nothere.JPEG: listed for part 'train' but not found"),
+    ("convert digits --format ffcv2 --out {out}/d", "Invalid value for '--format'"),
+    # pretrain: data
+    (PRETRAIN + " --split {out_of_range}", "out_of_range.npy: index 5000 outside [0, 1198)"),
+    (PRETRAIN + " --split {duplicated}", "duplicated.npy: index 3 appears more than once"),
+    (PRETRAIN + " --split {text_file}", "text.txt: not a readable .npy index file"),
+    (PRETRAIN + " --set train.batch_size=5000", "train.batch_size 5000: larger than the 468 samples of the split"),
+    (PRETRAIN + " --set data.store={out}/nostore", "nostore: no such store folder"),
+    (PRETRAIN + " --set data.store={ilsvrc}", "not a fastlt store (no meta.json)"),
+    (PRETRAIN + " --set data.store={truncated_dali}", "train_jpeg.bin: does not match its offsets"),
+    ("pretrain {bad_toml}", "bad.toml: not valid TOML"),
+    ("pretrain {wrong_type_toml}", "wrong_type.toml: train.epochs: expected int"),
+    # resume: the run's history cannot change
+    ("pretrain --resume {run} --set train.batch_size=32", "train.batch_size = 32 would change a run trained with 64"),
+    ("pretrain --resume {run} --set train.epochs=2 --set data.split={duplicated}",
+     "duplicated.npy: index 3 appears more than once"),
+    ("pretrain --resume {run} --set train.epochs=2 --set data.split={changed_split}",
+     "the split indices differ from what the run trained on"),
+    # linear-eval, export, and the commands that read runs
+    ("linear-eval {incompatible} --device cpu", "incompatible.pt: checkpoint is for a different model"),
+    ("linear-eval {text_file} --device cpu", "text.txt: not a readable checkpoint"),
+    ("linear-eval {run} --probe-split {missing_class} --device cpu",
+     "missing_class.npy: no sample of class 7 ('7'); every class needs at least one"),
+    ("linear-eval {run} --probe-split {out_of_range} --device cpu", "index 5000 outside [0, 1198)"),
+    ("export {out}/no-run --out {out}/x.pt", "checkpoint not found"),
+    ("export {text_file} --out {out}/x.pt", "text.txt: not a readable checkpoint"),
+    ("compare {out}/no-run", "no-run"),
+    ("plot {out}/no-run --out {out}/plots", "no-run"),
+    ("reproduce cifar10 --store {out}/nostore", "nostore: not a fastlt store"),
+    ("recipe show nope/nothing", "no such recipe file or shipped recipe"),
+    ("bench loader --store {out}/nostore", "nostore: no such store folder"),
 ]
 
 
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory, tiny_run, ilsvrc, cifar10_tarball, digits_store) -> dict[str, Path]:
+    """Damaged, malformed and mismatched inputs, each made from a good one."""
+    folder = tmp_path_factory.mktemp("bad_inputs")
+    made = {"text_file": folder / "text.txt", "ilsvrc": ilsvrc}
+    made["text_file"].write_text("not what was asked for\n")
+    made["truncated_tarball"] = folder / "truncated.tar.gz"
+    made["truncated_tarball"].write_bytes(cifar10_tarball.read_bytes()[:2000])
+    for name, indices in (("out_of_range", [0, 1, 5000]), ("duplicated", [0, 3, 3])):
+        made[name] = folder / f"{name}.npy"
+        np.save(made[name], np.asarray(indices, dtype=np.int64))
+    made["missing_class"] = folder / "missing_class.npy"
+    np.save(made["missing_class"], np.flatnonzero(Store.open(digits_store).labels("train") != 7))
+    made["changed_split"] = folder / "changed_split.npy"
+    np.save(made["changed_split"], np.arange(0, 1198, 2))
+    (folder / "bad.toml").write_text("[train\nepochs = 1\n")
+    (folder / "wrong_type.toml").write_text("[train]\nepochs = 'two'\n")
+    made["bad_toml"], made["wrong_type_toml"] = folder / "bad.toml", folder / "wrong_type.toml"
+    corrupt = folder / "corrupt_jpegs"
+    shutil.copytree(ilsvrc / "train", corrupt)
+    damaged = corrupt / "n002" / "n002_0.JPEG"
+    damaged.write_bytes(damaged.read_bytes()[:300])
+    made["corrupt_jpegs"] = corrupt
+    made["unknown_paths"] = folder / "unknown.txt"
+    made["unknown_paths"].write_text("train/n001/n001_0.JPEG 0\ntrain/n001/nothere.JPEG 0\n")
+    checkpoint = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)
+    checkpoint["recipe"]["model"]["width"] = 8  # weights of width 4 under a recipe of width 8
+    made["incompatible"] = folder / "incompatible.pt"
+    torch.save(checkpoint, made["incompatible"])
+    made["truncated_dali"] = folder / "dali"
+    run("convert", "digits", "--format", "dali", "--out", made["truncated_dali"])
+    blob = made["truncated_dali"] / "train_jpeg.bin"
+    blob.write_bytes(blob.read_bytes()[:-100])
+    return made
+
+
 @pytest.mark.parametrize("command, fragment", BAD_INPUTS, ids=[row[0].replace(" ", "_")[:60] for row in BAD_INPUTS])
-def test_bad_input_is_one_line_and_writes_nothing(command, fragment, tmp_path, tiny_run, stores, digits_store):
+def test_bad_input_is_one_line_and_writes_nothing(command, fragment, tmp_path, tiny_run, stores, digits_store,
+                                                  bad_files):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'extends = "{DIGITS_RECIPE}"\n[data]\nstore = "{digits_store}"\n'
                       f'[train]\nout_dir = "{tmp_path / "out"}"\nepochs = 1\ndevice = "cpu"\n[optim]\nlr = 0.1\n')
-    names = {**{name: str(path) for name, path in stores.items()}, "run": str(tiny_run), "recipe": str(recipe),
-             "out": str(tmp_path / "out")}
+    names = {**{name: str(path) for name, path in {**stores, **bad_files}.items()}, "run": str(tiny_run),
+             "recipe": str(recipe), "out": str(tmp_path / "out")}
     before = snapshot(tiny_run)
     result = run(*[word.format(**names) for word in command.split()], ok=False)
     assert_one_line_error(result, fragment)
@@ -332,7 +406,7 @@ def test_an_imagenet100_recipe_pretrains_and_runs_every_protocol_on_the_store_li
     shrink = ["model.arch=resnet18", "model.projector_hidden=16", "views.size=32", "eval.center_crop=32",
               "train.batch_size=8", "train.epochs=1", "train.name=sdclr", f"train.out_dir={tmp_path}",
               f"data.store={store}"]
-    result = run("pretrain", "imagenet100_lt/sdclr", *[arg for s in shrink for arg in ("--set", s)], *TINY)
+    result = run("pretrain", "imagenet100_lt/sdclr", *TINY, *[arg for s in shrink for arg in ("--set", s)])
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     run("linear-eval", run_dir, "--protocol", "all", "--epochs", "2", "--device", "cpu")
     reports = {folder.name: json.loads((folder / "eval.json").read_text()) for folder in (run_dir / "eval").iterdir()}

@@ -346,6 +346,18 @@ def class_counts(indices: np.ndarray, labels: np.ndarray, num_classes: int) -> n
     return np.bincount(np.asarray(labels)[np.asarray(indices)], minlength=num_classes).astype(np.int64)
 
 
+def check_every_class(indices: np.ndarray, labels: np.ndarray, class_names: list[str], what: str) -> None:
+    """Refuse a split without a sample of some class: the many / medium / few groups, the probes and the
+    balanced SVM subsample are all per class, and a class never seen cannot be learnt."""
+    counts = class_counts(indices, labels, len(class_names))
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        first = int(empty[0])
+        more = f" (and {empty.size - 1} more)" if empty.size > 1 else ""
+        raise FastltError(f"{what}: no sample of class {first} ({class_names[first]!r}){more}; "
+                          "every class needs at least one")
+
+
 MANY_ABOVE = 100  # ImageNet-100-LT thresholds: many > 100, medium 20..100, few < 20 training images
 FEW_BELOW = 20
 

@@ -127,12 +127,19 @@ class StoreWriter:
         self._lists: dict[str, dict] = {}
 
     def __enter__(self) -> StoreWriter:
+        self._made = [folder for folder in (self.out.parent, *self.out.parent.parents) if not folder.exists()]
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         shutil.rmtree(self.staging, ignore_errors=True)
+        if not self.out.exists():  # not committed: the folders made for it go too
+            for folder in self._made:  # deepest first
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def add_part(self, part_name: str, part: StorePart) -> None:
         """A part held in memory, written as it is."""

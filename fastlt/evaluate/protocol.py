@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from fastlt.data.splits import (
+    check_every_class,
     class_counts,
     class_groups,
     held_out_indices,
@@ -322,6 +323,9 @@ def linear_eval(
         else ProbeList("", np.zeros(0, dtype=np.int64))
     plans = plan_evaluations(settings, shots, num_samples, pretrain, held_out, out_dir or run_dir / "eval", suffix)
     for plan in plans:
+        for probe_list in plan.probe_lists:  # what each classifier trains on
+            check_every_class(probe_list.indices, train_part.labels, store.class_names,
+                              probe_list.file or "the whole train part")
         if plan.shots == FULL and plan.protocol in ("bcl", "ts"):
             too_large = [k for k in settings.knn if k > len(plan.probe_lists[0].indices)]
             if too_large:

@@ -137,6 +137,9 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
     part = store.part(recipe.data.part)
     labels = np.asarray(part.labels)
     indices = split_or_all(recipe.data.split, len(labels))
+    if recipe.train.batch_size > len(indices):  # contrastive negatives come from the batch: surely a mistake
+        raise FastltError(f"train.batch_size {recipe.train.batch_size}: larger than the {len(indices)} samples of "
+                          "the split; lower it")
     loader = make_loader(store, recipe.data.part, indices, recipe.train.batch_size, device, generator,
                          shuffle=True, drop_last=recipe.train.drop_last)
     groups = class_groups(class_counts(indices, labels, store.num_classes), recipe.eval.groups)

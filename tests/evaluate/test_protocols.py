@@ -58,7 +58,9 @@ def test_sdclr_protocol_never_fits_on_the_held_out_list_and_records_its_epochs(t
     store, split, _ = run_inputs(tiny_run)
     labels = np.asarray(store.part("train").labels)
     outside = np.setdiff1d(np.arange(len(labels)), split)
-    few = np.concatenate([np.flatnonzero(labels == c)[:3] for c in range(10)])
+    # 3 pretraining samples of each class, and one held-out sample of each, which the fc must leave out
+    few = np.concatenate([np.concatenate([rows[np.isin(rows, split)][:3], rows[~np.isin(rows, split)][:1]])
+                          for rows in (np.flatnonzero(labels == c) for c in range(10))])
     np.save(tmp_path / "S_b.npy", few)
     result = protocol.linear_eval(tiny_run, tmp_path / "reports", overrides={
         "protocol": "sdclr", "sdclr_epochs": 3, "sdclr_few_shot_epochs": 2,
@@ -73,7 +75,7 @@ def test_sdclr_protocol_never_fits_on_the_held_out_list_and_records_its_epochs(t
     assert 1 <= full["fc"]["best_epoch"] <= 3 and len(full["fc"]["held_out_accuracy"]) == 3
     few_record = json.loads((result.folders["sdclr:few"] / "eval.json").read_text())
     held = set(outside)
-    assert few_record["probe_lists"][0]["samples"] == sum(i not in held for i in few)
+    assert few_record["probe_lists"][0]["samples"] == sum(i not in held for i in few) < len(few)
     assert few_record["protocol"]["fc"]["milestones"] == [1, 1] and len(few_record["fc"]["held_out_accuracy"]) == 2
     assert "SDCLR linear protocol (few-shot)" in (result.folders["sdclr:few"] / "eval.md").read_text()
 
