@@ -331,6 +331,7 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     shortcuts = {"data.split": split and str(split.resolve()), "train.device": device, "train.precision": precision}
     overrides = (*overrides, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value))
     from fastlt.recipe import find_recipe, load_recipe
+    from fastlt.train.distributed import launched_ranks
     from fastlt.train.trainer import pretrain as run_pretraining
     from fastlt.train.trainer import resume_run
 
@@ -343,7 +344,8 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
             raise FastltError("pretrain: missing RECIPE (a TOML file, or a shipped name such as digits_lt/simclr)")
         path = find_recipe(recipe)
         run_dir = run_pretraining(load_recipe(path, overrides), str(path), until_epoch=until_epoch)
-    click.echo(str(run_dir))
+    if launched_ranks().main:  # under torchrun, one line from rank 0
+        click.echo(str(run_dir))
 
 
 @main.command()
@@ -437,6 +439,10 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
     """The papers' evaluation protocols on a run folder or checkpoint, with many/medium/few groups."""
     from fastlt.evaluate.protocol import linear_eval as run_linear_eval
     from fastlt.train.device import resolve_device, resolve_precision
+    from fastlt.train.distributed import launched_ranks
+
+    if not launched_ranks().main:  # under torchrun, rank 0 evaluates and the others have nothing to do
+        return
 
     resolved = resolve_device(device, "--device")
     overrides: dict[str, Any] = {}

@@ -146,6 +146,9 @@ class TrainConfig:
     name: str = setting("", "run folder name; empty = the recipe's stem and a timestamp")
     log_every: int = setting(50, "steps between reads of the device-side loss", AT_LEAST_1)
     checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch is always saved", AT_LEAST_1)
+    sync_bn: bool = setting(False, "several CUDA processes: batch-norm statistics over the global batch "
+                                   "(torch.nn.SyncBatchNorm); off = each process normalises its own share, as DDP "
+                                   "does by default")
     keep_every: int = setting(0, "epochs between milestone checkpoints kept as checkpoints/epoch<N>.pt (besides "
                                  "last.pt and previous.pt); 0 = none", NON_NEGATIVE)
     progress: bool = setting(True, "a progress line on stderr")

@@ -94,13 +94,18 @@ def encoded_images(backend: str, folder: Path, part: str, labels: np.ndarray, he
 
 def make_loader(store: Any, part: str, indices: np.ndarray | None, batch_size: int, device: torch.device,
                 generator: torch.Generator, shuffle: bool = True, drop_last: bool = False,
-                workers: int | None = None) -> Any:
+                workers: int | None = None, shard: tuple[int, int] = (0, 1)) -> Any:
     """The loader of the store's backend over ``indices`` of ``part``; every one takes the NativeLoader's order.
-    FFCV and DALI decode with ``workers`` threads (default: the usable cores)."""
+    FFCV and DALI decode with ``workers`` threads (default: the usable cores). ``shard`` = (rank, processes):
+    each global batch's share of this rank (native: the split resident on every device; DALI decodes the
+    share only)."""
     backend = store.backend
     workers = workers or len(os.sched_getaffinity(0))
     if backend == "native":
-        return NativeLoader(store.part(part), indices, batch_size, device, generator, shuffle, drop_last)
+        return NativeLoader(store.part(part), indices, batch_size, device, generator, shuffle, drop_last, shard)
+    if backend == "ffcv" and shard[1] > 1:
+        raise FastltError(f"{store.path}: FFCV stores are not yet shared across processes; convert the data "
+                          "with --format native or dali for a multi-process run")
     labels = store.labels(part)
     rows = np.arange(len(labels), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
     check_batching(len(rows), batch_size, drop_last)
@@ -111,4 +116,5 @@ def make_loader(store: Any, part: str, indices: np.ndarray | None, batch_size: i
                           drop_last, workers)
     from fastlt.data.dali_backend import DALILoader
 
-    return DALILoader(store.path, part, labels, rows, batch_size, device, generator, shuffle, drop_last, workers)
+    return DALILoader(store.path, part, labels, rows, batch_size, device, generator, shuffle, drop_last, workers,
+                      shard)

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fastlt.data.loader import Batch, batch_bounds, epoch_order
+from fastlt.data.loader import Batch, batch_bounds, epoch_order, shard_of
 from fastlt.data.workers import ordered_map
 from fastlt.errors import FastltError
 
@@ -129,13 +129,14 @@ class DALILoader:
 
     def __init__(self, folder: Path, part: str, labels: np.ndarray, rows: np.ndarray | None, batch_size: int,
                  device: torch.device, generator: torch.Generator, shuffle: bool = True, drop_last: bool = False,
-                 workers: int = 2):
+                 workers: int = 2, shard: tuple[int, int] = (0, 1)):
         self._jpegs = _JpegPart(folder, part)
         self._labels = np.asarray(labels, dtype=np.int64)
         self._rows = np.arange(len(self._labels), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self._device, self._generator = torch.device(device), generator
         self._shuffle = shuffle
-        self._bounds = batch_bounds(len(self._rows), batch_size, drop_last)
+        self._bounds = batch_bounds(len(self._rows), batch_size, drop_last, shard[1])
+        self._shard = shard
         self._decode = _Decoder(max(end - start for start, end in self._bounds), self._device, workers,
                                 str(self._jpegs.path))
 
@@ -149,11 +150,11 @@ class DALILoader:
     def __iter__(self) -> Iterator[Batch]:
         order = self._rows[epoch_order(self.num_samples, self._generator, self._shuffle).cpu().numpy()]
         for start, end in self._bounds:
-            rows = order[start:end]
+            rows, sizes = shard_of(order[start:end], self._shard)  # this rank decodes its share only
             images = self._decode(self._jpegs.encoded(rows))
             yield Batch(images=images.permute(0, 3, 1, 2),
                         labels=torch.from_numpy(self._labels[rows]).to(self._device),
-                        indices=torch.from_numpy(rows).to(self._device))
+                        indices=torch.from_numpy(rows).to(self._device), shard_sizes=sizes)
 
 
 def read_jpeg_rows(folder: Path, part: str, rows: np.ndarray, workers: int = 2) -> np.ndarray:

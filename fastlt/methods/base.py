@@ -1,7 +1,7 @@
 """What every method gives the trainer: views, one training step, epoch hooks, eval features."""
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,6 +13,7 @@ from fastlt.data.loader import Batch
 from fastlt.errors import FastltError
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
+from fastlt.methods.gather import gather_rows
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class ContrastiveMethod(nn.Module):
 
     backbone: nn.Module
     num_views: int = 2  # augmented views per image: two for the two-view methods, one for multi-exit
+    has_unused_parameters: bool = False  # a forward that leaves some parameters out (SDCLR's two BN copies)
 
     def __init__(self, views: SimCLRViews, contrast: ContrastiveLoss, boost: MemorisationBoost | None = None):
         super().__init__()
@@ -52,6 +54,7 @@ class ContrastiveMethod(nn.Module):
         self.boost = boost
         self.memory_format = torch.channels_last
         self._forward = self.forward
+        self._ddp: nn.Module | None = None  # not a submodule: state dicts keep the method's own keys
 
     def set_memory_format(self, name: str) -> None:
         """Put weights in this layout ("channels_last" or "contiguous"); views are converted to it too."""
@@ -64,7 +67,22 @@ class ContrastiveMethod(nn.Module):
         An epoch has at most two shapes (full batches and the last one), so each graph is
         compiled at most twice and both stay cached; static graphs are the fastest kind.
         """
-        self._forward = torch.compile(self.forward, dynamic=False)
+        object.__setattr__(self, "_forward", torch.compile(self._forward, dynamic=False))  # may be DDP: no cycle
+
+    def enable_distributed(self, device: torch.device) -> None:
+        """Run the forwards through DistributedDataParallel (call before ``enable_compile``), so backward
+        passes average the gradients over the processes of the joined group."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(self, device_ids=[device.index] if device.type == "cuda" else None,
+                                      find_unused_parameters=self.has_unused_parameters)
+        object.__setattr__(self, "_ddp", ddp)  # plain attributes: registering them would make a module cycle
+        object.__setattr__(self, "_forward", ddp)
+
+    def sync_later(self) -> AbstractContextManager:
+        """Backward passes in this context keep their gradients local, to be averaged with the next synced
+        one (DDP's no_sync); a no-op in one process."""
+        return self._ddp.no_sync() if self._ddp is not None else nullcontext()
 
     def make_views(self, batch: Batch, generator: torch.Generator) -> tuple[Tensor, ...]:
         """``num_views`` independent augmentations of the batch (float [B, 3, S, S] in [0, 1]).
@@ -77,9 +95,11 @@ class ContrastiveMethod(nn.Module):
 
     def train_step(self, batch: Batch, generator: torch.Generator, context: StepContext) -> StepOutput:
         """Views, the method's forwards and backwards, the boost memory update; the trainer then steps."""
+        self.contrast.shard_sizes = batch.shard_sizes  # several processes: the loss of the global batch
         output = self.step(self.make_views(batch, generator), batch.labels, context)
-        if self.boost is not None:
-            self.boost.observe(batch.indices, output.per_sample)
+        if self.boost is not None:  # every rank updates the whole memory from every rank's samples
+            indices = batch.indices if batch.shard_sizes is None else gather_rows(batch.indices, batch.shard_sizes)
+            self.boost.observe(indices, output.per_sample)
         return output
 
     def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:

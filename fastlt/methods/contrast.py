@@ -1,6 +1,8 @@
 """The objective, temperature and sample-weight axes of a two-view method, as one module.
 
-A method hands it the two views' embeddings and gets (loss, per-sample loss). The
+A method hands it the two views' embeddings and gets (loss, per-sample loss). In a run of
+several processes (``shard_sizes`` set for the batch) the embeddings of every rank are gathered
+first, so the loss and the per-sample losses are those of the global batch. The
 temperature is a 0-d buffer on the model's device, refilled once per epoch by a schedule,
 so a compiled step sees a new value without recompiling. BCL's memory gets the
 objective's per-sample loss before any sample weighting.
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fastlt.methods.gather import gather_rows
 from fastlt.objectives import OBJECTIVES
 from fastlt.objectives.infonce import per_sample_of
 from fastlt.objectives.temperature import cosine_temperature
@@ -31,6 +34,7 @@ class ContrastiveLoss(nn.Module):
         self.sample_weights, self.lotar_sign = sample_weights, lotar_sign
         self.value = float(temperature)
         self.register_buffer("temperature", torch.tensor(self.value), persistent=False)
+        self.shard_sizes: tuple[int, ...] | None = None  # every rank's share of this batch; None in one process
 
     def set_epoch(self, epoch: int) -> None:
         """Set this epoch's temperature (1-based epochs); a constant one stays as it is."""
@@ -39,6 +43,9 @@ class ContrastiveLoss(nn.Module):
             self.temperature.fill_(self.value)
 
     def forward(self, z1: Tensor, z2: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self.shard_sizes is not None:
+            z1, z2 = gather_rows(z1, self.shard_sizes), gather_rows(z2, self.shard_sizes)
+            labels = gather_rows(labels, self.shard_sizes) if labels is not None else None
         per_anchor = self.objective(z1, z2, self.temperature, labels)
         if self.sample_weights == "lotar":
             loss = (per_anchor * lotar_weights(z1, z2, self.lotar_sign).repeat(2)).mean()

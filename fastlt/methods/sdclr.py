@@ -41,7 +41,11 @@ class SDCLR(ContrastiveMethod):
     then the trainer takes one optimiser step. Summing L1 and L2 with both branches live
     would give different gradients (the dense branch would also receive L2's gradient).
     The pruning mask is recomputed from the current weights at the start of every epoch.
+    In several processes the first backward keeps its gradients local and the second averages
+    both (each pass leaves one BN copy unused, hence ``has_unused_parameters``).
     """
+
+    has_unused_parameters = True
 
     def __init__(
         self,
@@ -77,14 +81,15 @@ class SDCLR(ContrastiveMethod):
 
     def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
         view1, view2 = views
-        with context.autocast():
-            self.switch.active = PRUNED
-            with torch.no_grad():
-                z2 = self._forward(view2)
-            self.switch.active = DENSE
-            z1 = self._forward(view1)
-            dense_loss, per_sample = self.contrast(z1, z2, labels)
-        context.backward(dense_loss)
+        with self.sync_later():
+            with context.autocast():
+                self.switch.active = PRUNED
+                with torch.no_grad():
+                    z2 = self._forward(view2)
+                self.switch.active = DENSE
+                z1 = self._forward(view1)
+                dense_loss, per_sample = self.contrast(z1, z2, labels)
+            context.backward(dense_loss)
         with context.autocast():
             self.switch.active = PRUNED
             pruned_loss, _ = self.contrast(z1.detach(), self._forward(view2), labels)

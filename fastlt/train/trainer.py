@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
 from fastlt.recipe import OptimConfig, Recipe, recipe_from_dict, recipe_with_overrides, with_store_lists
 from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_model_state, load_run_checkpoint, save_run_checkpoint
+from fastlt.train.distributed import Ranks, any_rank, backend_name, join, launched_ranks, leave, share_from_main
 from fastlt.train.device import (
     PRECISION_TYPES,
     Precision,
@@ -70,6 +72,7 @@ class HardwareChoices:
     compile_views: bool
     batch_size: int  # the global batch
     reasons: dict[str, str]
+    processes: int = 1  # torchrun's WORLD_SIZE when the run started (or last resumed)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class RunState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimiser steps taken
     partial: PartialEpoch | None = None  # the epoch a signal stopped, until it is finished
+    ranks: Ranks = Ranks()  # this process's place among the run's processes
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict[str, Any]]:
@@ -130,8 +134,10 @@ class TrainingData:
     monitor: Monitor | None = None
 
 
-def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator) -> TrainingData:
-    """Open the store, apply the split, and put the training images (and the monitor's) on the device once."""
+def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Generator,
+                       ranks: Ranks = Ranks()) -> TrainingData:
+    """Open the store, apply the split, and put the training images (and, on rank 0, the monitor's) on the
+    device once; each rank's loader yields its share of every global batch."""
     store = Store.open(Path(recipe.data.store))
     recipe = with_store_lists(recipe, store.list_file)
     part = store.part(recipe.data.part)
@@ -140,8 +146,11 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
     if recipe.train.batch_size > len(indices):  # contrastive negatives come from the batch: surely a mistake
         raise FastltError(f"train.batch_size {recipe.train.batch_size}: larger than the {len(indices)} samples of "
                           "the split; lower it")
+    if recipe.train.batch_size < 2 * ranks.world:  # batch norm cannot train on one sample
+        raise FastltError(f"train.batch_size {recipe.train.batch_size}: fewer than 2 samples for each of the "
+                          f"{ranks.world} processes")
     loader = make_loader(store, recipe.data.part, indices, recipe.train.batch_size, device, generator,
-                         shuffle=True, drop_last=recipe.train.drop_last)
+                         shuffle=True, drop_last=recipe.train.drop_last, shard=(ranks.rank, ranks.world))
     groups = class_groups(class_counts(indices, labels, store.num_classes), recipe.eval.groups)
     group_of_class = np.full(store.num_classes, -1, dtype=np.int8)
     for code, name in enumerate(GROUP_NAMES):
@@ -149,7 +158,7 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
     sample_groups = np.full(len(labels), -1, dtype=np.int8)
     sample_groups[indices] = group_of_class[labels[indices]]
     identity = {**store.identity(recipe.data.part), "split_sha256": split_checksum(indices)}
-    monitor = Monitor.for_recipe(recipe, part, indices, store.num_classes, groups, device)
+    monitor = Monitor.for_recipe(recipe, part, indices, store.num_classes, groups, device) if ranks.main else None
     return TrainingData(loader, generator, len(labels), torch.from_numpy(sample_groups).to(device), identity,
                         monitor)
 
@@ -194,7 +203,15 @@ def choose_hardware(recipe: Recipe, method: nn.Module, split_size: int) -> Hardw
     compile_views, views_why = resolve_view_compile(t.compile_views, device, t.epochs * split_size)
     reasons = {"precision": precision.reason, "memory_format": format_why, "compile": compile_why,
                "compile_views": views_why}
-    return HardwareChoices(device.type, precision.name, memory_format, compiled, compile_views, t.batch_size, reasons)
+    return HardwareChoices(device.type, precision.name, memory_format, compiled, compile_views, t.batch_size, reasons,
+                           launched_ranks().world)
+
+
+def process_device(device: torch.device, ranks: Ranks) -> torch.device:
+    """One GPU per process: cuda (auto or without an index) becomes cuda:LOCAL_RANK under torchrun."""
+    if ranks.active and device.type == "cuda" and device.index is None:
+        return torch.device("cuda", ranks.local_rank)
+    return device
 
 
 def resume_device(recipe: Recipe, recorded: dict[str, Any], where: str) -> torch.device:
@@ -228,7 +245,7 @@ def recorded_hardware(recipe: Recipe, recorded: dict[str, Any], device: torch.de
                                      recorded.get("compile_views", False), where,
                                      lambda name: resolve_view_compile(name, device, 0), reasons)
     return HardwareChoices(device.type, recorded["precision"], memory_format, compiled, compile_views,
-                           recorded["batch_size"], reasons)
+                           recorded["batch_size"], reasons, launched_ranks().world)
 
 
 def recorded_compile(key: str, requested: str, recorded: bool, where: str,
@@ -251,15 +268,21 @@ def precision_of(choices: HardwareChoices) -> Precision:
     return Precision(choices.precision, dtype, scale_loss, choices.reasons.get("precision", ""))
 
 
-def build_run_state(recipe: Recipe, data: TrainingData, choices: HardwareChoices, method: ContrastiveMethod) -> RunState:
-    """The method in its memory format, SGD, the loss scaler and the run's two generators."""
+def build_run_state(recipe: Recipe, data: TrainingData, choices: HardwareChoices, method: ContrastiveMethod,
+                    ranks: Ranks = Ranks()) -> RunState:
+    """The method in its memory format, SGD, the loss scaler and the run's two generators (the views' one
+    seeded per rank: each rank augments its own share)."""
     device = data.generator.device
     method = method.to(device)
     method.set_memory_format(choices.memory_format)
+    if ranks.active and recipe.train.sync_bn:
+        if device.type != "cuda":
+            raise FastltError("train.sync_bn: torch's SyncBatchNorm runs on CUDA only")
+        nn.SyncBatchNorm.convert_sync_batchnorm(method)  # in place, the same parameters and statistics
     optimizer = build_optimizer(method, recipe.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=PRECISION_TYPES[choices.precision][1])
-    view_generator = torch.Generator(device).manual_seed(recipe.train.seed + 1)
-    return RunState(method, optimizer, scaler, data.generator, view_generator)
+    view_generator = torch.Generator(device).manual_seed(recipe.train.seed + 1 + ranks.rank)
+    return RunState(method, optimizer, scaler, data.generator, view_generator, ranks=ranks)
 
 
 def seeded_method(recipe: Recipe, data_size: int, sample_groups: torch.Tensor | None = None) -> ContrastiveMethod:
@@ -282,19 +305,27 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | N
     until_epoch stops early after that epoch (the schedule still spans train.epochs), for
     time-limited jobs: ``resume_run`` later continues exactly where it stopped.
     """
-    device = resolve_device(recipe.train.device)
-    data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed))
-    method = seeded_method(recipe, data.part_size, data.sample_groups)
-    check_watchers(recipe, data, method)
-    choices = choose_hardware(recipe, method, data.loader.num_samples)
-    state = build_run_state(recipe, data, choices, method)
-    run_dir = new_run_dir(recipe, recipe_path)
-    make_run_dir(run_dir, checkpoint_bytes(state))
-    write_json_atomic(run_dir / "config.json", recipe.to_dict())
-    record = run_record(device, recipe.train.seed, recipe_path)
-    write_json_atomic(run_dir / "run.json", {**record, "hardware": asdict(choices), "data": data.identity,
-                                             "resumes": []})
-    train_epochs(state, data, recipe, choices, run_dir, until_epoch)
+    ranks = launched_ranks()
+    device = process_device(resolve_device(recipe.train.device), ranks)
+    join(ranks, device)
+    try:
+        data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed), ranks)
+        method = seeded_method(recipe, data.part_size, data.sample_groups)
+        check_watchers(recipe, data, method)
+        choices = choose_hardware(recipe, method, data.loader.num_samples)
+        state = build_run_state(recipe, data, choices, method, ranks)
+        run_dir = Path(share_from_main(str(new_run_dir(recipe, recipe_path))))  # rank 0's timestamp
+        if ranks.main:
+            make_run_dir(run_dir, checkpoint_bytes(state))
+            write_json_atomic(run_dir / "config.json", recipe.to_dict())
+            record = run_record(device, recipe.train.seed, recipe_path)
+            distributed = {"distributed": {"world": ranks.world, "backend": backend_name()}} if ranks.active else {}
+            write_json_atomic(run_dir / "run.json", {**record, **distributed, "hardware": asdict(choices),
+                                                     "data": data.identity, "resumes": []})
+        train_epochs(state, data, recipe, choices, run_dir, until_epoch)
+        leave(finished=True)
+    finally:
+        leave()
     return run_dir
 
 
@@ -312,25 +343,35 @@ def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until
         return run_dir
     if until_epoch is not None and until_epoch <= epochs_done:
         raise FastltError(f"--until-epoch {until_epoch}: {run_dir} has completed {epochs_done} epochs already")
-    device = resume_device(recipe, payload["hardware"], where)
-    data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed))
-    check_same_data(payload["data"], data.identity, f"{where}: data.store {recipe.data.store}")
-    method = seeded_method(recipe, data.part_size, data.sample_groups)
-    check_watchers(recipe, data, method)
-    choices = recorded_hardware(recipe, payload["hardware"], device, method, where)
-    state = build_run_state(recipe, data, choices, method)
-    restore(state, payload, checkpoint)
-    within = f", batch {state.partial.batches + 1}" if state.partial is not None else ""
-    say(f"{run_dir}: resuming at epoch {epochs_done + 1}{within} of {recipe.train.epochs}")
-    keep_metrics_until(run_dir / "metrics.jsonl", epochs_done)
-    write_json_atomic(run_dir / "config.json", recipe.to_dict())
-    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    record.setdefault("resumes", []).append({
-        "command": sys.argv, "from_epoch": epochs_done, "epochs": recipe.train.epochs,
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": asdict(choices),
-    })
-    write_json_atomic(run_dir / "run.json", record)
-    train_epochs(state, data, recipe, choices, run_dir, until_epoch)
+    ranks = launched_ranks()
+    device = process_device(resume_device(recipe, payload["hardware"], where), ranks)
+    if "position" in payload and payload["hardware"].get("processes", 1) != ranks.world:
+        raise FastltError(f"{where}: stopped inside epoch {payload['position']['epoch']} with "
+                          f"{payload['hardware'].get('processes', 1)} processes; finish that epoch with as many")
+    join(ranks, device)
+    try:
+        data = load_training_data(recipe, device, torch.Generator(device).manual_seed(recipe.train.seed), ranks)
+        check_same_data(payload["data"], data.identity, f"{where}: data.store {recipe.data.store}")
+        method = seeded_method(recipe, data.part_size, data.sample_groups)
+        check_watchers(recipe, data, method)
+        choices = recorded_hardware(recipe, payload["hardware"], device, method, where)
+        state = build_run_state(recipe, data, choices, method, ranks)
+        restore(state, payload, checkpoint)
+        if ranks.main:
+            within = f", batch {state.partial.batches + 1}" if state.partial is not None else ""
+            say(f"{run_dir}: resuming at epoch {epochs_done + 1}{within} of {recipe.train.epochs}")
+            keep_metrics_until(run_dir / "metrics.jsonl", epochs_done)
+            write_json_atomic(run_dir / "config.json", recipe.to_dict())
+            record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+            record.setdefault("resumes", []).append({
+                "command": sys.argv, "from_epoch": epochs_done, "epochs": recipe.train.epochs,
+                "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "hardware": asdict(choices),
+            })
+            write_json_atomic(run_dir / "run.json", record)
+        train_epochs(state, data, recipe, choices, run_dir, until_epoch)
+        leave(finished=True)
+    finally:
+        leave()
     return run_dir
 
 
@@ -352,6 +393,9 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
                  until_epoch: int | None) -> None:
     """Epochs from the state's next one to train.epochs (or until_epoch), checkpointing as the recipe says."""
     device = data.generator.device
+    main = state.ranks.main
+    if state.ranks.active:
+        state.method.enable_distributed(device)
     if choices.compile:
         state.method.enable_compile()
     if choices.compile_views:
@@ -361,29 +405,33 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
                           backward=lambda loss: scaler.scale(loss).backward())
     last_epoch = min(recipe.train.epochs, until_epoch or recipe.train.epochs)
     monitor = data.monitor
-    progress = Progress(recipe.train.progress, recipe.train.epochs, last_epoch,
+    progress = Progress(recipe.train.progress and main, recipe.train.epochs, last_epoch,
                         monitor.epochs(state.epoch + 1, last_epoch) if monitor else (),
                         monitor.label if monitor else "kNN")
-    tensorboard = TensorBoardLog(run_dir, state.epoch) if recipe.train.tensorboard else None
+    tensorboard = TensorBoardLog(run_dir, state.epoch) if recipe.train.tensorboard and main else None
     keep_every = recipe.train.keep_every
     try:
         with StopRequest() as stop:
             for epoch in range(state.epoch + 1, last_epoch + 1):
                 record = train_one_epoch(state, data.loader, context, recipe, epoch, progress, stop)
                 if record is None:  # a signal stopped the epoch: keep where it stopped
-                    save_run_checkpoint(run_dir, checkpoint_payload(state, recipe, choices, data.identity))
-                    raise stopped(run_dir, stop.signal, f"epoch {epoch}, after batch {state.partial.batches}")
+                    if main:
+                        save_run_checkpoint(run_dir, checkpoint_payload(state, recipe, choices, data.identity))
+                    raise stopped(run_dir, stop.signal or signal.SIGTERM,
+                                  f"epoch {epoch}, after batch {state.partial.batches}")
                 if monitor is not None and monitor.due(epoch):
                     record |= monitor.measure(state.method, precision_of(choices).dtype)
-                append_metrics(run_dir / "metrics.jsonl", record)  # before the checkpoint: see the module's text
-                if epoch % recipe.train.checkpoint_every == 0 or epoch == last_epoch or stop.requested:
-                    save_run_checkpoint(run_dir, checkpoint_payload(state, recipe, choices, data.identity),
-                                        milestone=keep_every > 0 and epoch % keep_every == 0)
+                stopping = any_rank(stop.requested, device)  # every rank stops after the same epoch
+                if main:
+                    append_metrics(run_dir / "metrics.jsonl", record)  # before the checkpoint: the module's text
+                    if epoch % recipe.train.checkpoint_every == 0 or epoch == last_epoch or stopping:
+                        save_run_checkpoint(run_dir, checkpoint_payload(state, recipe, choices, data.identity),
+                                            milestone=keep_every > 0 and epoch % keep_every == 0)
                 if tensorboard is not None:
                     tensorboard.write(record)
                 progress.end_epoch(record)
-                if stop.requested and epoch < last_epoch:
-                    raise stopped(run_dir, stop.signal, f"the end of epoch {epoch}")
+                if stopping and epoch < last_epoch:
+                    raise stopped(run_dir, stop.signal or signal.SIGTERM, f"the end of epoch {epoch}")
     finally:
         if tensorboard is not None:
             tensorboard.close()
@@ -391,8 +439,6 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
 
 def stopped(run_dir: Path, signum: int, where: str) -> RunStopped:
     """The exception that ends a run a signal stopped, once its checkpoint is written."""
-    import signal
-
     name = signal.Signals(signum).name
     return RunStopped(f"{name}: stopped at {where}; checkpoint saved, continue with "
                       f"`fastlt pretrain --resume {run_dir}`", signum)
@@ -477,7 +523,7 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
             elapsed = time.perf_counter() - started
             progress.reading(batch_index + 1, loss_sum.item() / (batch_index + 1),
                              (batch_index + 1) * recipe.train.batch_size / elapsed)
-        if stop is not None and stop.requested and batch_index + 1 < steps:
+        if stop is not None and batch_index + 1 < steps and stop_now(stop, state, batch_index, recipe):
             nonfinite.check(epoch, steps, checkpoint_epoch)
             state.partial = PartialEpoch(epoch, batch_index + 1, loss_sum.item(), time.perf_counter() - started,
                                          epoch_rng)
@@ -494,6 +540,16 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
         "images_per_second": round(images_per_epoch / elapsed, 1),
         **method.on_epoch_end(epoch),
     }
+
+
+def stop_now(stop: StopRequest, state: RunState, batch_index: int, recipe: Recipe) -> bool:
+    """Whether to stop after this step: at once in one process; with several, every rank agrees at the
+    next ``train.log_every`` boundary (a signal may reach the processes at different steps)."""
+    if not state.ranks.active:
+        return stop.requested
+    if (batch_index + 1) % recipe.train.log_every:
+        return False
+    return any_rank(stop.requested, state.data_generator.device)
 
 
 def generator_states(state: RunState) -> dict[str, torch.Tensor]:
