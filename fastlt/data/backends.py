@@ -97,15 +97,12 @@ def make_loader(store: Any, part: str, indices: np.ndarray | None, batch_size: i
                 workers: int | None = None, shard: tuple[int, int] = (0, 1)) -> Any:
     """The loader of the store's backend over ``indices`` of ``part``; every one takes the NativeLoader's order.
     FFCV and DALI decode with ``workers`` threads (default: the usable cores). ``shard`` = (rank, processes):
-    each global batch's share of this rank (native: the split resident on every device; DALI decodes the
-    share only)."""
+    each global batch's share of this rank (native: the split resident on every device; FFCV and DALI
+    decode the share only)."""
     backend = store.backend
     workers = workers or len(os.sched_getaffinity(0))
     if backend == "native":
         return NativeLoader(store.part(part), indices, batch_size, device, generator, shuffle, drop_last, shard)
-    if backend == "ffcv" and shard[1] > 1:
-        raise FastltError(f"{store.path}: FFCV stores are not yet shared across processes; convert the data "
-                          "with --format native or dali for a multi-process run")
     labels = store.labels(part)
     rows = np.arange(len(labels), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
     check_batching(len(rows), batch_size, drop_last)
@@ -113,7 +110,7 @@ def make_loader(store: Any, part: str, indices: np.ndarray | None, batch_size: i
         from fastlt.data.ffcv_backend import FFCVLoader
 
         return FFCVLoader(store.path / f"{part}.beton", len(labels), rows, batch_size, device, generator, shuffle,
-                          drop_last, workers)
+                          drop_last, workers, shard)
     from fastlt.data.dali_backend import DALILoader
 
     return DALILoader(store.path, part, labels, rows, batch_size, device, generator, shuffle, drop_last, workers,

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from fastlt.data.loader import Batch, batch_bounds, epoch_order
+from fastlt.data.loader import Batch, batch_bounds, epoch_order, shard_of
 from fastlt.errors import FastltError
 
 WRITE_MODES = ("jpg", "raw")
@@ -113,17 +113,21 @@ class FFCVLoader:
     """Yields Batch(images, labels, indices) from an FFCV part, as NativeLoader does from a native one.
 
     ``rows`` are the part's rows in the split (all when None). Batches follow the permutation
-    drawn from ``generator``; without drop_last the last partial batch is kept, and a last
-    batch of one sample joins the one before it (``batch_bounds``).
+    drawn from ``generator``, cut by ``batch_bounds`` (the last partial batch kept without
+    drop_last, a too small last batch joined to the one before), and with ``shard`` = (rank,
+    processes) this rank's share of each. FFCV decodes this rank's rows in that order in batches
+    of its usual share; they are re-cut into the exact shares where those differ.
     """
 
     def __init__(self, path: Path, num_rows: int, rows: np.ndarray | None, batch_size: int, device: torch.device,
-                 generator: torch.Generator, shuffle: bool = True, drop_last: bool = False, workers: int = 2):
+                 generator: torch.Generator, shuffle: bool = True, drop_last: bool = False, workers: int = 2,
+                 shard: tuple[int, int] = (0, 1)):
         require_ffcv()
         self._rows = np.arange(num_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
-        self._bounds = batch_bounds(len(self._rows), batch_size, drop_last)
-        self._generator, self._shuffle = generator, shuffle
-        self._loader = _ffcv_loader(path, batch_size, workers, self._rows, torch.device(device), drop_last)
+        self._bounds = batch_bounds(len(self._rows), batch_size, drop_last, shard[1])
+        self._generator, self._shuffle, self._shard = generator, shuffle, shard
+        first_share = len(shard_of(np.arange(batch_size), shard)[0])
+        self._loader = _ffcv_loader(path, first_share, workers, self._rows, torch.device(device))
         self._order = _GivenOrder()
         self._loader.traversal_order = self._order
 
@@ -135,23 +139,36 @@ class FFCVLoader:
         return len(self._bounds)
 
     def __iter__(self) -> Iterator[Batch]:
-        self._order.order = self._rows[epoch_order(self.num_samples, self._generator, self._shuffle).cpu().numpy()]
-        batches = len(self._loader)
-        fold = batches == len(self._bounds) + 1  # FFCV's single-sample last batch joins the one before it
-        held = None
+        order = self._rows[epoch_order(self.num_samples, self._generator, self._shuffle).cpu().numpy()]
+        shares = [shard_of(order[start:end], self._shard) for start, end in self._bounds]
+        self._order.order = np.concatenate([rows for rows, _ in shares])  # this rank's rows, epoch order
         with keeping_torch_threads():
-            epoch = iter(self._loader)
-        for number, (images, labels, indices) in enumerate(epoch, 1):
-            batch = Batch(images=images.permute(0, 3, 1, 2), labels=labels.view(-1).long(),
-                          indices=indices.view(-1).long())
-            if fold and number == batches - 1:
-                # FFCV reuses its output buffers: keep a copy of the batch the single last sample joins.
-                held = Batch(batch.images.clone(), batch.labels.clone(), batch.indices.clone())
-            elif held is not None:
-                yield Batch(torch.cat([held.images, batch.images]), torch.cat([held.labels, batch.labels]),
-                            torch.cat([held.indices, batch.indices]))
-            else:
-                yield batch
+            stream = iter(self._loader)
+        pending: list[tuple[torch.Tensor, ...]] = []
+        for rows, sizes in shares:
+            images, labels, indices = _take(stream, pending, len(rows))
+            yield Batch(images=images.permute(0, 3, 1, 2), labels=labels.view(-1).long(),
+                        indices=indices.view(-1).long(), shard_sizes=sizes)
+
+
+def _take(stream: Iterator, pending: list[tuple[torch.Tensor, ...]], count: int) -> tuple[torch.Tensor, ...]:
+    """The next ``count`` rows of FFCV's batches (images, labels, indices). FFCV reuses its output buffers
+    for the next batch, so rows kept across a batch are cloned first; a batch used whole is not copied."""
+    pieces: list[tuple[torch.Tensor, ...]] = []
+    have = 0
+    while have < count:
+        if not pending:
+            pieces = [tuple(tensor.clone() for tensor in piece) for piece in pieces]
+            pending.append(next(stream))
+        piece = pending.pop(0)
+        take = min(count - have, len(piece[1]))
+        pieces.append(tuple(tensor[:take] for tensor in piece))
+        if take < len(piece[1]):
+            pending.insert(0, tuple(tensor[take:].clone() for tensor in piece))
+        have += take
+    if len(pieces) == 1:
+        return pieces[0]
+    return tuple(torch.cat(parts) for parts in zip(*pieces))
 
 
 def read_beton_rows(path: Path, rows: np.ndarray, workers: int = 2) -> np.ndarray:

@@ -100,22 +100,26 @@ def test_dali_decodes_the_stored_jpeg_as_pil_does_within_a_level_or_two(stores):
 
 
 @pytest.mark.parametrize("store_kind", STORES)
-@pytest.mark.parametrize("batch_size, drop_last", [(100, False), (63, False), (64, True)])
-def test_loaders_take_the_native_order_and_see_every_index_once(stores, store_kind, batch_size, drop_last):
+@pytest.mark.parametrize("batch_size, drop_last, shard", [(100, False, (0, 1)), (63, False, (0, 1)),
+                                                          (64, True, (0, 1)), (63, False, (1, 2)),
+                                                          (64, False, (2, 3))])
+def test_loaders_take_the_native_order_and_see_every_index_once(stores, store_kind, batch_size, drop_last, shard):
+    """Every backend's batches (this rank's share of them, with ``shard``) equal NativeLoader's."""
     backend, image_format = store_kind
     threads = torch.get_num_threads()
     native, other = Store.open(stores.native), Store.open(stores(backend, image_format))
     split = np.sort(np.random.default_rng(0).choice(len(native.labels("train")), 253, replace=False))  # 253 = 4*63+1
     expected = NativeLoader(native.part("train"), split, batch_size, "cpu", torch.Generator().manual_seed(3),
-                            drop_last=drop_last)
+                            drop_last=drop_last, shard=shard)
     loader = make_loader(other, "train", split, batch_size, torch.device("cpu"), torch.Generator().manual_seed(3),
-                         drop_last=drop_last)
+                         drop_last=drop_last, shard=shard)
     assert len(loader) == len(expected) and loader.num_samples == 253
     labels = other.labels("train")
     for _ in range(2):  # two epochs: the permutations move on together
         seen = []
         for want, got in zip(expected, loader, strict=True):
             assert torch.equal(got.indices, want.indices) and torch.equal(got.labels, want.labels)
+            assert got.shard_sizes == want.shard_sizes
             assert got.images.shape == want.images.shape and got.images.dtype == torch.uint8
             assert np.array_equal(got.labels.numpy(), labels[got.indices.numpy()])
             if image_format == "raw":
@@ -123,7 +127,7 @@ def test_loaders_take_the_native_order_and_see_every_index_once(stores, store_ki
             seen.append(got.indices.numpy().copy())
         seen = np.concatenate(seen)
         assert len(set(seen.tolist())) == len(seen)  # nothing repeated
-        if not drop_last:
+        if not drop_last and shard[1] == 1:
             assert sorted(seen.tolist()) == split.tolist()  # nothing skipped
     assert torch.get_num_threads() == threads  # FFCV resets torch's thread count; the loader puts it back
 

@@ -1,7 +1,7 @@
 """One rank of tests/train/test_distributed.py, started by torchrun: its share of a global batch through the
 DDP-wrapped method, and what it computed, saved for the test to compare with one process.
 
-    torchrun --nproc_per_node 2 ddp_ranks.py METHOD SIZE0,SIZE1 OUT_FOLDER
+    torchrun --nproc_per_node 2 ddp_ranks.py METHOD SIZE0,SIZE1 OUT_FOLDER [compiled]
 """
 from __future__ import annotations
 
@@ -31,13 +31,15 @@ def inputs(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
     return view1, view2, torch.arange(count) % 3, torch.randperm(64, generator=generator)[:count]
 
 
-def main(method_name: str, sizes: tuple[int, ...], out: str) -> None:
+def main(method_name: str, sizes: tuple[int, ...], out: str, compiled: bool) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     try:
         method = tiny_method(method_name)
         method.on_epoch_start(1)
         method.enable_distributed(torch.device("cpu"))
+        if compiled:  # as the trainer does: the DDP module, compiled
+            method.enable_compile()
         view1, view2, labels, indices = inputs(sum(sizes))
         start = sum(sizes[:rank])
         share = slice(start, start + sizes[rank])
@@ -53,4 +55,4 @@ def main(method_name: str, sizes: tuple[int, ...], out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], tuple(int(size) for size in sys.argv[2].split(",")), sys.argv[3])
+    main(sys.argv[1], tuple(int(size) for size in sys.argv[2].split(",")), sys.argv[3], sys.argv[4:] == ["compiled"])

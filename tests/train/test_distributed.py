@@ -73,10 +73,13 @@ def one_process_reference(method_name: str, sizes: tuple[int, int]) -> dict:
             "buffers": dict(method.named_buffers())}
 
 
-@pytest.mark.parametrize("method_name, sizes", [("simclr", (4, 4)), ("simclr", (5, 3)), ("bcl-d", (4, 4)),
-                                                ("bcl-d", (3, 2))])
-def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(method_name, sizes, tmp_path):
-    launched = torchrun(str(WORKER), method_name, f"{sizes[0]},{sizes[1]}", str(tmp_path))
+@pytest.mark.parametrize("method_name, sizes, compiled", [
+    ("simclr", (4, 4), False), ("simclr", (5, 3), False), ("bcl-d", (4, 4), False), ("bcl-d", (3, 2), False),
+    ("simclr", (4, 4), True),  # DDP under torch.compile, as the trainer runs it on CUDA (about 25 s to compile)
+])
+def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(method_name, sizes, compiled, tmp_path):
+    launched = torchrun(str(WORKER), method_name, f"{sizes[0]},{sizes[1]}", str(tmp_path),
+                        *(["compiled"] if compiled else []))
     assert launched.returncode == 0, launched.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     reference = one_process_reference(method_name, sizes)
