@@ -74,7 +74,7 @@ def one_process_reference(method_name: str, sizes: tuple[int, int]) -> dict:
 
 
 @pytest.mark.parametrize("method_name, sizes, compiled", [
-    ("simclr", (4, 4), False), ("simclr", (5, 3), False), ("bcl-d", (4, 4), False), ("bcl-d", (3, 2), False),
+    ("simclr", (4, 4), False), ("simclr", (5, 3), False), ("bcl-d", (4, 4), False), ("bcl-d", (4, 3), False),
     ("simclr", (4, 4), True),  # DDP under torch.compile, as the trainer runs it on CUDA (about 25 s to compile)
 ])
 def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(method_name, sizes, compiled, tmp_path):
@@ -84,8 +84,8 @@ def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(me
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     reference = one_process_reference(method_name, sizes)
     for result in ranks:
-        torch.testing.assert_close(result["loss"], reference["loss"], rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(result["per_sample"], reference["per_sample"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(result["loss"], reference["loss"], rtol=1e-4, atol=1e-6)  # compiled: fused sums
+        torch.testing.assert_close(result["per_sample"], reference["per_sample"], rtol=1e-4, atol=1e-6)
         assert result["grads"].keys() == reference["grads"].keys()
         for name, grad in reference["grads"].items():
             # float32 sums in another order: equal to 5e-5 of the gradient's norm (1e-5 for the zero gradient of a
