@@ -14,7 +14,9 @@ from typing import Any
 
 from fastlt.bench.report import say, table
 from fastlt.bench.timing import machine_description, synchronize
-from fastlt.evaluate.protocol import linear_eval, read_checkpoint
+from fastlt.errors import FastltError
+from fastlt.evaluate.protocol import linear_eval
+from fastlt.train.checkpoint import CHECKPOINTS, LAST, PREVIOUS
 from fastlt.train.device import resolve_device, resolve_precision
 
 PROTOCOLS = ("bcl", "sdclr")
@@ -24,7 +26,10 @@ def run_linear_eval_benchmark(target: Path, store: Path | None = None, device: s
                               precision: str = "auto", epochs: int | None = None, sdclr_epochs: int | None = None,
                               sdclr_few_shot_epochs: int | None = None) -> dict[str, Any]:
     """Time ``linear_eval`` with protocol bcl, then sdclr, on ``target``; the reports go to a temporary folder."""
-    read_checkpoint(Path(target))  # a missing or unreadable checkpoint is one line before anything is printed
+    target = Path(target)  # a missing checkpoint is one line before anything is printed (read once, by linear_eval)
+    candidates = [target / CHECKPOINTS / LAST, target / CHECKPOINTS / PREVIOUS] if target.is_dir() else [target]
+    if not any(candidate.is_file() for candidate in candidates):
+        raise FastltError(f"{candidates[0]}: checkpoint not found")
     torch_device = resolve_device(device, "--device")
     chosen = resolve_precision(precision, torch_device, "--precision")
     settings = {"epochs": epochs, "sdclr_epochs": sdclr_epochs, "sdclr_few_shot_epochs": sdclr_few_shot_epochs}

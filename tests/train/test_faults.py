@@ -36,6 +36,15 @@ def recipe(store: Path, out_dir: Path, name: str, method: str = "bcl-d", **train
     }, "test")
 
 
+def pretrain_command(run_recipe: Recipe, folder: Path) -> list[str]:
+    """`fastlt pretrain` arguments for exactly ``run_recipe``: an empty recipe file, every key set on the command
+    line, so a real process trains what the in-process reference trained."""
+    base = folder / "same.toml"
+    base.write_text("")
+    return [str(base), *[arg for section, table in run_recipe.to_dict().items() for key, value in table.items()
+                         for arg in ("--set", f"{section}.{key}={json.dumps(value)}")]]
+
+
 def final_state(run: Path) -> tuple[dict, list[dict]]:
     """The last checkpoint's model and the metrics lines without their timings."""
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -162,11 +171,7 @@ def test_sigkill_at_random_moments_even_inside_a_checkpoint_write_then_resume_eq
         digits_store, tmp_path, reference):
     """A real `fastlt pretrain` process killed with SIGKILL several times, once while a checkpoint is being
     written (its temporary file exists), and resumed each time, ends with the reference run's weights."""
-    base = tmp_path / "same.toml"
-    base.write_text("")  # the reference's recipe, every key given on the command line
-    settings = recipe(digits_store, tmp_path, "killed").to_dict()
-    overrides = [arg for section, table in settings.items() for key, value in table.items()
-                 for arg in ("--set", f"{section}.{key}={json.dumps(value)}")]
+    new_run = pretrain_command(recipe(digits_store, tmp_path, "killed"), tmp_path)
     run, folder = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
     rng = random.Random(0)
     # The first kill waits for a checkpoint's temporary file; four more come at random moments (start-up
@@ -177,7 +182,7 @@ def test_sigkill_at_random_moments_even_inside_a_checkpoint_write_then_resume_eq
         started = (folder / "last.pt").exists() or (folder / "previous.pt").exists()
         if run.exists() and not started:  # killed before its first checkpoint: start again
             shutil.rmtree(run)
-        args = ["--resume", str(run)] if started else [str(base), *overrides]
+        args = ["--resume", str(run)] if started else new_run
         process = subprocess.Popen([sys.executable, "-m", "fastlt", "pretrain", *args], stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         if moment is None:
@@ -202,12 +207,8 @@ def test_sigkill_at_random_moments_even_inside_a_checkpoint_write_then_resume_eq
 
 
 def test_sigterm_to_a_real_process_exits_cleanly_with_its_checkpoint(digits_store, tmp_path):
-    base = tmp_path / "same.toml"
-    base.write_text("")
-    settings = recipe(digits_store, tmp_path, "term", epochs=50).to_dict()
-    overrides = [arg for section, table in settings.items() for key, value in table.items()
-                 for arg in ("--set", f"{section}.{key}={json.dumps(value)}")]
-    process = subprocess.Popen([sys.executable, "-m", "fastlt", "pretrain", str(base), *overrides],
+    new_run = pretrain_command(recipe(digits_store, tmp_path, "term", epochs=50), tmp_path)
+    process = subprocess.Popen([sys.executable, "-m", "fastlt", "pretrain", *new_run],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = tmp_path / "term" / CHECKPOINT_NAME
     deadline = time.monotonic() + 120
