@@ -52,7 +52,8 @@ reproduce-cifar10: $(STAMP) $(DATA)/cifar10/meta.json
 	$(REPRODUCE) cifar10 --store $(DATA)/cifar10 --splits $(SPLITS)
 
 # TS's ImageNet-100-LT row: IMAGENET=path/to/ILSVRC2012 (with train/ and val/). The store is built once from
-# the published lists (LISTS="lt=FILE val=FILE test=FILE" replaces them, SIZE=N the stored side, 256).
+# the published lists (LISTS="lt=FILE val=FILE fewshot=FILE test=FILE" replaces them: TS's FS SVM fits the
+# fewshot list; SIZE=N the stored side, 256).
 $(DATA)/imagenet100-lt/meta.json: | $(STAMP)
 	@test -n "$(IMAGENET)" || { echo "reproduce-imagenet100: set IMAGENET=path/to/ILSVRC2012 (with train/ and val/)" >&2; exit 2; }
 	$(BIN)/fastlt convert imagenet100-lt --root $(IMAGENET) $(foreach list,$(LISTS),--list $(list)) \

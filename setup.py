@@ -24,7 +24,6 @@ setup(
         "click>=8.1",
         "tqdm>=4.60",
         "matplotlib>=3.7",  # report and training plots
-        "timm==1.0.31",  # LARS (FlatCLR): a maintained implementation rather than our own
     ],
     extras_require={
         "dali": ["nvidia-dali-cuda130==2.4.0"],

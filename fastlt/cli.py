@@ -15,12 +15,12 @@ from typing import Any, Callable
 
 import click
 
-from fastlt.errors import FastltError, RunStopped
+from fastlt.errors import FastltError, RunStopped, SecondSignal
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Report FastltError as one line and exit 1, and a run a signal stopped (its checkpoint saved) as one
-    line and exit 128 + the signal, instead of a traceback."""
+    """Report FastltError as one line and exit 1, and a run a signal stopped (its checkpoint saved, or a
+    second signal that ended it at once) as one line and exit 128 + the signal, instead of a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -29,7 +29,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except FastltError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(1)
-        except RunStopped as stop:
+        except (RunStopped, SecondSignal) as stop:
             click.echo(str(stop), err=True)
             sys.exit(128 + stop.signum)
 
@@ -316,7 +316,7 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     Progress goes to stderr; the run folder is printed last on stdout.
     """
     if list_methods:
-        from fastlt.methods import INCOMPATIBLE, PRESETS, axis_choices
+        from fastlt.methods import INCOMPATIBLE, PRESETS, VIEW_FORWARD_CONFLICTS, axis_choices
 
         click.echo("presets (method.name), one choice per axis:")
         for name, axes in PRESETS.items():
@@ -327,6 +327,8 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
         click.echo("cannot be combined:")
         for axis_a, choice_a, axis_b, choice_b, why in INCOMPATIBLE:
             click.echo(f"  {axis_a}={choice_a} with {axis_b}={choice_b}: {why}")
+        for (encoder, view_forward), why in VIEW_FORWARD_CONFLICTS.items():
+            click.echo(f"  encoder={encoder} with view_forward={view_forward}: {why}")
         return
     shortcuts = {"data.split": split and str(split.resolve()), "train.device": device, "train.precision": precision}
     overrides = (*overrides, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value))
@@ -424,8 +426,13 @@ def recipe_keys_table() -> None:
 @click.option("--random-init", is_flag=True, help="Also evaluate a randomly initialised backbone of the same architecture.")
 @click.option("--protocol", help="bcl (default: the linear probe on cached features, with kNN), sdclr (the fc "
                                  "trained through the frozen backbone on augmented images, best epoch on the "
-                                 "held-out list), ts (kNN and LinearSVCs on the long-tailed split) or all; "
+                                 "held-out list), ts (kNN and LinearSVCs on the long-tailed split), all (those "
+                                 "three), supcon (SupCon's and SelfCon's linear classifiers on augmented views), "
+                                 "finetune (FlatCLR's: the whole network with a new fc) or lotar (LoTaR's fc); "
                                  "the recipe's eval.protocol when not given.")
+@click.option("--subnet/--no-subnet", default=None,
+              help="supcon protocol on a multi-exit (SelfCon) encoder: also train a classifier on the sub-network "
+                   "exit and report their ensemble (SelfCon's --subnet; default: the recipe's eval.supcon_subnet, on).")
 @click.option("--exit", "exit_name",
               help="backbone, sub-network or ensemble: which exit of a multi-exit (SelfCon) encoder gives the features (default: the recipe's "
                    "eval.exit, backbone); ensemble concatenates both.")
@@ -435,7 +442,8 @@ def recipe_keys_table() -> None:
 @user_errors
 def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_split: Path | None,
                 shots: tuple[str, ...], epochs: int | None, knn: tuple[int, ...] | None, random_init: bool,
-                protocol: str | None, exit_name: str | None, overwrite: bool, device: str, precision: str) -> None:
+                protocol: str | None, subnet: bool | None, exit_name: str | None, overwrite: bool, device: str,
+                precision: str) -> None:
     """The papers' evaluation protocols on a run folder or checkpoint, with many/medium/few groups."""
     from fastlt.evaluate.protocol import linear_eval as run_linear_eval
     from fastlt.train.device import resolve_device, resolve_precision
@@ -456,6 +464,8 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
         overrides["protocol"] = protocol
     if exit_name is not None:
         overrides["exit"] = exit_name
+    if subnet is not None:
+        overrides["supcon_subnet"] = subnet
     result = run_linear_eval(target, out, resolved, store_path, overrides, random_init,
                              resolve_precision(precision, resolved, "--precision").name, shots, overwrite)
     click.echo(result.markdown)

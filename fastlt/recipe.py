@@ -41,7 +41,8 @@ def one_of(*choices: str) -> dict[str, Any]:
 
 
 EVAL_EXITS = ("backbone", "sub-network", "ensemble")  # the features linear evaluation can take
-EVAL_PROTOCOLS = ("bcl", "sdclr", "ts")  # docs/evaluation.md
+EVAL_PROTOCOLS = ("bcl", "sdclr", "ts")  # docs/evaluation.md; "all" runs these three
+SEPARATE_PROTOCOLS = ("supcon", "finetune", "lotar")  # each trains ~100 epochs through the backbone: named alone
 
 
 def setting(default: Any, meaning: str, rule: dict[str, Any] | None = None) -> Any:
@@ -71,8 +72,11 @@ class ModelConfig:
     projector_hidden: int = setting(512, "hidden size of the head", AT_LEAST_1)
     projector_out: int = setting(128, "embedding size the loss sees", AT_LEAST_1)
     projector_layers: int = setting(2, "linear layers in the head (SDCLR's own head has 3)", AT_LEAST_1)
-    head: str = setting("projector", "projector: SimCLR's, batch norm after each linear; mlp: SupCon's, "
-                                     "Linear ReLU Linear", one_of("projector", "mlp"))
+    head: str = setting("projector", "projector: SimCLR's, batch norm after each linear; mlp: SupCon's and "
+                                     "FlatCLR's, Linear ReLU Linear; lotar: LoTaR's, Linear to model.fc_dim then "
+                                     "the mlp", one_of("projector", "mlp", "lotar"))
+    fc_dim: int = setting(512, "lotar head: outputs of the backbone's fc before the mlp (LoTaR's encoder_dim)",
+                          AT_LEAST_1)
     exit_after: int = setting(2, "multi-exit encoder: the stage after which the sub-network leaves",
                               _rule(lambda v: v in (1, 2, 3), "1, 2 or 3"))
     subnetwork: str = setting("fc", "multi-exit encoder: fc (pool + linear), same (unshared later stages) "
@@ -90,7 +94,8 @@ class MethodConfig:
     """
 
     name: str = setting("simclr", "method preset, one choice per axis (fastlt pretrain --list)")
-    encoder: str = setting("", "encoder axis: plain, self-damaging or multi-exit; empty = the preset's")
+    encoder: str = setting("", "encoder axis: plain, self-damaging, multi-exit (one view) or multi-exit-multiview "
+                               "(two views); empty = the preset's")
     view_strength: str = setting("", "view-strength axis: fixed, bcl-i or bcl-d; empty = the preset's")
     objective: str = setting("", "objective axis: infonce, flatnce, supcon, supcon-unsupervised or one registered "
                                  "by a plugin; empty = the preset's")
@@ -100,25 +105,39 @@ class MethodConfig:
     temperature_min: float = setting(0.1, "cosine schedule: tau at epoch temperature_period", POSITIVE)
     temperature_max: float = setting(1.0, "cosine schedule: tau at epoch 0 and 2 x temperature_period", POSITIVE)
     temperature_period: int = setting(200, "cosine schedule: t_max, half the period in epochs", AT_LEAST_1)
-    lotar_sign: float = setting(1.0, "LoTaR weights 1 + sign (d - mean d) / (max d - min d): +1 the README's, "
-                                     "-1 the code's", SIGN)
+    lotar_sign: float = setting(-1.0, "LoTaR weights 1 + sign (d - mean d) / (max d - min d): -1 the code's, "
+                                      "+1 the README's", SIGN)
+    view_forward: str = setting("", "two views through the encoder: joint (one batch of 2B, batch-norm statistics "
+                                    "over both) or separate (one forward per view, LoTaR's); empty = the "
+                                    "encoder's own (plain: joint; self-damaging: one view per branch)",
+                                one_of("", "joint", "separate"))
     pruning_ratio: float = setting(0.9, "self-damaging: fraction of convolution weights pruned each epoch", FRACTION)
     boost_momentum: float = setting(0.97, "BCL: beta of the per-sample momentum loss", FRACTION)
+    contrast_mode: str = setting("all", "anchors: all (every embedding of both views or exits) or one (the first "
+                                        "view's only, SupCon's contrast_mode; SelfCon: the sub-network exit's)",
+                                 one_of("all", "one"))
 
 
 @dataclass
 class OptimConfig:
     """SGD or LARS with per-iteration linear warm-up then cosine decay."""
 
-    name: str = setting("sgd", "optimiser: sgd, or lars (timm's LARS, FlatCLR)", one_of("sgd", "lars"))
+    name: str = setting("sgd", "optimiser: sgd, or lars (fastlt's LARS: LoTaR's and FlatCLR's, lr inside the "
+                               "momentum buffer)", one_of("sgd", "lars"))
     lr: float = setting(0.5, "peak learning rate, reached after the warm-up", POSITIVE)
     momentum: float = setting(0.9, "momentum", FRACTION)
     weight_decay: float = setting(5e-4, "weight decay", NON_NEGATIVE)
     exclude_bn_bias: bool = setting(False, "no weight decay (and no LARS trust ratio) on batch-norm parameters "
                                            "and biases")
-    lars_trust: float = setting(1e-3, "LARS trust coefficient eta (timm's trust_coeff)", POSITIVE)
+    lars_trust: float = setting(1e-3, "LARS trust coefficient eta", POSITIVE)
+    lars_denominator: str = setting("norm-sum", "LARS trust ratio eta |w| / D: norm-sum, D = |g| + wd |w| "
+                                                "(LoTaR's), or decayed-grad, D = |g + wd w| (FlatCLR's)",
+                                    one_of("norm-sum", "decayed-grad"))
     warmup_epochs: float = setting(10.0, "epochs of linear warm-up from 0, per iteration", NON_NEGATIVE)
     final_lr: float = setting(1e-6, "learning rate the cosine decay ends at", NON_NEGATIVE)
+    lr_step_offset: int = setting(1, "optimiser step i runs at the schedule's step i + offset: 1 = scheduler "
+                                     "stepped before the optimiser (SDCLR, BCL, TS), 0 = after it (LoTaR, "
+                                     "FlatCLR: the first step at lr 0)", _rule(lambda v: v in (0, 1), "0 or 1"))
 
     def check(self) -> None:
         if self.final_lr > self.lr:
@@ -164,8 +183,11 @@ class EvalConfig:
     """Linear evaluation (BCL protocol by default, docs/evaluation.md) and kNN."""
 
     protocol: str = setting("bcl", "bcl (linear probe on cached features), sdclr (fc through the frozen backbone "
-                                   "on augmented images), ts (kNN and LinearSVCs on the LT split) or all",
-                            one_of(*EVAL_PROTOCOLS, "all"))
+                                   "on augmented images), ts (kNN and LinearSVCs on the LT split), all (those "
+                                   "three), supcon (SupCon's and SelfCon's linear classifier on augmented views), "
+                                   "finetune (FlatCLR's: the whole network with a new fc) or lotar (LoTaR's fc "
+                                   "with batch-norm statistics in train mode)",
+                            one_of(*EVAL_PROTOCOLS, "all", *SEPARATE_PROTOCOLS))
     train_split: str = setting("", "the probe's training indices, relative to the recipe's folder, or store:NAME; "
                                    "empty = the whole part")
     val_split: str = setting("", "held-out indices of the training part (SDCLR protocol's best epoch, the online "
@@ -184,29 +206,82 @@ class EvalConfig:
                                         "CIFAR) or resized (RandomResizedCrop to eval.center_crop, ImageNet-100)",
                               one_of("padded", "resized"))
     sdclr_batch_size: int = setting(128, "SDCLR protocol: fc batch size (128 CIFAR, 512 ImageNet-100)", AT_LEAST_1)
+    sdclr_lr_step: str = setting("before-epoch", "SDCLR protocol: the lr scheduler steps before each epoch (CIFAR "
+                                                 "code: x0.1 from epoch 10 of 1..30) or after-epoch (ImageNet-100 "
+                                                 "code: from epoch 11)", one_of("before-epoch", "after-epoch"))
+    sdclr_val_every: int = setting(1, "SDCLR protocol: full-shot held-out check after every N-th epoch (1 CIFAR, "
+                                      "2 ImageNet-100); the best checked epoch is kept", AT_LEAST_1)
+    sdclr_few_shot_val_every: int = setting(5, "SDCLR protocol: few-shot held-out check after every N-th epoch "
+                                               "(5 CIFAR, 10 ImageNet-100)", AT_LEAST_1)
+    sdclr_select: str = setting("top1", "SDCLR protocol: the held-out accuracy that picks the best epoch, top1 "
+                                        "(CIFAR) or top5 (ImageNet-100)", one_of("top1", "top5"))
     center_crop: int = setting(0, "evaluation views: the centre square of this side (224 on a 256 px ImageNet "
                                   "store: Resize 256 + CenterCrop 224); 0 = the whole image", NON_NEGATIVE)
     groups: str = setting("thirds", "many/medium/few: thirds (CIFAR) or thresholds (ImageNet-100-LT)",
                           one_of("thirds", "thresholds"))
     epochs: int = setting(500, "probe epochs", AT_LEAST_1)
     lr: float = setting(1e-2, "probe Adam learning rate, decayed exponentially", POSITIVE)
-    final_lr: float = setting(1e-6, "probe learning rate at the last epoch", POSITIVE)
+    final_lr: float = setting(1e-6, "probe learning rate one epoch after the last (BCL's ExponentialLR, gamma = "
+                                    "(final_lr / lr)^(1 / epochs))", POSITIVE)
     weight_decay: float = setting(5e-6, "probe weight decay", NON_NEGATIVE)
     batch_size: int = setting(1000, "probe batch size", AT_LEAST_1)
     knn: tuple[int, ...] = setting((1, 10), "k values of the kNN accuracies", ALL_AT_LEAST_1)
+    knn_ties: str = setting("lowest-class", "kNN: a tied vote goes to the lowest class id (the TS notebooks' argmax) "
+                                            "or to the larger summed similarity (similarity)",
+                            one_of("lowest-class", "similarity"))
+    ts_train_views: str = setting("augmented", "TS protocol: the split's features (kNN bank, SVMs) from one seeded "
+                                               "pass of RandomCrop(pad 4) + flip (augmented, CIFAR notebooks) or "
+                                               "clean images (ImageNet-100 notebook)", one_of("augmented", "clean"))
+    ts_few_shot_list: str = setting("", "TS protocol: the FS SVM's training list, relative to the recipe's folder, "
+                                        "or store:NAME; empty = the notebooks' class-balanced subsample of the split")
     exit: str = setting("backbone", "multi-exit encoders: backbone, sub-network or ensemble (both side by side)",
                         one_of(*EVAL_EXITS))
+    supcon_epochs: int = setting(100, "supcon protocol: epochs of the linear classifier", AT_LEAST_1)
+    supcon_lr: float = setting(3.0, "supcon protocol: SGD learning rate (momentum 0.9)", POSITIVE)
+    supcon_decay_epochs: tuple[int, ...] = setting((60, 80), "supcon protocol: the lr is multiplied by "
+                                                             "supcon_decay_rate after each of these epochs",
+                                                   ALL_AT_LEAST_1)
+    supcon_decay_rate: float = setting(0.1, "supcon protocol: the lr factor at each decay epoch", POSITIVE)
+    supcon_weight_decay: float = setting(0.0, "supcon protocol: SGD weight decay", NON_NEGATIVE)
+    supcon_batch_size: int = setting(512, "supcon protocol: batch size", AT_LEAST_1)
+    supcon_subnet: bool = setting(True, "supcon protocol, multi-exit encoders, eval.exit backbone: also a "
+                                        "classifier on the sub-network exit and the two classifiers' mean logits "
+                                        "(SelfCon's --subnet)")
+    finetune_epochs: int = setting(100, "finetune protocol: most epochs (FlatCLR's fc_epochs)", AT_LEAST_1)
+    finetune_lr: float = setting(1.6, "finetune protocol: SGD learning rate, constant (momentum 0.9)", POSITIVE)
+    finetune_weight_decay: float = setting(0.0, "finetune protocol: SGD weight decay", NON_NEGATIVE)
+    finetune_batch_size: int = setting(4096, "finetune protocol: batch size (training and evaluation)", AT_LEAST_1)
+    finetune_patience: int = setting(5, "finetune protocol: stop once this many epochs follow the best one; "
+                                        "0 = run every epoch", NON_NEGATIVE)
+    finetune_select: str = setting("test", "finetune protocol: the accuracy that picks the reported epoch and "
+                                           "stops early: test (FlatCLR's code) or held-out (eval.val_split, "
+                                           "which the network then never trains on)", one_of("test", "held-out"))
+    finetune_batch_norm: str = setting("train", "finetune protocol: train (FlatCLR's code: batch statistics in "
+                                                "training and evaluation) or eval (running statistics when "
+                                                "evaluating)", one_of("train", "eval"))
+    lotar_epochs: int = setting(90, "lotar protocol: epochs of the fc", AT_LEAST_1)
+    lotar_lr: float = setting(3e-4, "lotar protocol: Adam learning rate, constant", POSITIVE)
+    lotar_batch_size: int = setting(256, "lotar protocol: batch size (run_lincls.sh)", AT_LEAST_1)
+    lotar_stem: str = setting("unpadded", "lotar protocol: the 3x3 stem convolution without padding (as "
+                                          "train_lincls.py rebuilds it) or as-trained (padding 1)",
+                              one_of("unpadded", "as-trained"))
 
     def check(self) -> None:
         if self.final_lr > self.lr:
             raise FastltError(f"eval.final_lr: must not exceed eval.lr ({self.lr}), got {self.final_lr}")
         if self.sdclr_crop == "resized" and self.center_crop == 0:
             raise FastltError("eval.sdclr_crop: resized needs eval.center_crop, the side of the views (224)")
+        for every, epochs in (("sdclr_val_every", "sdclr_epochs"),
+                              ("sdclr_few_shot_val_every", "sdclr_few_shot_epochs")):
+            if getattr(self, every) > getattr(self, epochs):
+                raise FastltError(f"eval.{every}: must not exceed eval.{epochs} ({getattr(self, epochs)}), or no "
+                                  f"epoch is checked, got {getattr(self, every)}")
 
 
 # Keys that name index files: relative values are taken relative to the recipe file that sets them,
 # and "store:NAME" names the list NAME the data store keeps (``with_store_lists``).
-RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split", "val_split", "shot_lists", "sdclr_few_shot_list")}
+RECIPE_RELATIVE_PATHS = {"data": ("split",), "eval": ("train_split", "val_split", "shot_lists", "sdclr_few_shot_list",
+                                                      "ts_few_shot_list")}
 
 
 @dataclass

@@ -7,16 +7,21 @@ before packing so readers can be checked against them.
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import pickle
+import sys
 import tarfile
 import tempfile
+from collections import Counter
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from numpy import linalg as LA
 
 from PIL import Image
 from sklearn.datasets import load_sample_images
@@ -32,6 +37,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # for every compile of the suite and the fastlt processes it starts, unless the caller chose a cache.
     isa = "-".join(os.environ.get(name, "native") for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"fastlt-inductor-{isa}"))
+    # Skipped FFCV tests are named, with tools/install_ffcv.sh's reason, in the run's last lines; in CI they fail it.
+    report = _load_beside("ffcv_report")
+    config.pluginmanager.register(report.FfcvReport(Path(sys.prefix) / "ffcv-not-installed.txt",
+                                                    report.running_in_ci()), "fastlt-ffcv-report")
+
+
+def _load_beside(name: str) -> ModuleType:
+    """A helper module of tests/ by its path (the suite imports in importlib mode: tests/ is not on sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"fastlt_tests_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -204,3 +221,47 @@ def cifar_train_labels() -> Path:
         pytest.fail(f"{path}: the CIFAR train-label fixture is missing; it is part of the project "
                     "(tests/fixtures), restore it from version control")
     return path
+
+
+# The Temperature-Schedules notebooks' evaluation code, transcribed as written: what the TS tests compare with.
+def notebook_knn(train_features, train_gt, test_features, test_gt, num_class, knn):
+    """simclr_tau_cifar100.ipynb, cells 5-8 (the same in the CIFAR-10 and ImageNet-100 notebooks): L2 normalisation,
+    torch.cdist, torch.argsort, per-class vote counts, np.argmax. Returns the per-class accuracies and, alongside,
+    each test sample's predicted class."""
+    train_LT_features = train_features / LA.norm(train_features, 2, axis=-1).reshape(-1, 1)
+    test_features = test_features / LA.norm(test_features, 2, axis=-1).reshape(-1, 1)
+    dist_tmp = torch.cdist(torch.tensor(test_features), torch.tensor(train_LT_features))
+    sorted_dist_test_lt = torch.argsort(dist_tmp, dim=1).numpy()
+    class_acc, predicted = [], np.full(len(test_gt), -1)
+    loc_gt = np.array(test_gt)
+    train_loc_gt = np.array(train_gt)
+    for cl in range(num_class):
+        predict_mat = np.zeros(((loc_gt == cl).sum(), num_class))
+        predictions = sorted_dist_test_lt[loc_gt == cl, :knn]
+        for cl2 in range(num_class):
+            predict_mat[:, cl2] = (train_loc_gt[predictions] == cl2).sum(1)
+        class_acc.append((np.argmax(predict_mat, 1) == cl).sum() / (loc_gt == cl).sum())
+        predicted[loc_gt == cl] = np.argmax(predict_mat, 1)
+    return class_acc, predicted
+
+
+def notebook_few_shot(local_data, local_gt, num_class):
+    """simclr_tau_cifar100.ipynb, cell 8: the FS SVM's training data and labels, in the order fitted."""
+    local_counter = Counter(local_gt)
+    n_samples = local_counter.most_common()[-1][-1]
+    np.random.seed(42)
+    new_data = []
+    new_gt = []
+    for cl in range(num_class):
+        local_idxs = np.where(local_gt == cl)[0]
+        np.random.shuffle(local_idxs)
+        selected_idxs = local_idxs[:n_samples]
+        new_data.append(local_data[selected_idxs])
+        new_gt.extend([cl] * n_samples)
+    return np.concatenate(new_data, 0), new_gt
+
+
+@pytest.fixture(scope="session")
+def ts_notebook() -> SimpleNamespace:
+    """``knn`` and ``few_shot``: the notebooks' code above."""
+    return SimpleNamespace(knn=notebook_knn, few_shot=notebook_few_shot)

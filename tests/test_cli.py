@@ -32,8 +32,11 @@ def run(*args, ok: bool = True):
     return result
 
 
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code in (1, 2), result.output
+USER_ERROR, USAGE_ERROR = 1, 2  # a FastltError (fastlt.errors); click's usage errors (a malformed command line)
+
+
+def assert_one_line_error(result, *fragments: str, status: int = USER_ERROR) -> None:
+    assert result.exit_code == status, (result.exit_code, result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
@@ -219,7 +222,12 @@ def test_resume_in_a_new_process_equals_an_uninterrupted_run(tmp_path, digits_st
     assert "resuming at epoch 2 of 2" in resumed.stderr and resumed.stdout.strip() == str(tmp_path / "half")
     full, half = (torch.load(tmp_path / name / "checkpoints" / "last.pt", weights_only=True) for name in ("full", "half"))
     assert full["step"] == half["step"] == 16  # 8 steps an epoch on digits-LT (468 images, the last batch kept)
+    assert full["model"].keys() == half["model"].keys()
     assert all(torch.equal(value, half["model"][key]) for key, value in full["model"].items())
+    untimed = [[{key: value for key, value in json.loads(line).items() if not key.endswith(("seconds", "second"))}
+                for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()] for name in ("full", "half")]
+    assert [line["epoch"] for line in untimed[1]] == [1, 2]
+    assert untimed[1] == untimed[0]  # each epoch's loss (and lr, step, BCL's statistics) exactly as uninterrupted
     assert fastlt("pretrain", "--resume", tmp_path / "half").stderr.strip().endswith("run already complete (epoch 2 of 2)")
 
 
@@ -243,92 +251,96 @@ def test_splits_cifar_from_a_store_reproduces_the_shipped_files(tmp_path, refere
 
 
 PRETRAIN = "pretrain {recipe}"
+# (command, exit status, what the one line says): 2 (USAGE_ERROR) where click rejects the command line itself (an
+# option's type or range), 1 (USER_ERROR) for every check of fastlt's own (values, files, options that clash).
 BAD_INPUTS = [
     # splits
-    ("splits cifar cifar100 --store {c100_labels} --out {out} --split-ids a", "Invalid value for '--split-ids'"),
-    ("splits cifar cifar100 --store {c100_labels} --out {out} --split-ids 0", "Invalid value for '--split-ids'"),
-    ("splits cifar cifar100 --store {c100_labels} --out {out} --val-list {starving_val}", "class 0 has 30 samples"),
-    ("splits cifar cifar10 --store {cifar100} --out {out}", "a store of 'cifar100', not of 'cifar10'"),
-    ("splits digits --store {cifar10} --out {out}/lt.npy", "a store of 'cifar10', not of 'digits'"),
-    ("splits digits --store {digits} --out {out}/lt.npy --ratio 0.5", "Invalid value for '--ratio'"),
+    ("splits cifar cifar100 --store {c100_labels} --out {out} --split-ids a", 2, "Invalid value for '--split-ids'"),
+    ("splits cifar cifar100 --store {c100_labels} --out {out} --split-ids 0", 2, "Invalid value for '--split-ids'"),
+    ("splits cifar cifar100 --store {c100_labels} --out {out} --val-list {starving_val}", 1, "class 0 has 30 samples"),
+    ("splits cifar cifar10 --store {cifar100} --out {out}", 1, "a store of 'cifar100', not of 'cifar10'"),
+    ("splits digits --store {cifar10} --out {out}/lt.npy", 1, "a store of 'cifar10', not of 'digits'"),
+    ("splits digits --store {digits} --out {out}/lt.npy --ratio 0.5", 2, "Invalid value for '--ratio'"),
     # pretrain: recipe values, checked before anything is written
-    (PRETRAIN + " --set train.log_every=0", "--set train.log_every=0: train.log_every: must be >= 1, got 0"),
-    (PRETRAIN + " --set train.epochs=0", "train.epochs: must be >= 1"),
-    (PRETRAIN + " --set optim.lr=-0.1", "optim.lr: must be > 0"),
-    (PRETRAIN + " --set optim.final_lr=1.0", "optim.final_lr: must not exceed optim.lr"),
-    (PRETRAIN + " --set method.temperature=0", "method.temperature: must be > 0"),
-    (PRETRAIN + " --set method.pruning_ratio=1.0", "method.pruning_ratio: must be in [0, 1)"),
-    (PRETRAIN + " --set train.batch_size=1", "train.batch_size: must be >= 2"),
-    (PRETRAIN + " --set train.checkpoint_every=0", "train.checkpoint_every: must be >= 1"),
-    (PRETRAIN + " --set train.precision=bf17", "train.precision: must be one of auto, bf16, fp16, fp32"),
-    (PRETRAIN + " --set train.memory_format=nhwc", "train.memory_format: must be one of"),
-    (PRETRAIN + " --set train.device=tpu", "train.device"),
-    (PRETRAIN + " --set eval.knn=[0]", "eval.knn: must be a list of integers >= 1"),
-    (PRETRAIN + " --set views.scale=[0.5,0.1]", "views.scale"),
-    (PRETRAIN + " --set train.epochs=ten", "--set train.epochs=ten: train.epochs: expected int"),
-    (PRETRAIN + " --set trainepochs=3", "expected section.key=value"),
-    (PRETRAIN + " --set method.name=byol", "method.name: unknown method 'byol'"),
-    (PRETRAIN + " --until-epoch 0", "Invalid value for '--until-epoch'"),
-    (PRETRAIN + " --split {out}/missing.npy", "no such split file"),
-    (PRETRAIN + " --resume {run}", "give a RECIPE or --resume RUN_DIR, not both"),
-    ("pretrain nope/nothing", "no such recipe file or shipped recipe"),
-    ("pretrain {out}/nothing.toml", "recipe file not found"),
+    (PRETRAIN + " --set train.log_every=0", 1, "--set train.log_every=0: train.log_every: must be >= 1, got 0"),
+    (PRETRAIN + " --set train.epochs=0", 1, "train.epochs: must be >= 1"),
+    (PRETRAIN + " --set optim.lr=-0.1", 1, "optim.lr: must be > 0"),
+    (PRETRAIN + " --set optim.final_lr=1.0", 1, "optim.final_lr: must not exceed optim.lr"),
+    (PRETRAIN + " --set method.temperature=0", 1, "method.temperature: must be > 0"),
+    (PRETRAIN + " --set method.pruning_ratio=1.0", 1, "method.pruning_ratio: must be in [0, 1)"),
+    (PRETRAIN + " --set train.batch_size=1", 1, "train.batch_size: must be >= 2"),
+    (PRETRAIN + " --set train.checkpoint_every=0", 1, "train.checkpoint_every: must be >= 1"),
+    (PRETRAIN + " --set train.precision=bf17", 1, "train.precision: must be one of auto, bf16, fp16, fp32"),
+    (PRETRAIN + " --set train.memory_format=nhwc", 1, "train.memory_format: must be one of"),
+    (PRETRAIN + " --set train.device=tpu", 1, "train.device"),
+    (PRETRAIN + " --set eval.knn=[0]", 1, "eval.knn: must be a list of integers >= 1"),
+    (PRETRAIN + " --set views.scale=[0.5,0.1]", 1, "views.scale"),
+    (PRETRAIN + " --set train.epochs=ten", 1, "--set train.epochs=ten: train.epochs: expected int"),
+    (PRETRAIN + " --set trainepochs=3", 1, "expected section.key=value"),
+    (PRETRAIN + " --set method.name=byol", 1, "method.name: unknown method 'byol'"),
+    (PRETRAIN + " --until-epoch 0", 2, "Invalid value for '--until-epoch'"),
+    (PRETRAIN + " --split {out}/missing.npy", 1, "no such split file"),
+    (PRETRAIN + " --resume {run}", 1, "give a RECIPE or --resume RUN_DIR, not both"),
+    ("pretrain nope/nothing", 1, "no such recipe file or shipped recipe"),
+    ("pretrain {out}/nothing.toml", 1, "recipe file not found"),
     # pretrain: data and recipe files
-    (PRETRAIN + " --split {out_of_range}", "out_of_range.npy: index 5000 outside [0, 1198)"),
-    (PRETRAIN + " --split {duplicated}", "duplicated.npy: index 3 appears more than once"),
-    (PRETRAIN + " --split {text_file}", "text.txt: not a readable .npy index file"),
-    (PRETRAIN + " --set train.batch_size=5000", "train.batch_size 5000: larger than the 468 samples of the split"),
-    (PRETRAIN + " --set data.store={out}/nostore", "nostore: no such store folder"),
-    (PRETRAIN + " --set data.store={ilsvrc}", "not a fastlt store (no meta.json)"),
-    (PRETRAIN + " --set data.store={truncated_dali}", "train_jpeg.bin: does not match its offsets"),
-    ("pretrain {bad_toml}", "bad.toml: not valid TOML"),
-    ("pretrain {wrong_type_toml}", "wrong_type.toml: train.epochs: expected int"),
+    (PRETRAIN + " --split {out_of_range}", 1, "out_of_range.npy: index 5000 outside [0, 1198)"),
+    (PRETRAIN + " --split {duplicated}", 1, "duplicated.npy: index 3 appears more than once"),
+    (PRETRAIN + " --split {text_file}", 1, "text.txt: not a readable .npy index file"),
+    (PRETRAIN + " --set train.batch_size=5000", 1, "train.batch_size 5000: larger than the 468 samples of the split"),
+    (PRETRAIN + " --set data.store={out}/nostore", 1, "nostore: no such store folder"),
+    (PRETRAIN + " --set data.store={ilsvrc}", 1, "not a fastlt store (no meta.json)"),
+    (PRETRAIN + " --set data.store={truncated_dali}", 1, "train_jpeg.bin: does not match its offsets"),
+    ("pretrain {bad_toml}", 1, "bad.toml: not valid TOML"),
+    ("pretrain {wrong_type_toml}", 1, "wrong_type.toml: train.epochs: expected int"),
     # resume: the run's history cannot change
-    ("pretrain --resume {out}/no-run", "checkpoint not found"),
-    ("pretrain --resume {run} --set optim.lr=0.3", "optim.lr = 0.3 would change a run trained with 0.1"),
-    ("pretrain --resume {run} --set model.width=8", "model.width = 8 would change"),
-    ("pretrain --resume {run} --set train.epochs=3 --until-epoch 1", "has completed 1 epochs already"),
-    ("pretrain --resume {run} --set train.batch_size=32", "train.batch_size = 32 would change a run trained with 64"),
-    ("pretrain --resume {run} --set train.epochs=2 --set data.split={duplicated}",
+    ("pretrain --resume {out}/no-run", 1, "checkpoint not found"),
+    ("pretrain --resume {run} --set optim.lr=0.3", 1, "optim.lr = 0.3 would change a run trained with 0.1"),
+    ("pretrain --resume {run} --set model.width=8", 1, "model.width = 8 would change"),
+    ("pretrain --resume {run} --set train.epochs=3 --until-epoch 1", 1, "has completed 1 epochs already"),
+    ("pretrain --resume {run} --set train.batch_size=32", 1,
+     "train.batch_size = 32 would change a run trained with 64"),
+    ("pretrain --resume {run} --set train.epochs=2 --set data.split={duplicated}", 1,
      "duplicated.npy: index 3 appears more than once"),
-    ("pretrain --resume {run} --set train.epochs=2 --set data.split={changed_split}",
+    ("pretrain --resume {run} --set train.epochs=2 --set data.split={changed_split}", 1,
      "the split indices differ from what the run trained on"),
     # linear-eval
-    ("linear-eval {run} --knn a", "Invalid value for '--knn'"),
-    ("linear-eval {run} --shots 0", "Invalid value for '--shots'"),
-    ("linear-eval {run} --shots ,", "Invalid value for '--shots'"),
-    ("linear-eval {run} --shots 100 --device cpu", "--shots 100: the recipe names no few-shot lists"),
-    ("linear-eval {run} --knn 0", "Invalid value for '--knn'"),
-    ("linear-eval {run} --knn 5000 --device cpu", "knn k = 5000: larger than the 1198 samples"),
-    ("linear-eval {run} --epochs 0", "Invalid value for '--epochs'"),
-    ("linear-eval {run} --store {cifar10}", "the data set differ from what the run trained on ('digits' then"),
-    ("linear-eval {run} --precision bf17", "--precision: unknown precision 'bf17'"),
-    ("linear-eval {run} --device tpu", "--device: unknown device 'tpu'"),
-    ("linear-eval {run} --probe-split {out}/missing.npy --device cpu", "no such split file"),
-    ("linear-eval {incompatible} --device cpu", "incompatible.pt: checkpoint is for a different model"),
-    ("linear-eval {text_file} --device cpu", "text.txt: not a readable checkpoint"),
-    ("linear-eval {run} --probe-split {missing_class} --device cpu",
+    ("linear-eval {run} --knn a", 2, "Invalid value for '--knn'"),
+    ("linear-eval {run} --shots 0", 2, "Invalid value for '--shots'"),
+    ("linear-eval {run} --shots ,", 2, "Invalid value for '--shots'"),
+    ("linear-eval {run} --shots 100 --device cpu", 1, "--shots 100: the recipe names no few-shot lists"),
+    ("linear-eval {run} --knn 0", 2, "Invalid value for '--knn'"),
+    ("linear-eval {run} --knn 5000 --device cpu", 1, "knn k = 5000: larger than the 1198 samples"),
+    ("linear-eval {run} --epochs 0", 2, "Invalid value for '--epochs'"),
+    ("linear-eval {run} --store {cifar10}", 1, "the data set differ from what the run trained on ('digits' then"),
+    ("linear-eval {run} --precision bf17", 1, "--precision: unknown precision 'bf17'"),
+    ("linear-eval {run} --device tpu", 1, "--device: unknown device 'tpu'"),
+    ("linear-eval {run} --probe-split {out}/missing.npy --device cpu", 1, "no such split file"),
+    ("linear-eval {incompatible} --device cpu", 1, "incompatible.pt: checkpoint is for a different model"),
+    ("linear-eval {text_file} --device cpu", 1, "text.txt: not a readable checkpoint"),
+    ("linear-eval {run} --probe-split {missing_class} --device cpu", 1,
      "missing_class.npy: no sample of class 7 ('7'); every class needs at least one"),
-    ("linear-eval {run} --probe-split {out_of_range} --device cpu", "index 5000 outside [0, 1198)"),
+    ("linear-eval {run} --probe-split {out_of_range} --device cpu", 1, "index 5000 outside [0, 1198)"),
     # convert
-    ("convert cifar10 --source {out}/x.tar.gz --download --out {out}/c10", "exactly one of --source PATH or --download"),
-    ("convert cifar10 --source {out}/missing.tar.gz --out {out}/c10", "missing.tar.gz"),
-    ("convert digits --source {out}/x --out {out}/d", "--source/--download do not apply"),
-    ("convert cifar10 --source {truncated_tarball} --out {out}/c10", "truncated.tar.gz: "),
-    ("convert cifar10 --source {text_file} --out {out}/c10", "text.txt: "),
-    ("convert folder --root {corrupt_jpegs} --size 16 --out {out}/f", "n002_0.JPEG: cannot decode"),
-    ("convert folder --root {out}/nowhere --out {out}/f", "nowhere: no such folder"),
-    ("convert imagenet100-lt --root {ilsvrc} --list lt={unknown_paths} --size 16 --out {out}/i",
+    ("convert cifar10 --source {out}/x.tar.gz --download --out {out}/c10", 1,
+     "exactly one of --source PATH or --download"),
+    ("convert cifar10 --source {out}/missing.tar.gz --out {out}/c10", 1, "missing.tar.gz"),
+    ("convert digits --source {out}/x --out {out}/d", 1, "--source/--download do not apply"),
+    ("convert cifar10 --source {truncated_tarball} --out {out}/c10", 1, "truncated.tar.gz: "),
+    ("convert cifar10 --source {text_file} --out {out}/c10", 1, "text.txt: "),
+    ("convert folder --root {corrupt_jpegs} --size 16 --out {out}/f", 1, "n002_0.JPEG: cannot decode"),
+    ("convert folder --root {out}/nowhere --out {out}/f", 1, "nowhere: no such folder"),
+    ("convert imagenet100-lt --root {ilsvrc} --list lt={unknown_paths} --size 16 --out {out}/i", 1,
      "nothere.JPEG: listed for part 'train' but not found"),
-    ("convert digits --format ffcv2 --out {out}/d", "Invalid value for '--format'"),
+    ("convert digits --format ffcv2 --out {out}/d", 2, "Invalid value for '--format'"),
     # export, and the other commands that read runs
-    ("export {out}/no-run --out {out}/x.pt", "checkpoint not found"),
-    ("export {text_file} --out {out}/x.pt", "text.txt: not a readable checkpoint"),
-    ("compare {out}/no-run", "no-run"),
-    ("plot {out}/no-run --out {out}/plots", "no-run"),
-    ("reproduce cifar10 --store {out}/nostore", "nostore: not a fastlt store"),
-    ("recipe show nope/nothing", "no such recipe file or shipped recipe"),
-    ("bench loader --store {out}/nostore", "nostore: no such store folder"),
+    ("export {out}/no-run --out {out}/x.pt", 1, "checkpoint not found"),
+    ("export {text_file} --out {out}/x.pt", 1, "text.txt: not a readable checkpoint"),
+    ("compare {out}/no-run", 1, "no-run"),
+    ("plot {out}/no-run --out {out}/plots", 1, "no-run"),
+    ("reproduce cifar10 --store {out}/nostore", 1, "nostore: not a fastlt store"),
+    ("recipe show nope/nothing", 1, "no such recipe file or shipped recipe"),
+    ("bench loader --store {out}/nostore", 1, "nostore: no such store folder"),
 ]
 
 
@@ -368,8 +380,9 @@ def bad_files(tmp_path_factory, tiny_run, ilsvrc, cifar10_tarball, digits_store)
     return made
 
 
-@pytest.mark.parametrize("command, fragment", BAD_INPUTS, ids=[row[0].replace(" ", "_")[:60] for row in BAD_INPUTS])
-def test_bad_input_is_one_line_and_writes_nothing(command, fragment, tmp_path, tiny_run, stores, digits_store,
+@pytest.mark.parametrize("command, status, fragment", BAD_INPUTS,
+                         ids=[row[0].replace(" ", "_")[:60] for row in BAD_INPUTS])
+def test_bad_input_is_one_line_and_writes_nothing(command, status, fragment, tmp_path, tiny_run, stores, digits_store,
                                                   bad_files):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'extends = "{DIGITS_RECIPE}"\n[data]\nstore = "{digits_store}"\n'
@@ -378,13 +391,13 @@ def test_bad_input_is_one_line_and_writes_nothing(command, fragment, tmp_path, t
              "recipe": str(recipe), "out": str(tmp_path / "out")}
     before = snapshot(tiny_run)
     result = run(*[word.format(**names) for word in command.split()], ok=False)
-    assert_one_line_error(result, fragment)
+    assert_one_line_error(result, fragment, status=status)
     assert not (tmp_path / "out").exists()
     assert snapshot(tiny_run) == before
 
 
 def test_pretrain_list_names_every_preset_and_axis_choice():
-    from fastlt.methods import INCOMPATIBLE, PRESETS, axis_choices
+    from fastlt.methods import INCOMPATIBLE, PRESETS, VIEW_FORWARD_CONFLICTS, axis_choices
 
     output = run("pretrain", "--list").output
     for name, axes in PRESETS.items():
@@ -393,6 +406,8 @@ def test_pretrain_list_names_every_preset_and_axis_choice():
         assert " | ".join(choices) in output
     for axis_a, choice_a, axis_b, choice_b, _ in INCOMPATIBLE:
         assert f"{axis_a}={choice_a} with {axis_b}={choice_b}" in output
+    for encoder, view_forward in VIEW_FORWARD_CONFLICTS:
+        assert f"encoder={encoder} with view_forward={view_forward}" in output
 
 
 def test_an_imagenet100_recipe_pretrains_and_runs_every_protocol_on_the_store_lists(tmp_path, ilsvrc):

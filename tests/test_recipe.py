@@ -95,7 +95,8 @@ def test_shipped_presets_keep_reference_weight_decays():
     decay = {path.stem: load_recipe(path).optim.weight_decay for path in (PIPELINES / "cifar100_lt").glob("*.toml")}
     assert decay == {"simclr": 5e-4, "bcl-i": 5e-4, "sdclr": 1e-4, "bcl-d": 1e-4,
                      "simclr-ts": 1e-4, "lotar": 5e-4, "sdclr-ts": 1e-4, "bcl-d-ts": 1e-4,
-                     "supcon": 1e-4, "selfcon": 1e-4, "selfcon-su": 1e-4, "flatclr": 1e-6}
+                     "supcon": 1e-4, "selfcon": 1e-4, "selfcon-su": 1e-4, "selfcon-m": 1e-4, "selfcon-mu": 1e-4,
+                     "flatclr": 1e-6}
     assert load_recipe(PIPELINES / "cifar100_lt" / "bcl-d.toml").train.epochs == 2000
 
 
@@ -120,7 +121,7 @@ def test_shipped_cifar_recipes_train_and_probe_on_the_published_split_1(data_set
 
 @pytest.mark.parametrize("data_set", ["cifar10", "cifar100"])
 def test_shipped_supcon_selfcon_and_flatclr_recipes_keep_the_reference_settings(data_set):
-    for method in ("supcon", "selfcon", "selfcon-su"):
+    for method in ("supcon", "selfcon", "selfcon-su", "selfcon-m", "selfcon-mu"):
         r = load_recipe(find_recipe(f"{data_set}_lt/{method}"))
         assert (r.train.batch_size, r.optim.lr, r.optim.weight_decay, r.method.temperature, r.train.epochs) == (
             1024, 0.5, 1e-4, 0.1, 1000)
@@ -129,7 +130,7 @@ def test_shipped_supcon_selfcon_and_flatclr_recipes_keep_the_reference_settings(
     assert (selfcon.model.exit_after, selfcon.model.subnetwork) == (2, "fc")
     flat = load_recipe(find_recipe(f"{data_set}_lt/flatclr"))
     assert (flat.optim.name, flat.optim.lr, flat.optim.weight_decay, flat.optim.exclude_bn_bias) == (
-        "lars", 0.3 * flat.train.batch_size / 256, 1e-6, True)
+        "lars", 0.3 * flat.train.batch_size / 256, 1e-6, False)  # FlatCLR's LARS excludes nothing (docs/flatnce.md)
     assert flat.method.temperature == 0.1 and flat.method.name == "flatclr"
 
 
@@ -155,16 +156,29 @@ def test_recipe_show_marks_what_a_recipe_and_its_overrides_change(tmp_path):
 @pytest.mark.parametrize("method", sorted(PRESETS))
 def test_shipped_imagenet100_recipes_keep_the_reference_settings(method):
     recipe = load_recipe(find_recipe(f"imagenet100_lt/{method}"))
-    assert (recipe.model.arch, recipe.model.stem, recipe.model.projector_hidden) == ("resnet50", "imagenet", 2048)
+    hidden = 128 if method == "lotar" else 2048  # LoTaR's head: fc to 100, then Linear(100, 128) (docs/lotar.md)
+    assert (recipe.model.arch, recipe.model.stem, recipe.model.projector_hidden) == ("resnet50", "imagenet", hidden)
     views = recipe.views
-    assert (views.size, views.interpolation, views.blur_p, views.blur_sigma) == (224, "bilinear", 0.5, (0.1, 2.0))
-    assert views.scale == ((0.2, 1.0) if method in ("supcon", "selfcon", "selfcon-su") else (0.08, 1.0))
-    assert recipe.train.batch_size == 256 and 500 <= recipe.train.epochs <= 800
+    # TS's RandomResizedCrop(224, interpolation=3) (train_simCLR.py:189) resizes bicubic; the others bilinear
+    interpolation = "bicubic" if method == "simclr-ts" else "bilinear"
+    assert (views.size, views.interpolation, views.blur_p, views.blur_sigma) == (224, interpolation, 0.5, (0.1, 2.0))
+    assert views.scale == ((0.2, 1.0) if method.startswith(("supcon", "selfcon")) else (0.08, 1.0))
+    if method == "flatclr":  # main.py's ImageNet defaults (docs/flatnce.md)
+        assert (recipe.train.batch_size, recipe.train.epochs) == (512, 100)
+    else:
+        assert recipe.train.batch_size == 256 and 500 <= recipe.train.epochs <= 800
     assert (recipe.data.split, recipe.eval.train_split, recipe.eval.val_split, recipe.eval.sdclr_few_shot_list) == (
         "store:lt", "store:full", "store:val", "store:fewshot")
     assert (recipe.eval.groups, recipe.eval.center_crop, recipe.eval.sdclr_crop, recipe.eval.sdclr_batch_size) == (
         "thresholds", 224, "resized", 512)
+    # train_imagenet.py: the scheduler steps after each epoch, checks every 2nd / 10th epoch, the best by top-5;
+    # the TS ImageNet-100 notebook: clean split features, FS on the published 1% list
+    assert (recipe.eval.sdclr_lr_step, recipe.eval.sdclr_val_every, recipe.eval.sdclr_few_shot_val_every,
+            recipe.eval.sdclr_select, recipe.eval.ts_train_views, recipe.eval.ts_few_shot_list) == (
+        "after-epoch", 2, 10, "top5", "clean", "store:fewshot")
     if method in ("sdclr", "sdclr-ts", "bcl-d", "bcl-d-ts"):  # SDCLR's ImageNet-100 setting
         assert (recipe.method.pruning_ratio, recipe.method.temperature) == (0.3, 0.3)
+    if method in ("simclr", "simclr-ts", "sdclr", "sdclr-ts", "bcl-d", "bcl-d-ts"):  # SDCLR's and TS's SGD
+        assert recipe.optim.weight_decay == 1e-4
     if method == "simclr-ts":  # the published TS row: 800 epochs
         assert recipe.train.epochs == 800 and recipe.optim.weight_decay == 1e-4

@@ -92,11 +92,12 @@ def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_
 
 def test_make_reproduce_imagenet100_converts_pretrains_and_tabulates_the_ts_row(tmp_path, ilsvrc):
     """The Makefile target end to end on a tiny ILSVRC folder: convert with given lists, one epoch of the
-    shipped SimCLR-TS recipe (shrunk by SET), the TS evaluation on the store's LT list, the table."""
+    shipped SimCLR-TS recipe (shrunk by SET), the TS evaluation on the store's LT list (FS on its fewshot list),
+    the table."""
     venv = Path(sys.prefix)
     if not (venv / "bin" / "fastlt").is_file():
         pytest.fail(f"{venv}/bin/fastlt missing: install fastlt into the environment that runs the tests")
-    lists = " ".join(f"{name}={ilsvrc / f'{name}.txt'}" for name in ("lt", "val", "test"))
+    lists = " ".join(f"{name}={ilsvrc / f'{name}.txt'}" for name in ("lt", "val", "fewshot", "test"))
     shrink = ("model.arch=resnet18 model.width=4 model.projector_hidden=16 model.projector_out=8 views.size=32 "
               "eval.center_crop=32 train.batch_size=8 train.progress=false train.precision=fp32")
     data, results = tmp_path / "data", tmp_path / "results"
@@ -111,7 +112,7 @@ def test_make_reproduce_imagenet100_converts_pretrains_and_tabulates_the_ts_row(
     done = make(f"IMAGENET={ilsvrc}", f"LISTS={lists}", "SIZE=36", "EPOCHS=1", f"SET={shrink}")
     assert done.returncode == 0, done.stdout + done.stderr
     store = Store.open(data / "imagenet100-lt")
-    assert store.parts == ["train", "test"] and store.lists == ["lt", "val"]
+    assert store.parts == ["train", "test"] and store.lists == ["lt", "val", "fewshot"]
     assert store.meta["image_shape"] == [36, 36, 3]
 
     run = results / "imagenet100_lt" / "runs" / "simclr-ts-split1"
@@ -122,6 +123,7 @@ def test_make_reproduce_imagenet100_converts_pretrains_and_tabulates_the_ts_row(
     assert "monitor_knn" in epoch  # the held-out kNN ran on the store's val list
     ts = report(run, "ts-lt")
     assert ts["pretraining_split"]["samples"] == sum(ILSVRC_LT_PER_CLASS)
+    assert ts["probe_lists"][1]["samples"] == len(np.load(data / "imagenet100-lt" / "lists" / "fewshot.npy"))
     markdown = (results / "imagenet100_lt.md").read_text()
     knn = ts["reports"]["knn@1"]["class_mean"]
     assert cell(markdown, "SimCLR-TS")[:3] == [f"{knn:.2f}", "38.38", f"{knn - 38.38:+.2f}"]

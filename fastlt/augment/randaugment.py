@@ -5,8 +5,8 @@ ops below (uniformly, with replacement), the op fires with the sample's probabil
 ``w`` and runs at the sample's magnitude ``M`` in [0, 30], mapped per op as
 ``min + M / 30 * (max - min)``. The draws of a stage (``StageDraws``) are made for the whole batch before any pixel is
 touched, so the random stream never depends on the images. The ops fall into eight families:
-the five geometric ops share one batched ``affine_grid`` / ``grid_sample`` with a per-sample
-matrix, the four enhance ops share one blend towards a per-sample degenerate image, and the
+the five geometric ops share one batched resample with a per-sample affine map, the four
+enhance ops share one blend towards a per-sample degenerate image, and the
 other six ops are a family each. A stage runs in one of two ways, with equal results:
 
 * grouped (eager on a CPU): the samples are sorted by family and each family runs only on
@@ -18,23 +18,25 @@ other six ops are a family each. A stage runs in one of two ways, with equal res
   draws and nothing syncs with the host, so a CUDA step never waits, and the stage compiles
   into the view pipeline, where the compiler fuses the pointwise families into few kernels.
 
-Conventions (chosen to match torchvision's RandAugment, the tests' reference):
+Conventions (BCL's PIL calls, or torchvision's RandAugment where they agree; the tests' references):
 
-* Geometry works in pixel units about the image centre, like torchvision's tensor
-  ``affine``. Shears pivot on the top-left corner (torchvision RandAugment's
-  ``center=[0, 0]``, also PIL's ``AFFINE`` convention that BCL uses); rotation pivots on
-  the centre, positive angles counter-clockwise; translations are whole pixels,
-  truncated towards zero (torchvision's ``int(magnitude)``).
+* Geometry gives the pixels of BCL's PIL call: each sample's op becomes the AFFINE data
+  BCL hands ``Image.transform`` (or the matrix ``Image.rotate`` builds), and the nearest
+  resample rounds as PIL's C code does, in 16.16 fixed point for shears and rotations
+  and half up for translations, whose fractional offset v x size BCL passes as it is.
+  Shears pivot on the top-left corner, rotation on the centre (positive angles
+  counter-clockwise), and a positive sign moves a translated image left or up, as PIL's
+  data does. "bilinear" resamples the same maps with ``grid_sample``.
 * Pixels a geometric op uncovers take ``fill``, black by default: BCL's PIL geometric
-  ops pass no fill colour, so PIL fills 0, as torchvision's RandAugment does. Cutout
+  ops pass no fill colour, so PIL fills 0. Cutout
   paints its square with the CIFAR mean grey (125, 123, 114), as BCL's Cutout does.
 * Cutout places its square as BCL's PIL code does: the centre is uniform in (1, W] x
   (1, H] (its ``np.random.uniform(w)`` is ``uniform(low=w, high=1)``), the top-left corner
   is max(0, centre - side / 2) truncated to a pixel, and PIL's rectangle paints through
   int(corner + side) inclusive. Near the left and top borders
   the square is pushed inside whole; only the right and bottom borders cut it.
-* Interpolation is nearest by default (PIL's and torchvision RandAugment's default), so
-  a geometric op moves pixels without blurring them; "bilinear" is available.
+* Interpolation is nearest by default (PIL's default, which BCL keeps), so a geometric op
+  moves pixels without blurring them; "bilinear" is available.
 * Autocontrast, equalize, posterize and the solarize threshold are defined on uint8
   images. They see ``round(x * 255)``, exactly as torchvision treats a uint8 image;
   autocontrast, equalize and posterize return values on the 1/255 grid, solarize
@@ -46,7 +48,7 @@ Conventions (chosen to match torchvision's RandAugment, the tests' reference):
   of the threshold.
 * Every stage resamples on its own, as BCL's sequential PIL calls do: content that one
   geometric op pushes out of the frame is lost, and a later op brings back ``fill`` in
-  its place. Each stage is one batched ``grid_sample`` (the input is kept for samples
+  its place. Each stage is one batched resample (the input is kept for samples
   whose op in it is not geometric or does not fire).
 """
 from __future__ import annotations
@@ -128,36 +130,109 @@ def _as_image_mask(mask: Tensor) -> Tensor:
     return mask.view(-1, 1, 1, 1)
 
 
-def _source_matrices(op_index: Tensor, magnitudes: Tensor, signs: Tensor, height: int, width: int) -> Tensor:
-    """[B, 2, 3] map from an output pixel to the input point it samples, in pixels about the centre.
+def _pil_affine_data(op_index: Tensor, magnitudes: Tensor, signs: Tensor, height: int, width: int) -> Tensor:
+    """[B, 6] float64: the AFFINE data (a, b, c, d, e, f) BCL's PIL call gets for each sample.
 
-    The identity for samples whose op is not geometric; one matrix per sample so that one
-    ``grid_sample`` serves the whole batch.
+    PIL samples output pixel (x, y) at the input point (a X + b Y + c, d X + e Y + f), with
+    X = x + 1/2 and Y = y + 1/2 in pixels from the top-left corner. BCL's ops (data/randaug.py:9-57)
+    pass (1, v, 0, 0, 1, 0) for ShearX, (1, 0, v, 0, 1, 0) with v times the width for
+    TranslateX (and their Y twins), and Image.rotate(v) builds its matrix about the image
+    centre from -radians(v mod 360). (PIL also rounds that matrix's cosine and sine to 15
+    decimals, which moves no 16.16 coefficient unless one lies within 1e-15 of a rounding
+    edge; fastlt skips it.) Float64, the precision of BCL's Python floats, so that the
+    rounding in ``_fixed_point`` lands where PIL's does. The identity for samples whose op
+    is not geometric.
     """
+    magnitudes, signs = magnitudes.to(torch.float64), signs.to(torch.float64)
     shear = signs * _op_value("shear_x", magnitudes)  # shear_x and shear_y share the range
-    shift_x = torch.trunc(signs * _op_value("translate_x", magnitudes) * width)
-    shift_y = torch.trunc(signs * _op_value("translate_y", magnitudes) * height)
-    angle = torch.deg2rad(signs * _op_value("rotate", magnitudes))
+    shift_x = signs * _op_value("translate_x", magnitudes) * width
+    shift_y = signs * _op_value("translate_y", magnitudes) * height
+    angle = -torch.deg2rad(torch.remainder(signs * _op_value("rotate", magnitudes), 360.0))
     cos, sin = torch.cos(angle), torch.sin(angle)
+    centre_x, centre_y = width / 2, height / 2
     zero, one = torch.zeros_like(magnitudes), torch.ones_like(magnitudes)
 
-    is_shear_x, is_shear_y = _op_mask(op_index, "shear_x"), _op_mask(op_index, "shear_y")
-    is_rotate = _op_mask(op_index, "rotate")
-    diagonal = torch.where(is_rotate, cos, one)
-    # A shear pivoting on the top-left corner: x_src = x + s * (y + H / 2) about the centre.
-    row0 = (
+    def chosen(op: str, value: Tensor, otherwise: Tensor) -> Tensor:
+        return torch.where(_op_mask(op_index, op), value, otherwise)
+
+    diagonal = chosen("rotate", cos, one)
+    return torch.stack((
         diagonal,
-        torch.where(is_rotate, -sin, torch.where(is_shear_x, shear, zero)),
-        torch.where(is_shear_x, shear * height / 2,
-                    torch.where(_op_mask(op_index, "translate_x"), -shift_x, zero)),
-    )
-    row1 = (
-        torch.where(is_rotate, sin, torch.where(is_shear_y, shear, zero)),
+        chosen("rotate", sin, chosen("shear_x", shear, zero)),
+        chosen("rotate", cos * -centre_x + sin * -centre_y + centre_x, chosen("translate_x", shift_x, zero)),
+        chosen("rotate", -sin, chosen("shear_y", shear, zero)),
         diagonal,
-        torch.where(is_shear_y, shear * width / 2,
-                    torch.where(_op_mask(op_index, "translate_y"), -shift_y, zero)),
-    )
-    return torch.stack((torch.stack(row0, dim=-1), torch.stack(row1, dim=-1)), dim=1)
+        chosen("rotate", -sin * -centre_x + cos * -centre_y + centre_y, chosen("translate_y", shift_y, zero)),
+    ), dim=-1)
+
+
+def _fixed_point(data: Tensor) -> Tensor:
+    """[B, 6] int64: PIL's nearest-neighbour affine in 16.16 fixed point (libImaging/Geometry.c).
+
+    Any shear or rotation goes through PIL's ``affine_fixed``: each coefficient is rounded
+    to FIX(v) = floor(65536 v + 1/2), the offsets after moving to the pixel centres, and the
+    input pixel is the fixed-point sum shifted right by 16 (a floor). Data without cross
+    terms (translations, the identity) go through ``ImagingScaleAffine``, which floors
+    c + a (x + 1/2) in floating point: with a = 1, as here, that is x + floor(c + 1/2), the
+    offset rounded half up, which the same fixed-point form holds exactly.
+    """
+    a, b, c, d, e, f = data.unbind(-1)
+
+    def fix(value: Tensor) -> Tensor:
+        return torch.floor(value * 65536.0 + 0.5).to(torch.int64)
+
+    def half_up(offset: Tensor) -> Tensor:
+        return torch.floor(offset + 0.5).to(torch.int64) * 65536 + 32768
+
+    general = torch.stack((fix(a), fix(b), fix(c + a * 0.5 + b * 0.5),
+                           fix(d), fix(e), fix(f + d * 0.5 + e * 0.5)), dim=-1)
+    one = torch.full_like(general[:, 0], 65536)
+    zero = torch.zeros_like(one)
+    whole = torch.stack((one, zero, half_up(c), zero, one, half_up(f)), dim=-1)
+    return torch.where(((b == 0) & (d == 0)).unsqueeze(-1), whole, general)
+
+
+def _nearest_indices(data: Tensor, height: int, width: int) -> tuple[Tensor, Tensor]:
+    """[B, H, W] int32 input column and row of each output pixel, as PIL's NEAREST picks them.
+
+    The fixed-point sums stay below 2^31 for images under 32768 pixels a side, the range in which
+    PIL itself uses fixed point.
+    """
+    a, b, c, d, e, f = (value.to(torch.int32).view(-1, 1, 1) for value in _fixed_point(data).unbind(-1))
+    rows = torch.arange(height, dtype=torch.int32, device=data.device).view(1, -1, 1)
+    columns = torch.arange(width, dtype=torch.int32, device=data.device).view(1, 1, -1)
+    return (c + rows * b + columns * a) >> 16, (f + rows * e + columns * d) >> 16
+
+
+def _nearest(images: Tensor, data: Tensor, fill: Tensor) -> Tensor:
+    """PIL's NEAREST affine resample of a batch, a [B, 6] data row per sample; ``fill`` where it samples outside.
+
+    One gather from the pixels with the fill colour appended as pixel H x W, where every
+    outside sample points.
+    """
+    batch, channels, height, width = images.shape
+    column, row = _nearest_indices(data, height, width)
+    inside = (column >= 0) & (column < width) & (row >= 0) & (row < height)
+    source = torch.where(inside, row * width + column, height * width).to(torch.int64).view(batch, 1, -1)
+    pixels = torch.cat((images.reshape(batch, channels, height * width),
+                        fill.view(1, -1, 1).expand(batch, channels, 1)), dim=2)
+    return pixels.gather(2, source.expand(batch, channels, -1)).view(images.shape)
+
+
+def _bilinear(images: Tensor, data: Tensor, fill: Tensor) -> Tensor:
+    """The same map resampled bilinearly (``grid_sample``): fastlt's option, not BCL's."""
+    batch, channels, height, width = images.shape
+    a, b, c, d, e, f = data.unbind(-1)
+    # affine_grid's [-1, 1] coordinates (align_corners=False: the image edges) in and out.
+    b, d = b * (height / width), d * (width / height)
+    theta = torch.stack((torch.stack((a, b, a + b + 2 * c / width - 1), dim=-1),
+                         torch.stack((d, e, d + e + 2 * f / height - 1), dim=-1)), dim=1)
+    grid = F.affine_grid(theta.to(images.dtype), [batch, channels, height, width], align_corners=False)
+    # Sampling (image - fill) with zero padding and adding fill back gives fill outside the
+    # image; a border pixel blends towards fill by the fraction it is uncovered.
+    offset = fill.view(1, -1, 1, 1)
+    return F.grid_sample(images - offset, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False) + offset
 
 
 @dataclass(frozen=True)
@@ -178,24 +253,10 @@ class StageDraws:
 FamilyFunction = Callable[[Tensor, StageDraws, Tensor, Tensor, str], Tensor]
 
 
-def _resample(images: Tensor, matrices: Tensor, fill: Tensor, interpolation: str) -> Tensor:
-    """One batched affine resample with [B, 2, 3] source matrices (pixels about the centre)."""
-    batch, channels, height, width = images.shape
-    # affine_grid works in [-1, 1] coordinates per axis (align_corners=False: the image edges).
-    to_unit = constant(((1.0, height / width, 2.0 / width), (width / height, 1.0, 2.0 / height)),
-                       images.dtype, images.device)
-    grid = F.affine_grid(matrices * to_unit, [batch, channels, height, width], align_corners=False)
-    # Sampling (image - fill) with zero padding and adding fill back gives fill outside the
-    # image; for bilinear, a border pixel blends towards fill by the fraction it is uncovered.
-    offset = fill.view(1, -1, 1, 1)
-    return F.grid_sample(images - offset, grid, mode=interpolation, padding_mode="zeros",
-                         align_corners=False) + offset
-
-
 def _geometric(images: Tensor, draws: StageDraws, magnitudes: Tensor, fill: Tensor, interpolation: str) -> Tensor:
-    """Shear, translate and rotate: one resample with a matrix per sample."""
-    matrices = _source_matrices(draws.op_index, magnitudes, draws.signs.to(images.dtype), *images.shape[-2:])
-    return _resample(images, matrices, fill, interpolation)
+    """Shear, translate and rotate: one resample with BCL's PIL data per sample."""
+    data = _pil_affine_data(draws.op_index, magnitudes, draws.signs, *images.shape[-2:])
+    return _nearest(images, data, fill) if interpolation == "nearest" else _bilinear(images, data, fill)
 
 
 def _levels(images: Tensor) -> Tensor:
@@ -410,10 +471,11 @@ def apply_op(images: Tensor, op: str, magnitudes: Tensor, signs: Tensor | None =
              interpolation: str = "nearest") -> Tensor:
     """Apply one op to every image of a batch, at per-sample magnitudes M in [0, 30].
 
-    The unit that is checked against torchvision per image; it runs the same batched
-    stage as BoostedRandAugment with every sample choosing ``op``. ``fill`` colours the
-    pixels a geometric op uncovers (0..255 per channel). ``signs`` (+-1 per
-    sample, default +1) orient shear, translate and rotate. Cutout draws its centres as
+    The unit that is checked against BCL's PIL calls and torchvision per image; it runs the
+    same batched stage as BoostedRandAugment with every sample choosing ``op``. ``fill``
+    colours the pixels a geometric op uncovers (0..255 per channel). ``signs`` (+-1 per
+    sample, default +1) multiply the value of shear, translate and rotate, as BCL's random
+    negation does. Cutout draws its centres as
     ``torch.rand(B, 2, generator=generator)`` scaled by (W, H), so it needs a generator.
     """
     where = f"apply_op {op}"

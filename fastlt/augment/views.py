@@ -108,9 +108,9 @@ class ViewConfig:
 
     @classmethod
     def imagenet(cls) -> ViewConfig:
-        """SimCLR ImageNet views: 224 px, scale (0.08, 1), bilinear (torchvision's RandomResizedCrop default,
-        which the ImageNet references keep), Gaussian blur with p = 0.5."""
-        return cls(size=224, scale=(0.08, 1.0), interpolation="bilinear", blur_p=0.5)
+        """SimCLR ImageNet views: 224 px, scale (0.08, 1), bicubic (RandomResizedCrop(224, interpolation=3) in
+        SDCLR's and TS's train_simCLR.py), Gaussian blur with p = 0.5."""
+        return cls(size=224, scale=(0.08, 1.0), interpolation="bicubic", blur_p=0.5)
 
     @property
     def blur_kernel_size(self) -> int:

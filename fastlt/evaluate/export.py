@@ -36,6 +36,7 @@ from fastlt.evaluate.protocol import pretrained_backbone, read_checkpoint, run_f
 from fastlt.files import file_digest, replace_atomically
 from fastlt.methods import resolve_axes
 from fastlt.methods.sdclr import DenseBranch
+from fastlt.models.multi_exit import BackboneExit
 from fastlt.models.resnet import ARCHITECTURES, ResNet
 from fastlt.models.self_damaging import DENSE, DualBatchNorm
 from fastlt.recipe import recipe_from_dict
@@ -113,8 +114,13 @@ def _as_list(values: Tensor) -> list[float]:
 
 
 def _resnet_of(extractor: nn.Module) -> ResNet:
-    """The ResNet behind the backbone exit (SDCLR's DenseBranch wraps it to hold the switch on DENSE)."""
-    module = extractor.backbone if isinstance(extractor, DenseBranch) else extractor
+    """The ResNet behind the backbone exit (SDCLR's DenseBranch wraps it to hold the switch on DENSE; SelfCon's
+    BackboneExit keeps the whole multi-exit encoder)."""
+    module = extractor
+    if isinstance(extractor, DenseBranch):
+        module = extractor.backbone
+    elif isinstance(extractor, BackboneExit):
+        module = extractor.encoder.backbone
     if not isinstance(module, ResNet):
         raise FastltError(f"backbone: {type(module).__name__} is not a ResNet, so it has no torchvision form")
     return module

@@ -1,15 +1,44 @@
-"""Frozen features: the backbone run once over a set of uint8 images, with no augmentation.
+"""Frozen features: the backbone run once over a set of uint8 images, without augmentation or with one
+seeded random crop per image.
 
 Linear probes and kNN train on these features many times over, so they are computed once,
-kept on the device as float32 [N, D], and everything after works on that matrix.
+kept on the device as float32 [N, D], and everything after works on that matrix. The
+Temperature-Schedules notebooks take the long-tailed split's features through their training
+transform, RandomCrop(pad 4) + flip, once (``PaddedCropViews``); the SDCLR probe draws the same
+views for every batch it trains on.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fastlt.augment.functional import padded_crop
 from fastlt.errors import FastltError
+
+
+@dataclass(frozen=True)
+class PaddedCropViews:
+    """torchvision's RandomCrop(size of the image, padding, fill 0) then RandomHorizontalFlip(0.5), drawn for
+    ``count`` images at once: each image's crop offsets (top, left) in [0, 2 padding] and its flip."""
+
+    offsets: Tensor  # int64 [count, 2]
+    flips: Tensor  # bool [count]
+    padding: int
+
+    @classmethod
+    def draw(cls, count: int, padding: int, generator: torch.Generator) -> PaddedCropViews:
+        """The offsets, then the flips, from ``generator`` (on its device)."""
+        device = generator.device
+        offsets = torch.randint(0, 2 * padding + 1, (count, 2), generator=generator, device=device)
+        return cls(offsets, torch.rand(count, generator=generator, device=device) < 0.5, padding)
+
+    def apply(self, images: Tensor, start: int = 0) -> Tensor:
+        """The views of images ``start`` .. ``start + len(images)`` of the drawn ones; [B, C, H, W], any dtype."""
+        rows = slice(start, start + len(images))
+        return padded_crop(images, self.offsets[rows], self.padding, self.flips[rows])
 
 
 def center_square(images: Tensor, side: int) -> Tensor:
@@ -31,12 +60,15 @@ def extract_features(
     batch_size: int = 512,
     autocast_dtype: torch.dtype | None = None,
     center_crop: int = 0,
+    views: PaddedCropViews | None = None,
 ) -> Tensor:
     """Features of uint8 NHWC images as float32 [N, D] on ``device``, backbone in eval mode.
 
     ``center_crop`` > 0 feeds the centre square of that side instead of the whole image, with
     torchvision's ``CenterCrop`` offsets: on a store kept at 256 px that is the ImageNet test
-    view, Resize(256) + CenterCrop(224).
+    view, Resize(256) + CenterCrop(224). ``views`` (drawn for all N images, on ``device``)
+    replaces each image by its random crop and flip, after the centre crop; drawn up front,
+    they do not depend on the batch size.
 
     Each batch moves to the device as uint8 (4x less traffic than float), becomes float in
     [0, 1] there, and is fed as NCHW in channels_last memory (a permute of NHWC is exactly
@@ -54,6 +86,8 @@ def extract_features(
         raise FastltError("images: no images to extract features from")
     if batch_size < 1:
         raise FastltError(f"batch_size: must be >= 1, got {batch_size}")
+    if views is not None and len(views.flips) != len(images):
+        raise FastltError(f"views: drawn for {len(views.flips)} images, got {len(images)}")
     device = torch.device(device)
     pinned = device.type == "cuda"
     modes = [(module, module.training) for module in backbone.modules()]
@@ -68,6 +102,7 @@ def extract_features(
                 if pinned and batch.device.type == "cpu":
                     batch = batch.pin_memory()
                 batch = center_square(batch.to(device, non_blocking=pinned).permute(0, 3, 1, 2), center_crop)
+                batch = batch if views is None else views.apply(batch, start)
                 pixels = batch.float().div_(255).contiguous(memory_format=torch.channels_last)
                 chunks.append(backbone(pixels).float())
     finally:

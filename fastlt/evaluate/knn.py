@@ -2,7 +2,8 @@
 
 A parameter-free check of the representation (docs/evaluation.md reports kNN@1 and
 kNN@10): it needs no training, so it also shows whether a linear probe's result comes
-from the features or from the probe.
+from the features or from the probe. The vote is the Temperature-Schedules notebooks'
+(the only reference code with a kNN): the k nearest vote once each, unweighted.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from torch import Tensor
 
 from fastlt.errors import FastltError
 
+KNN_TIES = ("lowest-class", "similarity")  # how a tied vote is settled (docs/evaluation.md, kNN)
+
 
 def knn_predict(
     train_features: Tensor,
@@ -19,20 +22,24 @@ def knn_predict(
     test_features: Tensor,
     k: int,
     num_classes: int,
+    ties: str = "lowest-class",
     chunk_size: int = 1024,
 ) -> Tensor:
     """Class ids (int64, on the test features' device) by a majority vote of the k most similar training samples.
 
-    Similarity is the dot product of L2-normalised features (cosine). A class with more
-    votes wins; among classes with the same number of votes, the one whose voters have
-    the larger summed similarity wins (so k=1 is the nearest neighbour, and a tie does
-    not fall to the lowest class id as in the Temperature-Schedules notebook); an exact
-    tie of both goes to the lowest class id. Which samples count as the k nearest when
-    the k-th similarity is shared by several is up to torch.topk. Test samples are
-    processed ``chunk_size`` at a time, so memory is chunk_size x N_train, not N_test x N_train.
+    Similarity is the dot product of L2-normalised features (cosine; the TS notebooks rank by
+    the Euclidean distance of the normalised features, the same order). Each of the k nearest
+    gives its class one vote. ``ties`` settles classes with the same number of votes:
+    "lowest-class" gives it to the lowest class id (the notebooks' ``np.argmax`` over the vote
+    counts); "similarity" to the class whose voters have the larger summed similarity, then
+    the lowest id. Which samples count as the k nearest when the k-th similarity is shared
+    by several is up to torch.topk. Test samples are processed ``chunk_size`` at a time, so
+    memory is chunk_size x N_train, not N_test x N_train.
     """
     if not 1 <= k <= len(train_features):
         raise FastltError(f"knn k: must be in [1, {len(train_features)}] (the training set size), got {k}")
+    if ties not in KNN_TIES:
+        raise FastltError(f"knn ties: must be one of {', '.join(KNN_TIES)}, got {ties!r}")
     if chunk_size < 1:
         raise FastltError(f"knn chunk_size: must be >= 1, got {chunk_size}")
     train = F.normalize(train_features.float(), dim=1)
@@ -44,8 +51,8 @@ def knn_predict(
         neighbour_labels = train_labels[neighbours]
         votes = torch.zeros(len(query), num_classes, device=train.device)
         votes.scatter_add_(1, neighbour_labels, torch.ones_like(similarity))
-        summed = torch.zeros_like(votes).scatter_add_(1, neighbour_labels, similarity)
-        # Among the classes with the most votes, the largest summed similarity wins.
-        leading = votes == votes.max(dim=1, keepdim=True).values
-        predictions.append(summed.masked_fill(~leading, float("-inf")).argmax(dim=1))
+        if ties == "similarity":  # among the classes with the most votes, the largest summed similarity wins
+            summed = torch.zeros_like(votes).scatter_add_(1, neighbour_labels, similarity)
+            votes = summed.masked_fill(votes != votes.max(dim=1, keepdim=True).values, float("-inf"))
+        predictions.append(votes.argmax(dim=1))  # argmax takes the first (lowest) of equal maxima
     return torch.cat(predictions).to(test_features.device)

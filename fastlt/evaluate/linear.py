@@ -1,25 +1,32 @@
 """Linear classifiers on frozen features: the BCL probe (Adam, exponential decay) and LinearSVC.
 
-The probe follows docs/evaluation.md (BCL): nn.Linear(D, C) with bias, Adam with
-lr 1e-2 decayed exponentially per epoch to 1e-6 over 500 epochs, weight decay 5e-6
-(Adam's coupled L2), batches of 1000 in a fresh shuffled order every epoch, features
-used as they are. The feature matrix stays resident on its device and every batch is
-an index into it, so training is a short loop of small matrix products with no host
-synchronisation.
+The probe follows docs/evaluation.md (BCL's eval_cifar.py): nn.Linear(D, C) with bias, Adam
+with lr 1e-2 decayed per epoch by ExponentialLR's gamma = (1e-6 / 1e-2)^(1/500) over 500
+epochs, weight decay 5e-6 (Adam's coupled L2), batches of 1000 in a fresh shuffled order
+every epoch, features used as they are. The feature matrix stays resident on its device and
+every batch is an index into it, so training is a short loop of small matrix products with
+no host synchronisation.
 
-LinearSVC on L2-normalised features is the Temperature-Schedules protocol (section 4):
-"LT" fits on all training features, "FS" on a class-balanced random subset whose
-per-class size is the smallest class count.
+LinearSVC on L2-normalised features is the Temperature-Schedules protocol, as its notebooks
+run it: "LT" fits on all of the long-tailed split's features, "FS" on a class-balanced
+subsample drawn by the notebooks' numpy code (``ts_few_shot_subset``) or on a given list.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
+
+if TYPE_CHECKING:
+    from sklearn.svm import LinearSVC
+
+TS_SEED = 42  # the TS notebooks' np.random.seed and LinearSVC random_state
 
 
 @dataclass(frozen=True)
@@ -28,7 +35,7 @@ class LinearProbeConfig:
 
     epochs: int = 500
     lr: float = 1e-2
-    final_lr: float = 1e-6
+    final_lr: float = 1e-6  # reached one scheduler step after the last epoch
     weight_decay: float = 5e-6
     batch_size: int = 1000
     seed: int = 0
@@ -45,16 +52,14 @@ class LinearProbeConfig:
 
 
 def probe_lr(epoch: int, config: LinearProbeConfig) -> float:
-    """Learning rate of 0-based ``epoch``: lr * (final_lr / lr) ** (epoch / (epochs - 1)).
+    """Learning rate of 0-based ``epoch``: lr * gamma ** epoch with gamma = (final_lr / lr) ** (1 / epochs).
 
-    Geometric interpolation that is exactly ``lr`` in the first epoch and exactly
-    ``final_lr`` in the last (one epoch: ``lr``). The BCL code's ExponentialLR with
-    gamma = (final/lr) ** (1/epochs) reaches final_lr one step after training ends,
-    i.e. its last epoch runs at final_lr * gamma^-1 (1.9% higher for 500 epochs); the
-    difference is immaterial and this form hits both stated endpoints.
+    BCL's eval_cifar.py steps an ExponentialLR with that gamma after each epoch, so the first
+    epoch runs at ``lr`` and the last at final_lr / gamma (1.019e-6 for the published 500
+    epochs); final_lr itself would be the lr of an epoch after the last.
     """
-    progress = epoch / (config.epochs - 1) if config.epochs > 1 else 0.0
-    return config.lr * (config.final_lr / config.lr) ** progress
+    gamma = (config.final_lr / config.lr) ** (1 / config.epochs)
+    return config.lr * gamma**epoch
 
 
 def _check_features_labels(features: Tensor, labels: Tensor, num_classes: int) -> None:
@@ -123,42 +128,45 @@ def predict_linear(probe: nn.Linear, features: Tensor, batch_size: int = 4096) -
         return torch.cat([probe(chunk.float()).argmax(dim=1) for chunk in features.split(batch_size)])
 
 
-def balanced_subset(labels: Tensor, generator: torch.Generator) -> Tensor:
-    """Indices of a random class-balanced subset: from every class present, as many as the smallest has.
+def ts_few_shot_subset(labels: np.ndarray, num_classes: int, seed: int = TS_SEED) -> np.ndarray:
+    """Positions (into ``labels``) of the TS notebooks' FS subsample, in the order they fit the SVM.
 
-    A random permutation, stably sorted by label, lists each class's samples in random
-    order; keeping the first ``min count`` of each class is then one mask.
+    The notebooks' code: n = the smallest class count (``Counter(...).most_common()[-1]``),
+    ``np.random.seed(42)``, then for each class id in turn its positions (``np.where``) shuffled
+    by ``np.random.shuffle`` and the first n kept, class after class. A local RandomState(seed)
+    draws the same numbers without touching numpy's global state. The subset depends on the
+    order of ``labels`` (the features' order); the loop runs over classes, not samples.
     """
-    shuffled = torch.randperm(len(labels), generator=generator, device=labels.device)
-    order = shuffled[torch.sort(labels[shuffled], stable=True).indices]
-    sorted_labels = labels[order]
-    counts = torch.bincount(sorted_labels)
-    starts = torch.cumsum(counts, 0) - counts
-    rank_in_class = torch.arange(len(labels), device=labels.device) - starts[sorted_labels]
-    return order[rank_in_class < counts[counts > 0].min()]
+    counts = np.bincount(labels, minlength=num_classes)
+    smallest = counts[counts > 0].min()
+    rng = np.random.RandomState(seed)
+    chosen = []
+    for label in range(num_classes):
+        positions = np.flatnonzero(labels == label)
+        rng.shuffle(positions)
+        chosen.append(positions[:smallest])
+    return np.concatenate(chosen)
 
 
-def linear_svc_predict(
-    train_features: Tensor,
-    train_labels: Tensor,
-    test_features: Tensor,
-    balanced: bool = False,
-    seed: int = 0,
-) -> Tensor:
-    """Temperature-Schedules protocol: scikit-learn LinearSVC on L2-normalised features.
-
-    ``balanced=False`` is "LT" (all training features), ``balanced=True`` is "FS" (a
-    balanced_subset drawn with a generator seeded by ``seed``). LinearSVC keeps its
-    defaults (C=1, squared hinge, one-vs-rest) with ``random_state=seed``. It runs on
-    the CPU; predictions come back on the test features' device.
-    """
+def ts_linear_svc(seed: int = TS_SEED) -> LinearSVC:
+    """scikit-learn's LinearSVC as the TS notebooks ran it: ``LinearSVC(random_state=42)`` under the 2022
+    defaults, every one pinned, among them dual=True (the liblinear dual solver; since scikit-learn 1.5
+    the default 'auto' takes the primal one when there are more samples than features)."""
     from sklearn.svm import LinearSVC  # scikit-learn is only needed for this protocol
 
-    if balanced:
-        generator = torch.Generator(device=train_labels.device).manual_seed(seed)
-        subset = balanced_subset(train_labels, generator)
-        train_features, train_labels = train_features[subset], train_labels[subset]
-    svc = LinearSVC(random_state=seed)
+    return LinearSVC(penalty="l2", loss="squared_hinge", dual=True, tol=1e-4, C=1.0, multi_class="ovr",
+                     fit_intercept=True, intercept_scaling=1, class_weight=None, verbose=0, random_state=seed,
+                     max_iter=1000)
+
+
+def linear_svc_predict(train_features: Tensor, train_labels: Tensor, test_features: Tensor,
+                       seed: int = TS_SEED) -> Tensor:
+    """Temperature-Schedules protocol: ``ts_linear_svc`` fitted on the L2-normalised training features in their
+    order (liblinear's result depends on it), predicting the L2-normalised test features.
+
+    It runs on the CPU; predictions come back on the test features' device.
+    """
+    svc = ts_linear_svc(seed)
     svc.fit(F.normalize(train_features.float(), dim=1).cpu().numpy(), train_labels.cpu().numpy())
     predictions = svc.predict(F.normalize(test_features.float(), dim=1).cpu().numpy())
     return torch.as_tensor(predictions, dtype=torch.long, device=test_features.device)

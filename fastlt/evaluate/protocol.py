@@ -29,11 +29,22 @@ from fastlt.data.splits import (
 )
 from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import extract_features
+from fastlt.evaluate.features import PaddedCropViews, extract_features
 from fastlt.evaluate.knn import knn_predict
 from fastlt.evaluate.plots import per_class_accuracy_plot
-from fastlt.evaluate.linear import LinearProbeConfig, linear_svc_predict, predict_linear, train_linear_probe
+from fastlt.evaluate.linear import (
+    TS_SEED,
+    LinearProbeConfig,
+    linear_svc_predict,
+    predict_linear,
+    train_linear_probe,
+    ts_few_shot_subset,
+    ts_linear_svc,
+)
 from fastlt.evaluate.sdclr_probe import SDCLRProbeConfig, train_fc_through_backbone
+from fastlt.evaluate.finetune import FinetuneConfig, finetune
+from fastlt.evaluate.lotar_probe import LoTaRProbeConfig, lotar_groups, lotar_scope, train_lotar_fc
+from fastlt.evaluate.supcon_probe import CROP_SCALE, SupConProbeConfig, train_linear_classifiers
 from fastlt.evaluate.report import (
     accuracy_report,
     check_report_free,
@@ -43,7 +54,8 @@ from fastlt.evaluate.report import (
 )
 from fastlt.files import file_digest
 from fastlt.methods import build_method
-from fastlt.recipe import EVAL_PROTOCOLS, EvalConfig, Recipe, recipe_from_dict, with_store_lists
+from fastlt.models.multi_exit import BackboneExit, EnsembleExit
+from fastlt.recipe import EVAL_PROTOCOLS, SEPARATE_PROTOCOLS, EvalConfig, Recipe, recipe_from_dict, with_store_lists
 from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_checkpoint, load_model_state, load_run_checkpoint
 from fastlt.train.device import PRECISION_TYPES
 from fastlt.train.progress import say
@@ -54,7 +66,8 @@ FULL = "full"
 @dataclass(frozen=True)
 class ProbeList:
     """A list of train-part samples: its file ("" = the whole part) and indices (sorted; the pretraining split
-    keeps its file order, so its checksum is the one the run recorded)."""
+    keeps its file order, so its checksum is the one the run recorded, and so does TS's FS list, whose order
+    the SVM sees)."""
 
     file: str
     indices: np.ndarray
@@ -173,8 +186,28 @@ def plan_evaluations(settings: EvalConfig, shots: tuple[str, ...], num_samples: 
             plans.append(Evaluation("sdclr", "few", [few], reports_dir /
                                     f"sdclr-linear-{split_name(settings.sdclr_few_shot_list)}{suffix}"))
     if "ts" in protocols:
-        plans.append(Evaluation("ts", FULL, [pretrain], reports_dir / f"ts-{split_name(pretrain.file)}{suffix}"))
-    return plans
+        fs = [ProbeList(settings.ts_few_shot_list, load_split(Path(settings.ts_few_shot_list), num_samples))] \
+            if settings.ts_few_shot_list else []  # the FS SVM's own list, in file order
+        plans.append(Evaluation("ts", FULL, [pretrain, *fs], reports_dir / f"ts-{split_name(pretrain.file)}{suffix}"))
+    return plans + separate_protocol_plans(settings, num_samples, held_out, reports_dir, suffix)
+
+
+def separate_protocol_plans(settings: EvalConfig, num_samples: int, held_out: ProbeList, reports_dir: Path,
+                            suffix: str) -> list[Evaluation]:
+    """The one evaluation a separate protocol asks for: supcon on the probe list; finetune on the probe list less
+    the held-out samples (there are some only when they pick its epoch); lotar on the whole train part, as
+    train_lincls.py trains on the whole balanced train set."""
+    if settings.protocol not in SEPARATE_PROTOCOLS:
+        return []
+    full = ProbeList(settings.train_split, np.sort(split_or_all(settings.train_split, num_samples)))
+    name = split_name(settings.train_split)
+    if settings.protocol == "supcon":
+        return [Evaluation("supcon", FULL, [full], reports_dir / f"supcon-linear-{name}{suffix}")]
+    if settings.protocol == "finetune":
+        fit = ProbeList(full.file, np.setdiff1d(full.indices, held_out.indices))
+        return [Evaluation("finetune", FULL, [fit], reports_dir / f"finetune-{name}{suffix}")]
+    whole = ProbeList("", np.arange(num_samples, dtype=np.int64))
+    return [Evaluation("lotar", FULL, [whole], reports_dir / f"lotar-linear-{split_name('')}{suffix}")]
 
 
 @dataclass(frozen=True)
@@ -189,6 +222,9 @@ class ProtocolInputs:
     autocast_dtype: torch.dtype | None
     train_images: np.ndarray  # the train part's uint8 NHWC images (a memory map): the SDCLR probe's input
     held_out: ProbeList
+    test_images: np.ndarray  # the test part's uint8 NHWC images: what fine-tuning and LoTaR's fc are scored on
+    train_counts: np.ndarray  # images per class in the pretraining split: LoTaR's own class groups
+    dataset: str  # the store's data set name: whether LoTaR's protocol is its reference's run or an analogue
 
 
 def bcl_probe_config(inputs: ProtocolInputs) -> LinearProbeConfig:
@@ -201,10 +237,12 @@ def bcl_probe_config(inputs: ProtocolInputs) -> LinearProbeConfig:
 def sdclr_probe_config(plan: Evaluation, inputs: ProtocolInputs) -> SDCLRProbeConfig:
     """SDCLR's fc training: 30 epochs full-shot (x0.1 at 1/3, 2/3), 100 on the few-shot list (x0.1 at 40%, 60%)."""
     s = inputs.settings
-    views = {"batch_size": s.sdclr_batch_size, "crop": s.sdclr_crop, "crop_size": s.center_crop, "seed": inputs.seed}
+    common = {"batch_size": s.sdclr_batch_size, "crop": s.sdclr_crop, "crop_size": s.center_crop, "seed": inputs.seed,
+              "lr_step": s.sdclr_lr_step, "select": s.sdclr_select}
     if plan.shots == FULL:
-        return SDCLRProbeConfig(epochs=s.sdclr_epochs, **views)
-    return SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6), **views)
+        return SDCLRProbeConfig(epochs=s.sdclr_epochs, val_every=s.sdclr_val_every, **common)
+    return SDCLRProbeConfig(epochs=s.sdclr_few_shot_epochs, decay_at=(0.4, 0.6), val_every=s.sdclr_few_shot_val_every,
+                            **common)
 
 
 def bcl_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str) -> dict[str, dict]:
@@ -219,24 +257,45 @@ def bcl_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix
     if plan.shots != FULL:
         return {f"{prefix}linear, {plan.shots}-shot": summarise_subsets([report(p) for p in plan.probe_lists])}
     rows = {f"{prefix}linear": report(plan.probe_lists[0])}
-    return rows | knn_rows(plan.probe_lists[0], bank, inputs, prefix)
+    return rows | knn_rows(*bank.of(plan.probe_lists[0].indices), bank, inputs, prefix)
 
 
-def knn_rows(memory: ProbeList, bank: FeatureBank, inputs: ProtocolInputs, prefix: str) -> dict[str, dict]:
-    """kNN@k for each ``eval.knn`` k with ``memory`` as the bank."""
-    x, y = bank.of(memory.indices)
-    return {f"{prefix}knn@{k}": accuracy_report(knn_predict(x, y, bank.test_features, k, inputs.num_classes),
-                                                bank.test_labels, inputs.num_classes, inputs.groups)
-            for k in inputs.settings.knn}
+def knn_rows(memory: Tensor, memory_labels: Tensor, bank: FeatureBank, inputs: ProtocolInputs,
+             prefix: str) -> dict[str, dict]:
+    """kNN@k for each ``eval.knn`` k with these features as the bank, ties settled by ``eval.knn_ties``."""
+    return {f"{prefix}knn@{k}": accuracy_report(
+        knn_predict(memory, memory_labels, bank.test_features, k, inputs.num_classes, inputs.settings.knn_ties),
+        bank.test_labels, inputs.num_classes, inputs.groups) for k in inputs.settings.knn}
 
 
-def ts_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str) -> dict[str, dict]:
-    """Temperature Schedules: kNN and the FS / LT LinearSVCs, all on the long-tailed pretraining split."""
+TS_CROP_PADDING = 4  # the CIFAR notebooks' training transform: RandomCrop(32, padding=4) + RandomHorizontalFlip
+
+
+def ts_split_features(memory: ProbeList, bank: FeatureBank, inputs: ProtocolInputs, backbone: nn.Module) -> Tensor:
+    """The split's features in file order: clean (the bank's) or, with ``eval.ts_train_views = "augmented"``, one
+    pass of RandomCrop(pad 4) + flip views drawn on the device from a generator seeded with the run's seed."""
+    if inputs.settings.ts_train_views == "clean":
+        return bank.of(memory.indices)[0]
+    generator = torch.Generator(device=inputs.device).manual_seed(inputs.seed)
+    views = PaddedCropViews.draw(len(memory.indices), TS_CROP_PADDING, generator)
+    return extract_features(backbone, np.ascontiguousarray(inputs.train_images[memory.indices]), inputs.device,
+                            autocast_dtype=inputs.autocast_dtype, center_crop=inputs.settings.center_crop, views=views)
+
+
+def ts_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str,
+            backbone: nn.Module) -> dict[str, dict]:
+    """Temperature Schedules as its notebooks run it: kNN and the LT LinearSVC on the split's features; the FS
+    LinearSVC on the notebooks' class-balanced subsample of them, or on ``eval.ts_few_shot_list`` (clean)."""
     memory = plan.probe_lists[0]
-    rows = knn_rows(memory, bank, inputs, prefix)
-    x, y = bank.of(memory.indices)
-    for name, balanced in (("svm FS", True), ("svm LT", False)):
-        predictions = linear_svc_predict(x, y, bank.test_features, balanced=balanced, seed=inputs.seed)
+    features, labels = ts_split_features(memory, bank, inputs, backbone), bank.of(memory.indices)[1]
+    rows = knn_rows(features, labels, bank, inputs, prefix)
+    if len(plan.probe_lists) > 1:
+        few_shot = bank.of(plan.probe_lists[1].indices)
+    else:
+        subset = torch.as_tensor(ts_few_shot_subset(labels.cpu().numpy(), inputs.num_classes), device=labels.device)
+        few_shot = features[subset], labels[subset]
+    for name, (x, y) in (("svm FS", few_shot), ("svm LT", (features, labels))):
+        predictions = linear_svc_predict(x, y, bank.test_features)
         rows[f"{prefix}{name}"] = accuracy_report(predictions, bank.test_labels, inputs.num_classes, inputs.groups)
     return rows
 
@@ -253,27 +312,157 @@ def sdclr_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, pref
                                       inputs.num_classes, config, inputs.autocast_dtype)
     predictions = predict_linear(probe.fc, bank.test_features)
     name = f"{prefix}linear" if plan.shots == FULL else f"{prefix}linear, few-shot"
-    record = {"best_epoch": probe.best_epoch, "held_out_accuracy": [round(a, 2) for a in probe.held_out_accuracy]}
+    record = {"best_epoch": probe.best_epoch,
+              "held_out_accuracy": {str(epoch): round(a, 2) for epoch, a in probe.held_out_accuracy.items()}}
     return {name: accuracy_report(predictions, bank.test_labels, inputs.num_classes, inputs.groups)}, record
+
+
+def on_device(images: np.ndarray, device: torch.device) -> Tensor:
+    """uint8 NHWC images (rows of a memory map, or a whole read-only one) as one tensor on the device."""
+    return torch.from_numpy(np.require(images, requirements=("C_CONTIGUOUS", "WRITEABLE"))).to(device)
+
+
+def supcon_probe_config(inputs: ProtocolInputs) -> SupConProbeConfig:
+    """SupCon's / SelfCon's classifier training as ``eval.supcon_*`` sets it; the views as large as the test views."""
+    s = inputs.settings
+    return SupConProbeConfig(epochs=s.supcon_epochs, lr=s.supcon_lr, weight_decay=s.supcon_weight_decay,
+                             batch_size=s.supcon_batch_size, decay_epochs=s.supcon_decay_epochs,
+                             decay_rate=s.supcon_decay_rate, size=s.center_crop or inputs.train_images.shape[1],
+                             seed=inputs.seed)
+
+
+def supcon_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str,
+                backbone: nn.Module) -> tuple[dict[str, dict], dict[str, Any]]:
+    """SupCon / SelfCon: linear classifiers on augmented views through the frozen encoder, each row at its best test
+    epoch; a multi-exit encoder's backbone exit also gets the sub-network's classifier and their ensemble
+    (SelfCon's --subnet, ``eval.supcon_subnet``). Plus every row's best epoch and per-epoch test accuracy."""
+    s, probe_list = inputs.settings, plan.probe_lists[0]
+    _, labels = bank.of(probe_list.indices)
+    if isinstance(backbone, BackboneExit) and s.supcon_subnet:
+        encoder = EnsembleExit(backbone.encoder)  # [sub-network features | backbone features]
+        width = backbone.feature_dim
+        heads, ensemble = {"sub-network linear": width, "linear": width}, "ensemble linear"
+        test_features = extract_features(encoder, np.asarray(inputs.test_images), inputs.device,
+                                         autocast_dtype=inputs.autocast_dtype, center_crop=s.center_crop)
+    else:
+        encoder, heads, ensemble, test_features = backbone, {"linear": bank.test_features.shape[1]}, "", \
+            bank.test_features
+    results = train_linear_classifiers(encoder, on_device(inputs.train_images[probe_list.indices], inputs.device),
+                                       labels, test_features, bank.test_labels, heads, inputs.num_classes,
+                                       supcon_probe_config(inputs), ensemble, inputs.autocast_dtype)
+    names = [name for name in ("linear", "sub-network linear", "ensemble linear") if name in results]
+    rows = {f"{prefix}{name}": accuracy_report(results[name].predictions, bank.test_labels, inputs.num_classes,
+                                               inputs.groups) for name in names}
+    record = {name: {"best_epoch": results[name].best_epoch,
+                     "test_accuracy": [round(a, 2) for a in results[name].test_accuracy]} for name in names}
+    return rows, record
+
+
+def finetune_config(inputs: ProtocolInputs) -> FinetuneConfig:
+    """FlatCLR's fine-tuning as ``eval.finetune_*`` sets it."""
+    s = inputs.settings
+    return FinetuneConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, weight_decay=s.finetune_weight_decay,
+                          batch_size=s.finetune_batch_size, patience=s.finetune_patience,
+                          batch_norm=s.finetune_batch_norm, center_crop=s.center_crop, seed=inputs.seed)
+
+
+def finetune_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str,
+                  backbone: nn.Module) -> tuple[dict[str, dict], dict[str, Any]]:
+    """FlatCLR: a copy of the backbone and a new fc trained together; the test accuracy of the epoch the test set
+    (or, with ``eval.finetune_select = "held-out"``, the held-out list) picks. Plus that epoch and every epoch's
+    selection accuracy."""
+    fit = plan.probe_lists[0]
+    _, labels = bank.of(fit.indices)
+    held_out = None
+    if inputs.settings.finetune_select == "held-out":
+        held_out = on_device(inputs.train_images[inputs.held_out.indices], inputs.device), \
+            bank.of(inputs.held_out.indices)[1]
+    result = finetune(backbone, on_device(inputs.train_images[fit.indices], inputs.device), labels,
+                      on_device(inputs.test_images, inputs.device), bank.test_labels, bank.test_features.shape[1],
+                      inputs.num_classes, finetune_config(inputs), held_out, inputs.autocast_dtype)
+    row = accuracy_report(result.predictions, bank.test_labels, inputs.num_classes, inputs.groups)
+    return {f"{prefix}finetune": row}, {"best_epoch": result.best_epoch,
+                                         "epochs_run": len(result.selection_accuracy),
+                                         "selection_accuracy": [round(a, 2) for a in result.selection_accuracy]}
+
+
+def lotar_probe_config(inputs: ProtocolInputs) -> LoTaRProbeConfig:
+    """LoTaR's fc training as ``eval.lotar_*`` sets it."""
+    s = inputs.settings
+    return LoTaRProbeConfig(epochs=s.lotar_epochs, lr=s.lotar_lr, batch_size=s.lotar_batch_size, stem=s.lotar_stem,
+                            center_crop=s.center_crop, seed=inputs.seed)
+
+
+def lotar_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str,
+               backbone: nn.Module) -> tuple[dict[str, dict], dict[str, Any]]:
+    """LoTaR: a fresh fc on a copy of the backbone held in train mode, on the whole train part unaugmented; the last
+    epoch's test accuracy with LoTaR's own many / medium / few. Plus those groups."""
+    whole = plan.probe_lists[0]
+    _, labels = bank.of(whole.indices)
+    probe = train_lotar_fc(backbone, on_device(inputs.train_images[whole.indices], inputs.device), labels,
+                           np.asarray(inputs.test_images), bank.test_features.shape[1], inputs.num_classes,
+                           lotar_probe_config(inputs), inputs.autocast_dtype)
+    groups = lotar_groups(inputs.train_counts)
+    row = accuracy_report(probe.predictions, bank.test_labels, inputs.num_classes, groups)
+    return {f"{prefix}linear": row}, {"groups": {name: ids.tolist() for name, ids in groups.items()}}
+
+
+ROWS_THROUGH_BACKBONE = {"sdclr": sdclr_rows, "supcon": supcon_rows, "finetune": finetune_rows, "lotar": lotar_rows}
+
+
+def separate_protocol_record(plan: Evaluation, inputs: ProtocolInputs) -> dict[str, Any]:
+    """The settings a supcon, finetune or lotar report's numbers came from."""
+    s = inputs.settings
+    if plan.protocol == "supcon":
+        return {"name": "supcon-linear", "classifier": vars(supcon_probe_config(inputs)),
+                "views": f"RandomResizedCrop(scale {CROP_SCALE[0]}..{CROP_SCALE[1]}, bilinear) + flip",
+                "init": "nn.Linear's default", "reported": "each row's best test epoch (main_linear.py best_acc)",
+                "subnet": s.supcon_subnet, "ensemble": "mean of the two classifiers' logits", "groups": s.groups}
+    if plan.protocol == "finetune":
+        record = {"name": "finetune", "finetune": vars(finetune_config(inputs)), "select": s.finetune_select,
+                  "views": "unaugmented", "reported": f"the test accuracy of the best {s.finetune_select} epoch",
+                  "groups": s.groups}
+        return record | ({"held_out": inputs.held_out.record()} if s.finetune_select == "held-out" else {})
+    return {"name": "lotar-linear", "fc": vars(lotar_probe_config(inputs)),
+            "optimizer": "Adam (betas 0.9, 0.999), no weight decay", "views": "unaugmented",
+            "model_mode": "train while the fc trains (batch statistics; the running statistics move), eval to test",
+            "reported": "the last epoch", "scope": lotar_scope(inputs.dataset),
+            "groups": "train_lincls.py's: classes by pretraining count, largest first; C // 3 many, C // 3 few, "
+                      "the rest medium"}
 
 
 HEADLINES = {"ts": "class_mean"}  # the Temperature-Schedules papers report mean per-class accuracy
 PROTOCOL_TITLES = {"bcl": "BCL linear probe", "sdclr": "SDCLR linear protocol",
-                   "ts": "Temperature-Schedules protocol (kNN, LinearSVC)"}
+                   "ts": "Temperature-Schedules protocol (kNN, LinearSVC)",
+                   "supcon": "SupCon / SelfCon linear evaluation (main_linear.py)",
+                   "finetune": "FlatCLR fine-tuning (fine_tune.py)",
+                   "lotar": "LoTaR linear evaluation (train_lincls.py)"}
 
 
 def protocol_record(plan: Evaluation, inputs: ProtocolInputs) -> dict[str, Any]:
     """The settings a report's numbers came from."""
     s = inputs.settings
+    if plan.protocol in SEPARATE_PROTOCOLS:
+        return separate_protocol_record(plan, inputs)
     if plan.protocol == "bcl":
-        return {"name": "bcl-linear", "linear": vars(bcl_probe_config(inputs)), "knn": list(s.knn), "groups": s.groups}
+        config = bcl_probe_config(inputs)
+        return {"name": "bcl-linear", "linear": {**vars(config), "gamma": (config.final_lr / config.lr) **
+                                                 (1 / config.epochs)},
+                "knn": list(s.knn), "knn_ties": s.knn_ties, "groups": s.groups}
     if plan.protocol == "sdclr":
         config = sdclr_probe_config(plan, inputs)
-        return {"name": "sdclr-linear", "fc": {**vars(config), "milestones": config.milestones},
+        return {"name": "sdclr-linear", "fc": {**vars(config), "milestones": config.milestones,
+                                               "init": "weight N(0, 0.01), bias 0"},
                 "held_out": inputs.held_out.record(), "groups": s.groups}
-    return {"name": "ts", "knn": list(s.knn), "svm": "LinearSVC defaults on L2-normalised features; FS on a "
-            "class-balanced subsample (smallest class count)", "seed": inputs.seed, "groups": s.groups,
-            "overall": "class_mean is the TS papers' kNN metric"}
+    views = (f"one pass of RandomCrop(pad {TS_CROP_PADDING}) + horizontal flip, seed {inputs.seed}"
+             if s.ts_train_views == "augmented" else "clean")
+    few_shot = ("eval.ts_few_shot_list (clean features, file order)" if len(plan.probe_lists) > 1 else
+                f"class-balanced subsample of the split (numpy seed {TS_SEED}, per-class shuffle, as many per class "
+                "as the smallest class)")
+    return {"name": "ts", "knn": list(s.knn), "knn_ties": s.knn_ties, "split_features": views,
+            "svm": {"LinearSVC": ts_linear_svc().get_params(), "features": "L2-normalised", "FS": few_shot,
+                    "LT": "the whole split"},
+            "seed": inputs.seed, "groups": s.groups, "overall": "class_mean is the TS papers' kNN metric"}
 
 
 def mean_per_class(subsets: list[list[float | None]]) -> list[float | None]:
@@ -319,7 +508,9 @@ def linear_eval(
     run_dir = run_folder_of(checkpoint)
     suffix = "" if checkpoint.name == LAST else f"-{checkpoint.stem}"
     suffix += "" if settings.exit == "backbone" else f"-{settings.exit}-exit"
-    held_out = held_out_list(settings, pretrain.indices, num_samples) if settings.protocol in ("sdclr", "all") \
+    picks_epochs = settings.protocol in ("sdclr", "all") or (settings.protocol == "finetune"
+                                                              and settings.finetune_select == "held-out")
+    held_out = held_out_list(settings, pretrain.indices, num_samples) if picks_epochs \
         else ProbeList("", np.zeros(0, dtype=np.int64))
     plans = plan_evaluations(settings, shots, num_samples, pretrain, held_out, out_dir or run_dir / "eval", suffix)
     for plan in plans:
@@ -337,7 +528,8 @@ def linear_eval(
     train_counts = class_counts(pretrain_indices, train_part.labels, store.num_classes)
     groups = class_groups(train_counts, settings.groups)
     inputs = ProtocolInputs(settings, store.num_classes, groups, recipe.train.seed, device,
-                            PRECISION_TYPES[precision][0], train_part.images, held_out)
+                            PRECISION_TYPES[precision][0], train_part.images, held_out, test_part.images,
+                            train_counts, store.name)
     needed = np.unique(np.concatenate([held_out.indices] + [p.indices for plan in plans for p in plan.probe_lists]))
     train_labels = torch.as_tensor(train_part.labels[needed], device=device)
     test_labels = torch.as_tensor(np.asarray(test_part.labels), device=device)
@@ -364,9 +556,9 @@ def linear_eval(
             if plan.protocol == "bcl":
                 rows[plan.key] |= bcl_rows(plan, bank, inputs, prefix)
             elif plan.protocol == "ts":
-                rows[plan.key] |= ts_rows(plan, bank, inputs, prefix)
+                rows[plan.key] |= ts_rows(plan, bank, inputs, prefix, module)
             else:
-                found, record = sdclr_rows(plan, bank, inputs, prefix, module)
+                found, record = ROWS_THROUGH_BACKBONE[plan.protocol](plan, bank, inputs, prefix, module)
                 rows[plan.key] |= found
                 extra[plan.key][f"{prefix}fc"] = record
         timings[f"{prefix or 'pretrained '}seconds"] = round(time.perf_counter() - started, 2)
@@ -390,8 +582,8 @@ def linear_eval(
         if plan.protocol == "bcl" and plan.shots != FULL:
             what = f"{plan.shots}-shot, mean over {len(plan.probe_lists)} subsets"
         else:
-            what = {"ts": "long-tailed split", "sdclr": "full-shot" if plan.shots == FULL else "few-shot"}.get(
-                plan.protocol, "full-shot")
+            what = {"ts": "long-tailed split", "sdclr": "full-shot" if plan.shots == FULL else "few-shot",
+                    "lotar": lotar_scope(store.name)}.get(plan.protocol, "full-shot")
         exit = "" if settings.exit == "backbone" else f", {settings.exit} exit"
         title = (f"{run_dir.name}: {recipe.method.name}, epoch {payload['epoch']}{exit}, "
                  f"{PROTOCOL_TITLES[plan.protocol]} ({what})")

@@ -18,7 +18,7 @@ from fastlt.methods.contrast import SAMPLE_WEIGHTS, TEMPERATURE_SCHEDULES, Contr
 from fastlt.methods.sdclr import SDCLR
 from fastlt.methods.selfcon import SelfCon
 from fastlt.methods.simclr import SimCLR
-from fastlt.models.heads import mlp_head, projector
+from fastlt.models.heads import lotar_head, mlp_head, projector
 from fastlt.models.multi_exit import MultiExitEncoder
 from fastlt.models.resnet import build_resnet
 from fastlt.models.self_damaging import (
@@ -29,8 +29,8 @@ from fastlt.models.self_damaging import (
 from fastlt.objectives import OBJECTIVES, load_objective_plugins
 from fastlt.recipe import Recipe
 
-__all__ = ["Axes", "ContrastiveMethod", "INCOMPATIBLE", "PRESETS", "StepContext", "StepOutput", "axis_choices",
-           "build_method", "build_views", "resolve_axes"]
+__all__ = ["Axes", "ContrastiveMethod", "INCOMPATIBLE", "PRESETS", "StepContext", "StepOutput", "VIEW_FORWARD_CONFLICTS",
+           "axis_choices", "build_method", "build_views", "resolve_axes"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ def axis_choices() -> dict[str, tuple[str, ...]]:
     """The choices on every axis; the objectives include those registered by other packages."""
     load_objective_plugins()
     return {
-        "encoder": ("plain", "self-damaging", "multi-exit"),
+        "encoder": ("plain", "self-damaging", "multi-exit", "multi-exit-multiview"),
         "view_strength": ("fixed", *MAPPINGS),
         "objective": tuple(OBJECTIVES),
         "temperature_schedule": TEMPERATURE_SCHEDULES,
@@ -69,6 +69,8 @@ PRESETS: dict[str, Axes] = {
     "supcon": Axes(objective="supcon"),
     "selfcon": Axes(encoder="multi-exit", objective="supcon"),
     "selfcon-su": Axes(encoder="multi-exit", objective="supcon-unsupervised"),
+    "selfcon-m": Axes(encoder="multi-exit-multiview", objective="supcon"),
+    "selfcon-mu": Axes(encoder="multi-exit-multiview", objective="supcon-unsupervised"),
 }
 
 # Choices that exist on their axes but cannot meet: (axis, choice, axis, choice, why).
@@ -77,7 +79,21 @@ INCOMPATIBLE = (
      "LoTaR weights a sample by the distance between its two augmented views, and a multi-exit encoder sees one view"),
     ("encoder", "multi-exit", "view_strength", "bcl-d",
      "BCL-D draws one uniform U per sample shared by its two augmented views, and a multi-exit encoder sees one view"),
+    ("encoder", "multi-exit-multiview", "sample_weights", "lotar",
+     "LoTaR weights a sample by the distance between its two views' embeddings, and SelfCon-M's loss pairs the "
+     "exits of each view"),
 )
+
+
+# method.view_forward values an encoder cannot take: (encoder, value) -> why.
+VIEW_FORWARD_CONFLICTS = {
+    ("self-damaging", "joint"): "its views go through different branches (view 1 dense, view 2 pruned), one forward "
+                                "each; leave it empty",
+    ("multi-exit", "joint"): "a multi-exit encoder sees one view; leave it empty",
+    ("multi-exit", "separate"): "a multi-exit encoder sees one view; leave it empty",
+    ("multi-exit-multiview", "separate"): "SelfCon-M forwards its two views as one batch (SelfCon's "
+                                          "main_represent.py:344); leave it empty",
+}
 
 
 def resolve_axes(recipe: Recipe) -> Axes:
@@ -92,6 +108,10 @@ def resolve_axes(recipe: Recipe) -> Axes:
     for axis_a, choice_a, axis_b, choice_b, why in INCOMPATIBLE:
         if chosen[axis_a] == choice_a and chosen[axis_b] == choice_b:
             raise FastltError(f"method: {axis_a} {choice_a!r} cannot be combined with {axis_b} {choice_b!r}: {why}")
+    why = VIEW_FORWARD_CONFLICTS.get((chosen["encoder"], config.view_forward))
+    if why:
+        raise FastltError(f"method.view_forward: {config.view_forward!r} does not apply to the {chosen['encoder']} "
+                          f"encoder: {why}")
     return dataclasses.replace(PRESETS[config.name], **chosen)
 
 
@@ -101,8 +121,10 @@ def build_views(recipe: Recipe, boost: MemorisationBoost | None = None) -> SimCL
 
 
 def build_head(recipe: Recipe, in_dim: int) -> nn.Module:
-    """The recipe's head: SimCLR's batch-normed projector or SupCon's plain MLP."""
+    """The recipe's head: SimCLR's batch-normed projector, SupCon's plain MLP or LoTaR's fc + MLP."""
     m = recipe.model
+    if m.head == "lotar":
+        return lotar_head(in_dim, m.fc_dim, m.projector_hidden, m.projector_out, m.projector_layers)
     make = projector if m.head == "projector" else mlp_head
     return make(in_dim, m.projector_hidden, m.projector_out, m.projector_layers)
 
@@ -121,14 +143,15 @@ def build_method(recipe: Recipe, num_samples: int, sample_groups: Tensor | None 
     views = build_views(recipe, boost)
     contrast = ContrastiveLoss(axes.objective, c.temperature, axes.temperature_schedule,
                                (c.temperature_min, c.temperature_max, c.temperature_period),
-                               axes.sample_weights, c.lotar_sign)
+                               axes.sample_weights, c.lotar_sign, c.contrast_mode)
     if axes.encoder == "plain":
         backbone = build_resnet(m.arch, stem=m.stem, width=m.width)
-        return SimCLR(views, backbone, build_head(recipe, backbone.feature_dim), contrast, boost)
-    if axes.encoder == "multi-exit":
+        return SimCLR(views, backbone, build_head(recipe, backbone.feature_dim), contrast, boost,
+                      separate_views=c.view_forward == "separate")
+    if axes.encoder in ("multi-exit", "multi-exit-multiview"):
         encoder = MultiExitEncoder(build_resnet(m.arch, stem=m.stem, width=m.width), m.exit_after, m.subnetwork)
         return SelfCon(views, encoder, build_head(recipe, encoder.feature_dim), build_head(recipe, encoder.feature_dim),
-                       contrast, boost)
+                       contrast, boost, num_views=2 if axes.encoder == "multi-exit-multiview" else 1)
     if m.head != "projector":
         raise FastltError("model.head: the self-damaging encoder needs 'projector' (its batch norms are doubled "
                           f"per branch), got {m.head!r}")

@@ -1,6 +1,7 @@
-"""SelfCon: one augmented view, contrasted across the exits of a multi-exit encoder (docs/selfcon.md)."""
+"""SelfCon: augmented views contrasted across the exits of a multi-exit encoder (docs/selfcon.md)."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
@@ -8,21 +9,22 @@ from fastlt.errors import FastltError
 from fastlt.methods.base import ContrastiveMethod
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
-from fastlt.models.multi_exit import EnsembleExit, MultiExitEncoder, SubnetworkExit
+from fastlt.models.multi_exit import BackboneExit, EnsembleExit, MultiExitEncoder, SubnetworkExit
 from fastlt.recipe import EVAL_EXITS
 
 
-
 class SelfCon(ContrastiveMethod):
-    """Each image is augmented once; its sub-network and backbone embeddings are the loss's two "views".
+    """Each image is augmented ``num_views`` times; the sub-network's and the backbone's embeddings are the
+    loss's two "views".
 
-    Every exit has its own head. With the supervised SupCon objective an anchor's positives
+    One view (SelfCon, SelfCon-SU): with the supervised SupCon objective an anchor's positives
     are the other embeddings of its class at both exits; with the unsupervised one, its own
-    image at the other exit. Any two-view objective, temperature schedule or BCL-I view
-    strength composes with it; LoTaR and BCL-D need two augmented views and are refused.
+    image at the other exit. Two views (SelfCon-M, SelfCon-MU, SelfCon's ``--multiview``): both
+    views go through the encoder as one batch, and each (image, view) is a sample of its own
+    with its two exits, as SelfCon's main_represent.py:293-303 stacks them: SelfCon-M's
+    positives are the class at both exits of both views; SelfCon-MU's only the same view at
+    the other exit, so the image's other view is a negative. Every exit has its own head.
     """
-
-    num_views = 1
 
     def __init__(
         self,
@@ -32,8 +34,12 @@ class SelfCon(ContrastiveMethod):
         head: nn.Module,
         contrast: ContrastiveLoss,
         boost: MemorisationBoost | None = None,
+        num_views: int = 1,
     ):
         super().__init__(views, contrast, boost)
+        if num_views not in (1, 2):
+            raise FastltError(f"SelfCon: one or two views per image, got {num_views}")
+        self.num_views = num_views
         self.encoder = encoder
         self.subnetwork_head = subnetwork_head
         self.head = head
@@ -42,9 +48,14 @@ class SelfCon(ContrastiveMethod):
     def backbone(self) -> nn.Module:
         return self.encoder.backbone
 
-    def forward(self, view: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        subnetwork, backbone = self.encoder(view)
-        return self.contrast(self.subnetwork_head(subnetwork), self.head(backbone), labels)
+    def forward(self, *views_and_labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(view, labels) or (view 1, view 2, labels) -> (loss, per-sample loss [B])."""
+        *views, labels = views_and_labels
+        subnetwork, backbone = self.encoder(torch.cat(views) if len(views) > 1 else views[0])
+        sub, main = self.subnetwork_head(subnetwork), self.head(backbone)
+        if len(views) > 1:  # view-major rows [V B, D] -> [B, V, D]: the loss takes each (image, view) as a sample
+            sub, main = (z.unflatten(0, (len(views), -1)).transpose(0, 1) for z in (sub, main))
+        return self.contrast(sub, main, labels)
 
     def feature_extractor(self, exit: str = "backbone") -> nn.Module:
         """The backbone exit (default), the sub-network exit, or both exits' features concatenated."""
@@ -52,4 +63,4 @@ class SelfCon(ContrastiveMethod):
             raise FastltError(f"eval.exit: expected one of {list(EVAL_EXITS)}, got {exit!r}")
         if exit == "sub-network":
             return SubnetworkExit(self.encoder)
-        return EnsembleExit(self.encoder) if exit == "ensemble" else self.encoder.backbone
+        return EnsembleExit(self.encoder) if exit == "ensemble" else BackboneExit(self.encoder)

@@ -44,3 +44,11 @@ def mlp_head(in_dim: int, hidden_dim: int = 512, out_dim: int = 128, num_layers:
         dim = hidden_dim
     layers.append(nn.Linear(dim, out_dim))
     return nn.Sequential(*layers)
+
+
+def lotar_head(in_dim: int, fc_dim: int, hidden_dim: int = 128, out_dim: int = 128,
+               num_layers: int = 2) -> nn.Sequential:
+    """LoTaR's head: the backbone's fc Linear(in_dim, fc_dim) with bias (andrew15818/SimCLR models/resnet.py:168),
+    then its projector, ``mlp_head`` (models/model.py:12-16: Linear ReLU Linear), with no nonlinearity
+    between the two and no batch norm. Linear evaluation keeps the pooled features before the fc."""
+    return nn.Sequential(nn.Linear(in_dim, fc_dim), *mlp_head(fc_dim, hidden_dim, out_dim, num_layers))

@@ -59,6 +59,19 @@ class MultiExitEncoder(nn.Module):
         return self.subnetwork(tapped), torch.flatten(b.pool(last), 1)
 
 
+class BackboneExit(nn.Module):
+    """Linear evaluation's view of the backbone exit: images -> the backbone's features. It keeps the encoder, so an
+    evaluation that also wants the sub-network exit (SelfCon's --subnet) can reach it."""
+
+    def __init__(self, encoder: MultiExitEncoder):
+        super().__init__()
+        self.encoder = encoder
+        self.feature_dim = encoder.feature_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.encoder.backbone(x)
+
+
 class SubnetworkExit(nn.Module):
     """Linear evaluation's view of the sub-network exit: images -> its features."""
 

@@ -9,6 +9,8 @@ the branch; torch.compile guards on it and keeps one graph per branch.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -65,25 +67,25 @@ def prunable_convolutions(module: nn.Module) -> list[MaskedConv2d]:
 
 @torch.no_grad()
 def update_masks(convolutions: list[MaskedConv2d], ratio: float) -> float:
-    """Global magnitude pruning: keep |w| >= the ratio-quantile of all prunable |w|; return the sparsity.
+    """Global magnitude pruning as SDCLR computes it; set every mask and return the sparsity.
 
-    The threshold is the k-th smallest |w| with k = floor(ratio * n) + 1 over the n
-    prunable weights (so exactly floor(ratio * n) weights fall below it when values are
-    distinct). kthvalue is used instead of torch.quantile, which refuses inputs above
-    16M elements (ResNet-50 has 23.5M convolution weights).
+    Over the n prunable weights, the threshold is the |w| at 0-based position
+    k = min(ceil(ratio * n), n - 1) of the sorted magnitudes, and a weight is kept where
+    |w| >= threshold (SDCLR prune/mask.py:50-62). So exactly ceil(ratio * n) weights are
+    pruned when the magnitudes are distinct, and every weight tied with the threshold is
+    kept. ``ratio * n`` is a float64 product, as NumPy 1.x (SDCLR's) promotes it. kthvalue
+    picks the same element as the sort without sorting; torch.quantile is not an option,
+    as it refuses more than 16M elements (ResNet-50 has 23.5M convolution weights).
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"pruning ratio must be in [0, 1), got {ratio}")
     magnitudes = torch.cat([conv.weight.detach().abs().flatten().float() for conv in convolutions])
-    k = int(ratio * magnitudes.numel())
-    if k == 0:
-        threshold = magnitudes.new_tensor(float("-inf"))
-    else:
-        threshold = magnitudes.kthvalue(k + 1).values
+    count = magnitudes.numel()
+    position = min(math.ceil(ratio * count), count - 1)
+    threshold = magnitudes.kthvalue(position + 1).values
     for conv in convolutions:
         conv.mask.copy_(conv.weight.detach().abs() >= threshold)
-    return float((magnitudes < threshold).sum()) / magnitudes.numel()
-
+    return float((magnitudes < threshold).sum()) / count
 
 
 def mask_sparsity(convolutions: list[MaskedConv2d]) -> float:

@@ -12,7 +12,7 @@ uninterrupted one), for the kNN accuracy of the backbone's features:
   the run's autocast (``fastlt.evaluate.features.extract_features``, which restores every
   module's train flag); one pass over the memory and the queries together;
 - k: the first ``eval.knn`` value (1 if the list is empty), voting as ``linear-eval`` does
-  (``fastlt.evaluate.knn.knn_predict``);
+  (``fastlt.evaluate.knn.knn_predict``, ties settled by ``eval.knn_ties``);
 - numbers: ``fastlt.evaluate.report.accuracy_report`` with the split's class groups
   (``eval.groups``). ``monitor_knn`` is the mean per-class accuracy: on a class-balanced
   held-out list (the CIFAR val lists) it equals the fraction of queries right, and on an
@@ -51,7 +51,8 @@ class Monitor:
     """kNN accuracy of the current backbone on held-out images, overall and per class group."""
 
     def __init__(self, images: Tensor, labels: Tensor, memory_size: int, num_classes: int,
-                 groups: dict[str, np.ndarray], k: int, exit: str, every: int, last_epoch: int, batch_size: int):
+                 groups: dict[str, np.ndarray], k: int, exit: str, every: int, last_epoch: int, batch_size: int,
+                 ties: str = "lowest-class"):
         if not 1 <= k <= memory_size:
             raise FastltError(f"eval.knn: the monitor's k = {k} must be in [1, {memory_size}] "
                               "(the pretraining split's size)")
@@ -65,6 +66,7 @@ class Monitor:
         self.every = every
         self.last_epoch = last_epoch
         self.batch_size = batch_size
+        self.ties = ties
 
     @classmethod
     def for_recipe(cls, recipe: Recipe, part: StorePart, pretrain_indices: np.ndarray, num_classes: int,
@@ -81,7 +83,7 @@ class Monitor:
         return cls(images.to(device),
                    torch.from_numpy(labels[rows].astype(np.int64)).to(device), len(pretrain_indices), num_classes,
                    groups, recipe.eval.knn[0] if recipe.eval.knn else 1, recipe.eval.exit,
-                   recipe.train.monitor_every, recipe.train.epochs, 2 * recipe.train.batch_size)
+                   recipe.train.monitor_every, recipe.train.epochs, 2 * recipe.train.batch_size, recipe.eval.knn_ties)
 
     @property
     def label(self) -> str:
@@ -101,7 +103,8 @@ class Monitor:
         features = extract_features(method.feature_extractor(self.exit), self.images, self.images.device,
                                     batch_size=self.batch_size, autocast_dtype=autocast_dtype)
         memory, queries = features[: self.memory_size], features[self.memory_size:]
-        predictions = knn_predict(memory, self.labels[: self.memory_size], queries, self.k, self.num_classes)
+        predictions = knn_predict(memory, self.labels[: self.memory_size], queries, self.k, self.num_classes,
+                                  self.ties)
         report = accuracy_report(predictions, self.labels[self.memory_size:], self.num_classes, self.groups)
         values = [report["class_mean"], *(report.get(name) for name in GROUP_NAMES)]
         record: dict[str, Any] = {key: None if value is None else round(value, 2)

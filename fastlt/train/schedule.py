@@ -1,18 +1,25 @@
-"""Per-iteration learning rate: linear warm-up from 0, then cosine decay to a floor."""
+"""Per-iteration learning rate: the reference repositories' linear warm-up from 0, then cosine decay to a floor.
+
+Every reference drives a ``LambdaLR`` over the same ``cosine_annealing`` function (BCL utils.py:50,
+SDCLR and TS train_simCLR.py, LoTaR train.py:70, FlatCLR optimizer/cos_anneal.py:3); they differ
+only in whether ``scheduler.step()`` runs before the optimiser step (SDCLR, BCL, TS: step i runs at
+the schedule's position i + 1) or after it (LoTaR, FlatCLR: step i runs at position i, so the first
+step is at lr 0). ``offset`` is that difference (docs/simclr.md).
+"""
 from __future__ import annotations
 
 import math
 
 
-def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, final_lr: float) -> float:
-    """Learning rate for 0-based optimiser step ``step`` of ``total_steps``.
+def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, final_lr: float,
+                     offset: int = 1) -> float:
+    """Learning rate of 0-based optimiser step ``step`` of ``total_steps``: the schedule at t = step + offset.
 
-    Warm-up: base_lr * (step + 1) / warmup_steps for the first warmup_steps steps (so the
-    first step already moves and the last warm-up step reaches base_lr). Then cosine from
-    base_lr at step warmup_steps to final_lr at the last step.
+    t < W: base_lr * t / W; then final_lr + (base_lr - final_lr) (1 + cos(pi (t - W) / (T - W))) / 2,
+    so t = W is the peak and t = T the floor (with offset 1 the last step; with offset 0 one step short of it).
     """
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
-    decay_steps = max(total_steps - warmup_steps - 1, 1)
-    progress = min((step - warmup_steps) / decay_steps, 1.0)
-    return final_lr + 0.5 * (base_lr - final_lr) * (1.0 + math.cos(math.pi * progress))
+    t = step + offset
+    if t < warmup_steps:
+        return base_lr * t / warmup_steps
+    progress = (t - warmup_steps) / max(total_steps - warmup_steps, 1)
+    return final_lr + (base_lr - final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))

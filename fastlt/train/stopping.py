@@ -3,14 +3,16 @@ that records where in the epoch the run stopped is written, and the process exit
 
 The handlers only set a flag, which the training loop reads after every step, so a step,
 a BCL memory update or a checkpoint write is never cut in half. A second signal while
-stopping raises KeyboardInterrupt at once (checkpoint writes are atomic, so even that
-leaves the last complete checkpoint in place).
+stopping raises SecondSignal (a KeyboardInterrupt) at once (checkpoint writes are atomic, so
+even that leaves the last complete checkpoint in place).
 """
 from __future__ import annotations
 
 import signal
 import threading
 from types import FrameType
+
+from fastlt.errors import SecondSignal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -33,7 +35,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name} while stopping")
+            raise SecondSignal(signal.Signals(signum).name, signum)
         self.signal = signum
 
     def __enter__(self) -> StopRequest:

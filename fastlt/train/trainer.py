@@ -54,6 +54,7 @@ from fastlt.train.monitor import Monitor, TensorBoardLog, require_tensorboard
 from fastlt.train.progress import Progress, say
 from fastlt.train.resume import check_recipe_change
 from fastlt.train.runinfo import run_record
+from fastlt.train.lars import Lars
 from fastlt.train.schedule import warmup_cosine_lr
 from fastlt.train.stopping import StopRequest
 
@@ -101,23 +102,25 @@ class RunState:
     ranks: Ranks = Ranks()  # this process's place among the run's processes
 
 
-def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool) -> list[dict[str, Any]]:
-    """One group, or two when BN parameters and biases (all 1-D tensors) are excluded from decay."""
+def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool,
+                     excluded: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One group, or two when BN parameters and biases (all 1-D tensors) are excluded from decay; the
+    excluded group also takes the optimiser options in ``excluded`` (LARS: no trust ratio)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not exclude_bn_bias:
         return [{"params": params, "weight_decay": weight_decay}]
     decayed = [p for p in params if p.ndim > 1]
     undecayed = [p for p in params if p.ndim <= 1]
-    return [{"params": decayed, "weight_decay": weight_decay}, {"params": undecayed, "weight_decay": 0.0}]
+    return [{"params": decayed, "weight_decay": weight_decay},
+            {"params": undecayed, "weight_decay": 0.0, **(excluded or {})}]
 
 
 def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    """SGD, or timm's LARS (a maintained implementation; it skips the trust ratio where weight decay is 0)."""
-    groups = parameter_groups(model, o.weight_decay, o.exclude_bn_bias)
+    """SGD, or fastlt's LARS (LoTaR's and FlatCLR's; excluded batch norm and biases take no trust ratio)."""
     if o.name == "lars":
-        from timm.optim import Lars  # imported here: only LARS recipes pay for timm's import
-
-        return Lars(groups, lr=o.lr, momentum=o.momentum, trust_coeff=o.lars_trust)
+        groups = parameter_groups(model, o.weight_decay, o.exclude_bn_bias, {"adapt": False})
+        return Lars(groups, lr=o.lr, momentum=o.momentum, eta=o.lars_trust, denominator=o.lars_denominator)
+    groups = parameter_groups(model, o.weight_decay, o.exclude_bn_bias)
     return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, foreach=device.type == "cuda" or None)
 
 
@@ -236,6 +239,7 @@ def recorded_hardware(recipe: Recipe, recorded: dict[str, Any], device: torch.de
         memory_format, reasons["memory_format"] = resolve_memory_format(recipe.train.memory_format, device, method)
     elif memory_format == "channels_last" and hazard:
         memory_format, reasons["memory_format"] = "contiguous", f"the recorded channels_last is unsafe here: {hazard}"
+        say(f"warning: {where}: resuming in contiguous memory, {reasons['memory_format']}")
     else:
         reasons["memory_format"] = "recorded at the start of the run"
     compiled = recorded_compile("train.compile", recipe.train.compile, recorded["compile"], where,
@@ -507,7 +511,7 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
         if batch_index < done:  # the part of the epoch trained before the stop
             progress.step()
             continue
-        lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, o.lr, o.final_lr)
+        lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, o.lr, o.final_lr, o.lr_step_offset)
         for group in optimizer.param_groups:
             group["lr"] = lr
         output = method.train_step(batch, state.view_generator, context)

@@ -38,7 +38,7 @@ def test_presets_follow_the_reference_views():
     assert (cifar.jitter, cifar.jitter_p, cifar.grayscale_p, cifar.blur_p) == ((0.4, 0.4, 0.4, 0.1), 0.8, 0.2, 0.0)
     imagenet = ViewConfig.imagenet()
     assert (imagenet.size, imagenet.scale, imagenet.blur_p, imagenet.blur_sigma) == (224, (0.08, 1.0), 0.5, (0.1, 2.0))
-    assert imagenet.interpolation == "bilinear"
+    assert imagenet.interpolation == "bicubic"
     assert imagenet.blur_kernel_size == 23  # 10 % of 224, made odd, as SimCLR
     assert cifar.blur_kernel_size == 3
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -150,15 +152,31 @@ def test_cifar10_shot_subsets_of_the_published_list_are_balanced_subsets_and_rep
     assert all(len(set(drawn)) == 5 for drawn in subsets.values())  # five different subsets per shot count
 
 
+def test_make_splits_tool_regenerates_the_whole_shipped_tree_byte_for_byte(tmp_path):
+    """tools/make_splits.py, run as users run it, into an empty folder: every file it writes (splits 1-5 of both
+    CIFARs with their shot lists, the CIFAR-10 shot lists of SDCLR's trainIdxList, the digits split; .npy and
+    .json manifests) equals the committed one, and it writes every file splits/ holds besides published/."""
+    out = tmp_path / "splits"
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "make_splits.py"), "--out", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    made = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
+    shipped = sorted(path.relative_to(SHIPPED).as_posix() for path in SHIPPED.rglob("*")
+                     if path.is_file() and path.relative_to(SHIPPED).parts[0] != "published")
+    assert made == shipped
+    per_cifar = 2 * (2 + 5 * 5)  # val + train, and 5 splits of D_i, D_b, S_b, 100shot, 50shot; .npy + .json each
+    assert len(made) == 2 * per_cifar + 2 * 10 + 2  # + the CIFAR-10 shot lists (5 x 2) + the digits split
+    assert sorted(run.stdout.split()) == sorted(str(out / name) for name in made if name.endswith(".npy"))
+    different = [name for name in made if (out / name).read_bytes() != (SHIPPED / name).read_bytes()]
+    assert not different
+
+
 @pytest.mark.parametrize("variant", ["cifar10", "cifar100"])
-def test_generation_is_deterministic_and_reproduces_the_shipped_files(variant, cifar_labels, tmp_path):
+def test_generation_depends_on_the_seed(variant, cifar_labels, tmp_path):
     written = write_cifar_lt_splits(variant, cifar_labels[variant], tmp_path, split_ids=(1,), seed=0)
     names = sorted(path.name for path in written)
     assert names == sorted(["val_idx.npy", "train_idx.npy", "split1_D_i.npy", "split1_D_b.npy", "split1_S_b.npy",
                             "split1_100shot.npy", "split1_50shot.npy"])
-    for path in written:
-        for file in (path, path.with_suffix(".json")):
-            assert file.read_bytes() == (SHIPPED / f"{variant}_lt" / file.name).read_bytes(), file.name
     other = write_cifar_lt_splits(variant, cifar_labels[variant], tmp_path / "seed1", split_ids=(1,), seed=1)
     assert not np.array_equal(np.load(other[2]), np.load(written[2]))
 

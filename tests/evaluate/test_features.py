@@ -1,4 +1,5 @@
-"""Frozen feature extraction against a plain per-image loop over the same module in eval mode."""
+"""Frozen feature extraction against a plain per-image loop over the same module in eval mode, and its seeded
+RandomCrop(pad 4) + flip views against torchvision's functional crop."""
 import warnings
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import extract_features
+from fastlt.evaluate.features import PaddedCropViews, extract_features
 
 
 def tiny_backbone() -> nn.Module:
@@ -109,3 +110,35 @@ def test_center_crop_feeds_torchvisions_center_crop(height, width, side):
     with pytest.raises(FastltError, match=f"eval.center_crop {min(height, width) + 1}: larger than the "
                                           f"{height}x{width} images"):
         extract_features(nn.Flatten(), images.numpy(), "cpu", center_crop=min(height, width) + 1)
+
+
+def test_padded_crop_views_are_torchvisions_random_crop_and_flip():
+    """TS's training transform, RandomCrop(32, padding=4) + RandomHorizontalFlip(): per image, pad 4 with zeros,
+    crop the image size at the drawn (top, left) in [0, 8], flip where drawn; the same whatever the batch size."""
+    import torchvision.transforms.v2.functional as TF
+
+    images = torch.randint(0, 256, (9, 10, 12, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    views = PaddedCropViews.draw(9, 4, torch.Generator().manual_seed(6))
+    generator = torch.Generator().manual_seed(6)  # the documented draws: offsets, then flips
+    offsets = torch.randint(0, 9, (9, 2), generator=generator)
+    flips = torch.rand(9, generator=generator) < 0.5
+    assert torch.equal(views.offsets, offsets) and torch.equal(views.flips, flips)
+    features = extract_features(nn.Flatten(), images.numpy(), "cpu", batch_size=4, views=views)
+    for b in range(9):
+        top, left = offsets[b].tolist()
+        expected = TF.crop(TF.pad(images[b].permute(2, 0, 1), [4], fill=0), top, left, 10, 12)
+        expected = TF.horizontal_flip(expected) if flips[b] else expected
+        assert torch.equal(features[b], (expected.float() / 255).flatten()), b
+    assert torch.equal(extract_features(nn.Flatten(), images.numpy(), "cpu", batch_size=512, views=views), features)
+    with pytest.raises(FastltError, match="views: drawn for 9 images, got 8"):
+        extract_features(nn.Flatten(), images.numpy()[:8], "cpu", views=views)
+
+
+def test_padded_crop_draws_cover_every_offset_and_flip_half():
+    views = PaddedCropViews.draw(20_000, 4, torch.Generator().manual_seed(0))
+    assert views.offsets.min() == 0 and views.offsets.max() == 8
+    counts = torch.bincount(views.offsets.flatten(), minlength=9).float() / views.offsets.numel()
+    assert torch.allclose(counts, torch.full((9,), 1 / 9), atol=0.01)
+    assert abs(float(views.flips.float().mean()) - 0.5) < 0.01
+    again = PaddedCropViews.draw(20_000, 4, torch.Generator().manual_seed(0))
+    assert torch.equal(again.offsets, views.offsets) and torch.equal(again.flips, views.flips)

@@ -1,4 +1,5 @@
-"""BCL linear probe and the LinearSVC protocol against scikit-learn and a plain training loop."""
+"""BCL linear probe and the LinearSVC protocol against scikit-learn, a plain training loop driven as BCL's
+eval_cifar.py drives it, and the Temperature-Schedules notebooks' code."""
 import math
 
 import numpy as np
@@ -13,10 +14,12 @@ from sklearn.svm import LinearSVC
 from fastlt.errors import FastltError
 from fastlt.evaluate.linear import (
     LinearProbeConfig,
-    balanced_subset,
     linear_svc_predict,
     predict_linear,
+    probe_lr,
     train_linear_probe,
+    ts_few_shot_subset,
+    ts_linear_svc,
 )
 
 
@@ -66,7 +69,8 @@ def test_agrees_with_regularised_logistic_regression_away_from_chance_and_100():
 
 
 def plain_loop_probe(x, y, num_classes, config):
-    """The obvious implementation: nn.Linear, fancy indexing, F.cross_entropy, Adam, lr set per epoch.
+    """The obvious implementation: nn.Linear, fancy indexing, F.cross_entropy, Adam, and BCL's ExponentialLR
+    (gamma = (lr_end / lr_start) ** (1 / epoch)) stepped after each epoch, as eval_cifar.py:eval_sgd does.
 
     Draws from its generator in the documented order (weight, bias, one permutation per epoch).
     """
@@ -77,14 +81,16 @@ def plain_loop_probe(x, y, num_classes, config):
         probe.weight.copy_(torch.rand(probe.weight.shape, generator=generator) * 2 * bound - bound)
         probe.bias.copy_(torch.rand(probe.bias.shape, generator=generator) * 2 * bound - bound)
     optimizer = torch.optim.Adam(probe.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    for epoch in range(config.epochs):
-        optimizer.param_groups[0]["lr"] = config.lr * (config.final_lr / config.lr) ** (epoch / (config.epochs - 1))
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(config.final_lr / config.lr) **
+                                                       (1 / config.epochs))
+    for _ in range(config.epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), config.batch_size):
             batch = order[start : start + config.batch_size]
             optimizer.zero_grad()
             F.cross_entropy(probe(x[batch]), y[batch]).backward()
             optimizer.step()
+        scheduler.step()
     return probe
 
 
@@ -109,7 +115,20 @@ def test_deterministic_from_seed():
     assert not torch.equal(first.weight, other.weight)
 
 
-def test_lr_decays_exponentially_from_lr_to_final_lr(monkeypatch):
+def bcl_exponential_lrs(epochs, lr_start=1e-2, lr_end=1e-6):
+    """The lr of each epoch of BCL's eval_cifar.py:eval_sgd: ExponentialLR(gamma = (lr_end / lr_start) ** (1 / epoch)),
+    scheduler.step() after the epoch's batches."""
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=lr_start)
+    scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=(lr_end / lr_start) ** (1 / epochs))
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_lr_is_bcls_exponential_lr_stepped_after_each_epoch(monkeypatch):
     used = []
 
     class RecordingAdam(torch.optim.Adam):
@@ -123,9 +142,11 @@ def test_lr_decays_exponentially_from_lr_to_final_lr(monkeypatch):
     assert len(used) == 5 * 3  # 3 batches (10, 10, 5) per epoch
     per_epoch = used[::3]
     assert all(used[3 * e : 3 * e + 3] == [per_epoch[e]] * 3 for e in range(5))
-    assert math.isclose(per_epoch[0], 1e-2) and math.isclose(per_epoch[-1], 1e-6)
-    ratios = [b / a for a, b in zip(per_epoch, per_epoch[1:])]
-    assert all(math.isclose(r, (1e-6 / 1e-2) ** (1 / 4)) for r in ratios)
+    np.testing.assert_allclose(per_epoch, bcl_exponential_lrs(5), rtol=1e-12)
+    # The published 500 epochs: 1e-2 first, 1e-6 / gamma (1.019e-6, not 1e-6) last.
+    published = bcl_exponential_lrs(500)
+    np.testing.assert_allclose([probe_lr(e, LinearProbeConfig()) for e in range(500)], published, rtol=1e-12)
+    assert published[0] == 1e-2 and published[-1] == pytest.approx(1.0186e-6, rel=1e-4)
 
 
 def test_predict_linear_matches_numpy_argmax_in_chunks():
@@ -147,33 +168,43 @@ def test_rejects_bad_inputs():
         LinearProbeConfig(epochs=0)
 
 
-def test_balanced_subset_takes_smallest_count_from_each_class():
-    labels = torch.tensor([0] * 30 + [1] * 7 + [2] * 12 + [4] * 9)  # class 3 absent
-    subset = balanced_subset(labels, torch.Generator().manual_seed(0))
-    assert len(set(subset.tolist())) == len(subset)
-    np.testing.assert_array_equal(np.bincount(labels[subset].numpy(), minlength=5), [7, 7, 7, 0, 7])
-    again = balanced_subset(labels, torch.Generator().manual_seed(0))
-    other = balanced_subset(labels, torch.Generator().manual_seed(1))
-    assert torch.equal(subset, again) and not torch.equal(subset.sort().values, other.sort().values)
+def test_few_shot_subset_is_the_ts_notebooks(ts_notebook):
+    rng = np.random.default_rng(4)
+    labels = rng.permutation(np.repeat(np.arange(6), [40, 7, 25, 11, 30, 9]))  # long-tailed, shuffled order
+    positions = np.arange(len(labels))
+    expected_positions, expected_labels = ts_notebook.few_shot(positions, labels, 6)
+    state = np.random.get_state()
+    chosen = ts_few_shot_subset(labels, 6)
+    assert all(np.array_equal(a, b) for a, b in zip(state, np.random.get_state()))  # numpy's global state untouched
+    np.testing.assert_array_equal(chosen, expected_positions)  # the same samples, in the same order
+    np.testing.assert_array_equal(labels[chosen], expected_labels)
+    assert np.bincount(labels[chosen]).tolist() == [7] * 6
+    assert not np.array_equal(ts_few_shot_subset(labels, 6, seed=43), chosen)
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def test_linear_svc_lt_and_fs_match_sklearn():
+# scikit-learn's LinearSVC defaults of 2022 (releases 1.0-1.2, which the TS notebooks ran), from its documentation.
+LINEAR_SVC_2022_DEFAULTS = {"penalty": "l2", "loss": "squared_hinge", "dual": True, "tol": 1e-4, "C": 1.0,
+                            "multi_class": "ovr", "fit_intercept": True, "intercept_scaling": 1, "class_weight": None,
+                            "verbose": 0, "random_state": None, "max_iter": 1000}
+
+
+def test_linear_svc_is_the_notebooks_call_under_the_2022_defaults():
+    notebook = LinearSVC(random_state=42, dual=True)  # the notebooks' LinearSVC(random_state=42), dual pinned
+    assert ts_linear_svc().get_params() == notebook.get_params() == {**LINEAR_SVC_2022_DEFAULTS, "random_state": 42}
+
     x_train, x_test, y_train, y_test = digits_split()
     keep = np.concatenate([np.flatnonzero(y_train == c)[: 10 + 10 * c] for c in range(10)])  # long-tailed
     x_train, y_train = x_train[keep], y_train[keep]
     tx, ty, vx = as_tensors(x_train, y_train, x_test)
-
-    lt = linear_svc_predict(tx, ty, vx, balanced=False, seed=3)
-    expected_lt = LinearSVC(random_state=3).fit(unit_rows(x_train), y_train).predict(unit_rows(x_test))
-    np.testing.assert_array_equal(lt.numpy(), expected_lt)
-
-    fs = linear_svc_predict(tx, ty, vx, balanced=True, seed=3)
-    chosen = balanced_subset(ty, torch.Generator().manual_seed(3)).numpy()
-    assert np.bincount(y_train[chosen]).tolist() == [10] * 10
-    expected_fs = LinearSVC(random_state=3).fit(unit_rows(x_train[chosen]), y_train[chosen]).predict(unit_rows(x_test))
-    np.testing.assert_array_equal(fs.numpy(), expected_fs)
-    assert (fs.numpy() == y_test).mean() > 0.8
+    predicted = linear_svc_predict(tx, ty, vx).numpy()
+    fitted = LinearSVC(random_state=42, dual=True).fit(unit_rows(x_train), y_train)
+    np.testing.assert_array_equal(predicted, fitted.predict(unit_rows(x_test)))
+    assert (predicted == y_test).mean() > 0.8
+    # Pinning dual matters: with more samples (550) than features (64) today's 'auto' solves the primal,
+    # which lands elsewhere (within its tolerance: close here, not the same).
+    primal = LinearSVC(random_state=42, dual=False).fit(unit_rows(x_train), y_train)
+    assert np.abs(primal.coef_ - fitted.coef_).max() > 1e-4

@@ -1,4 +1,7 @@
 """Self-damaging encoder: global magnitude masks and separate batch-norm copies per branch."""
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,20 +39,59 @@ def test_every_convolution_is_prunable_including_stem_and_downsample():
     assert sum(1 for m in net.modules() if isinstance(m, nn.BatchNorm2d)) == 2 * len(duals) == 2 * 20
 
 
-def test_mask_keeps_the_largest_magnitudes_globally():
-    net, _ = self_damaging_resnet()
+def sdclr_masks(weights: list[np.ndarray], ratio: float, sorted_magnitudes: np.ndarray | None = None) -> list[np.ndarray]:
+    """SDCLR's Mask.magnitudePruning (prune/mask.py:50-62), transcribed in numpy.
+
+    ``sorted_magnitudes`` may pass in np.sort(|all weights|) to sort a large network once.
+    ratio * n is a float64 product there (NumPy 1.x promotes the float32 count with a Python float).
+    """
+    vector = np.concatenate([w.flatten() for w in weights])
+    if sorted_magnitudes is None:
+        sorted_magnitudes = np.sort(np.abs(vector))
+    to_prune = int(np.ceil(ratio * float(vector.size)))
+    threshold = sorted_magnitudes[min(to_prune, len(vector) - 1)]
+    return [np.abs(w) >= threshold for w in weights]
+
+
+def test_masks_equal_sdclrs_rule_on_resnet18_weights():
+    # fastlt's own full-width CIFAR ResNet-18 (11,159,232 prunable weights), as initialised.
+    torch.manual_seed(0)
+    net, _ = self_damaging_resnet(width=64)
     convs = prunable_convolutions(net)
-    sparsity = update_masks(convs, 0.9)
-    weights = torch.cat([c.weight.detach().abs().flatten() for c in convs])
-    masks = torch.cat([c.mask.flatten() for c in convs])
-    n = weights.numel()
-    assert abs(sparsity - 0.9) <= 1 / n
-    assert masks.dtype == torch.bool and abs((1 - masks.float().mean().item()) - 0.9) <= 1 / n
-    # Global, not per layer: every kept weight is at least as large as every pruned one.
-    assert weights[masks.bool()].min() >= weights[~masks.bool()].max()
-    # Independent threshold: numpy's sorted magnitudes.
-    sorted_magnitudes = weights.sort().values
-    assert torch.equal(masks.bool(), weights >= sorted_magnitudes[int(0.9 * n)])
+    weights = [c.weight.detach().numpy().copy() for c in convs]
+    n = sum(w.size for w in weights)
+    assert n == 11_159_232
+    sorted_magnitudes = np.sort(np.abs(np.concatenate([w.flatten() for w in weights])))
+    for ratio in (0.0, 0.3, 0.5, 0.9, 0.99):
+        sparsity = update_masks(convs, ratio)
+        expected = sdclr_masks(weights, ratio, sorted_magnitudes)
+        for conv, mask in zip(convs, expected):
+            assert np.array_equal(conv.mask.numpy(), mask), (ratio, conv)
+        pruned = sum(int((~m).sum()) for m in expected)
+        assert sparsity == pruned / n
+        # Magnitudes here are distinct around the threshold: SDCLR prunes ceil(ratio * n).
+        assert pruned == math.ceil(ratio * n)
+        # Global, not per layer: every kept weight is at least as large as every pruned one.
+        kept = np.concatenate([np.abs(w)[m] for w, m in zip(weights, expected)])
+        dropped = np.concatenate([np.abs(w)[~m] for w, m in zip(weights, expected)])
+        assert dropped.size == 0 or kept.min() >= dropped.max()
+    assert math.floor(0.9 * n) != math.ceil(0.9 * n)  # 0.9 tells SDCLR's ceil from a floor
+
+
+def test_ties_with_the_threshold_are_kept_and_the_count_rounds_up():
+    switch = BranchSwitch()
+    conv = MaskedConv2d(1, 1, (1, 7), bias=False, switch=switch)
+    values = torch.tensor([0.5, -0.1, 0.3, -0.5, 0.2, 0.4, -0.6])  # |w| sorted: .1 .2 .3 .4 .5 .5 .6
+    conv.weight.data.copy_(values.view(1, 1, 1, 7))
+    # (ratio, |w| pruned): 0.5 x 7 = 3.5 rounds up to 4 (a floor would prune 3); at 0.6, ceil = 5 lands on
+    # the tied .5s, which are both kept; at 0.95, ceil = 7 is capped at position 6.
+    for ratio, pruned in ((0.5, {0.1, 0.2, 0.3, 0.4}), (0.6, {0.1, 0.2, 0.3, 0.4}),
+                          (0.95, {0.1, 0.2, 0.3, 0.4, 0.5})):
+        sparsity = update_masks([conv], ratio)
+        expected = sdclr_masks([values.numpy()], ratio)[0]
+        assert np.array_equal(conv.mask.view(7).numpy(), expected), ratio
+        assert {round(abs(v), 1) for v, keep in zip(values.tolist(), expected) if not keep} == pruned
+        assert sparsity == (~expected).sum() / 7
 
 
 def test_mask_is_fixed_while_weights_move_until_the_next_update():

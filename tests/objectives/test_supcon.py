@@ -43,12 +43,18 @@ def test_supervised_supcon_equals_the_loop_in_value_and_gradient(tau):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
-def test_unsupervised_variant_takes_the_same_image_as_the_only_positive():
+def test_unsupervised_variant_takes_the_same_image_as_the_only_positive_in_value_and_gradient():
     z1, z2 = inputs(2)
     got = unsupervised_supcon_per_anchor(z1, z2, 0.2, labels=torch.zeros(6, dtype=torch.long))  # labels unused
+    a1, a2 = inputs(2)
     batch = z1.shape[0]
-    want = loop_supcon(z1, z2, 0.2, lambda i, j: i % batch == j % batch)
+    want = loop_supcon(a1, a2, 0.2, lambda i, j: i % batch == j % batch)
     torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=1e-5)
+    # Weighted per anchor (as LoTaR's weights and BCL's memory see them), so each anchor's gradient counts.
+    weights = torch.rand(2 * batch, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    got_grads = torch.autograd.grad((got * weights).sum(), (z1, z2))
+    for g, w in zip(got_grads, torch.autograd.grad((want * weights).sum(), (a1, a2))):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got, info_nce_per_anchor(z1, z2, 0.2) * 0.2 / 0.07)  # NT-Xent x tau / 0.07
 
 

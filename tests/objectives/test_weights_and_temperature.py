@@ -23,6 +23,17 @@ def test_lotar_weights_follow_the_formula_and_keep_their_gradient(sign):
     assert z1.grad is not None and z1.grad.abs().sum() > 0
 
 
+def test_the_default_sign_is_the_codes():
+    """andrew15818/SimCLR train.py:81: w = 1 - (d - mean d) / (max d - min d), written out here."""
+    from fastlt.recipe import MethodConfig
+
+    z1 = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    z2 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [0.0, 4.0]])  # distances 1, 2, 4: mean 7/3, spread 3
+    expected = [1 - (d - 7 / 3) / 3 for d in (1.0, 2.0, 4.0)]
+    assert lotar_weights(z1, z2).tolist() == pytest.approx(expected)
+    assert MethodConfig().lotar_sign == -1.0
+
+
 @pytest.mark.parametrize("epoch, expected", [
     (1, 0.1 + 0.45 * (1 + math.cos(math.pi / 200))),  # just below tau_max
     (200, 0.1),  # t_max: the minimum

@@ -19,8 +19,11 @@ STEP = StepContext(autocast=lambda: torch.autocast("cpu", enabled=False), backwa
 
 
 def tiny_method(name: str):
+    """``name`` is a preset, or PRESET:VIEW_FORWARD (lotar:separate)."""
+    name, _, view_forward = name.partition(":")
     recipe = recipe_from_dict({"model": {"width": WIDTH, "projector_hidden": 16, "projector_out": 8},
-                               "views": {"size": 8}, "method": {"name": name, "pruning_ratio": 0.5}}, "test")
+                               "views": {"size": 8}, "method": {"name": name, "pruning_ratio": 0.5,
+                                                                "view_forward": view_forward}}, "test")
     torch.manual_seed(0)
     return build_method(recipe, num_samples=64)
 

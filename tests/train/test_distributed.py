@@ -48,8 +48,12 @@ def one_process_reference(method_name: str, sizes: tuple[int, int]) -> dict:
     method.on_epoch_start(1)
     view1, view2, labels, indices = inputs(sum(sizes))
     shares = [(0, sizes[0]), (sizes[0], sum(sizes))]
-    if method_name == "simclr":
-        z = [method.head(method.backbone(torch.cat([view1[a:b], view2[a:b]]))).chunk(2) for a, b in shares]
+    if not hasattr(method, "switch"):  # one encoder: both views as one batch, or one forward per view
+        def embed(a, b):
+            if method.separate_views:
+                return method.head(method.backbone(view1[a:b])), method.head(method.backbone(view2[a:b]))
+            return method.head(method.backbone(torch.cat([view1[a:b], view2[a:b]]))).chunk(2)
+        z = [embed(a, b) for a, b in shares]
         loss, per_sample = method.contrast(torch.cat([p[0] for p in z]), torch.cat([p[1] for p in z]), labels)
         loss.backward()
     else:  # sdclr / bcl-d: pruned without grad, dense, backward; pruned with grad against the detached dense
@@ -75,6 +79,7 @@ def one_process_reference(method_name: str, sizes: tuple[int, int]) -> dict:
 
 @pytest.mark.parametrize("method_name, sizes, compiled", [
     ("simclr", (4, 4), False), ("simclr", (5, 3), False), ("bcl-d", (4, 4), False), ("bcl-d", (4, 3), False),
+    ("lotar:separate", (5, 3), False),  # LoTaR's per-view forwards, its weights over the gathered embeddings
     ("simclr", (4, 4), True),  # DDP under torch.compile, as the trainer runs it on CUDA (about 25 s to compile)
 ])
 def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(method_name, sizes, compiled, tmp_path):

@@ -1,11 +1,11 @@
-"""A run loses nothing when it is stopped: signals, SIGKILL at any moment (a real process), a damaged or
-half-written checkpoint, a torn metrics line, a full disk, an unwritable run folder."""
+"""A run loses nothing when it is stopped: signals (and a second one, which ends the stop at once), SIGKILL at
+points of the run a real process is held at until killed, a damaged or half-written checkpoint, a torn metrics
+line, a full disk, an unwritable run folder."""
 from __future__ import annotations
 
 import errno
 import json
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -167,43 +167,84 @@ def test_an_unwritable_run_folder_or_a_small_disk_is_refused_before_training(dig
     assert not (tmp_path / "small").exists()
 
 
-def test_sigkill_at_random_moments_even_inside_a_checkpoint_write_then_resume_equals_one_run(
+PAUSED_PRETRAIN = Path(__file__).with_name("paused_pretrain.py")  # `fastlt pretrain` frozen at a chosen point
+
+
+def wait_for_lines(marker: Path, count: int, process: subprocess.Popen) -> None:
+    """Until ``marker`` has ``count`` lines (the paused process reached its count-th point); fails if it ended."""
+    def reached() -> bool:
+        return marker.exists() and len(marker.read_text().splitlines()) >= count
+
+    deadline = time.monotonic() + 180
+    while not reached() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if not reached() or process.poll() is not None:
+        process.kill()
+        pytest.fail(f"the process did not pause at point {count}: {process.communicate()[1]}")
+
+
+def test_sigkill_five_times_even_inside_a_checkpoint_write_then_resume_equals_one_run(
         digits_store, tmp_path, reference):
-    """A real `fastlt pretrain` process killed with SIGKILL several times, once while a checkpoint is being
-    written (its temporary file exists), and resumed each time, ends with the reference run's weights."""
+    """A real `fastlt pretrain` process (3 epochs of 10 steps) SIGKILLed five times, each while it runs, and
+    resumed each time, ends with the reference run's weights and metrics lines. The kills come at points the
+    process reaches on any machine (it freezes there until killed): inside epoch 2's checkpoint write (the
+    temporary file exists), between an epoch's metrics line and its checkpoint, and after three steps drawn
+    at random from the steps a start has left."""
     new_run = pretrain_command(recipe(digits_store, tmp_path, "killed"), tmp_path)
     run, folder = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
     rng = random.Random(0)
-    # The first kill waits for a checkpoint's temporary file; four more come at random moments (start-up
-    # takes about 3 s here, an epoch about 1 s); the last start runs to the end.
-    moments = ["inside a write", *(rng.uniform(0.5, 4.0) for _ in range(4)), None]
-    kills, inside_a_write = 0, 0
-    for moment in moments:
-        started = (folder / "last.pt").exists() or (folder / "previous.pt").exists()
-        if run.exists() and not started:  # killed before its first checkpoint: start again
-            shutil.rmtree(run)
-        args = ["--resume", str(run)] if started else new_run
-        process = subprocess.Popen([sys.executable, "-m", "fastlt", "pretrain", *args], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-        if moment is None:
-            _, err = process.communicate(timeout=300)
-            assert process.returncode == 0, err
+    points = ["write:2", "metrics:1", "step", "step", "step", None]
+    kills = []
+    for start, point in enumerate(points):
+        args = ["--resume", str(run)] if start else new_run  # the first kill leaves epoch 1's checkpoint
+        if point == "step":  # 30 steps in all, minus those the last checkpoint holds
+            point = f"step:{rng.randint(1, 30 - load_checkpoint(folder / 'last.pt')['step'])}"
+        if point is None:
+            finished = subprocess.run([sys.executable, "-m", "fastlt", "pretrain", *args], capture_output=True,
+                                      text=True, timeout=300)
+            assert finished.returncode == 0, finished.stderr
             break
-        deadline = time.monotonic() + (120 if moment == "inside a write" else moment)
-        while process.poll() is None and time.monotonic() < deadline:
-            if moment == "inside a write" and folder.is_dir() and list(folder.glob(".last.pt.*.part")):
-                break
-            time.sleep(0.0002)
-        if process.poll() is not None:  # a fast machine finished before the moment came
-            assert process.returncode == 0, process.communicate()[1]
-            break
+        marker = tmp_path / f"paused{start}"
+        process = subprocess.Popen([sys.executable, str(PAUSED_PRETRAIN), point, str(marker), "pretrain", *args],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        wait_for_lines(marker, 1, process)
+        seen = {"part": bool(list(folder.glob(".last.pt.*.part"))),
+                "checkpoint": load_checkpoint(folder / "last.pt")["epoch"] if (folder / "last.pt").exists() else 0,
+                "metrics": len((run / "metrics.jsonl").read_text().splitlines())}
         process.kill()
-        process.communicate()
-        kills += 1
-        inside_a_write += bool(folder.is_dir() and list(folder.glob(".last.pt.*.part")))
-    assert kills >= 3 and inside_a_write >= 1, (kills, inside_a_write)
+        process.communicate(timeout=60)
+        assert process.returncode == -signal.SIGKILL  # it was running when the kill came
+        kills.append((point, seen))
+    assert len(kills) == 5, kills
+    assert kills[0] == ("write:2", {"part": True, "checkpoint": 1, "metrics": 2})  # killed mid-write
+    assert kills[1] == ("metrics:1", {"part": False, "checkpoint": 1, "metrics": 2})  # ahead of its checkpoint
     assert not list(folder.glob(".*.part"))
     assert_same_run(run, reference)
+
+
+def test_a_second_signal_while_stopping_ends_the_process_at_once(digits_store, tmp_path, reference):
+    """SIGINT after epoch 2's second step stops the run, which writes its checkpoint; a second SIGINT inside that
+    write ends the process there: status 130, one line, the write's temporary file gone, epoch 1's checkpoint
+    untouched, and the run resumes from it to the reference run."""
+    new_run = pretrain_command(recipe(digits_store, tmp_path, "twice"), tmp_path)
+    folder, marker = tmp_path / "twice" / "checkpoints", tmp_path / "paused"
+    process = subprocess.Popen([sys.executable, str(PAUSED_PRETRAIN), "step:12,write:2", str(marker), "pretrain",
+                                *new_run], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_lines(marker, 1, process)  # after epoch 2's second step
+    epoch1 = (folder / "last.pt").read_bytes()
+    process.send_signal(signal.SIGINT)
+    wait_for_lines(marker, 2, process)  # inside the checkpoint write the first signal asked for
+    assert list(folder.glob(".last.pt.*.part"))
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "SIGINT again while stopping: ended at once, before its checkpoint was complete; the last complete "
+        "checkpoint stays"), err
+    assert (folder / "last.pt").read_bytes() == epoch1 and not list(folder.glob(".*.part"))
+    assert load_checkpoint(folder / "last.pt")["epoch"] == 1
+    resume_run(tmp_path / "twice")
+    assert_same_run(tmp_path / "twice", reference)
 
 
 def test_sigterm_to_a_real_process_exits_cleanly_with_its_checkpoint(digits_store, tmp_path):

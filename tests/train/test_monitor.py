@@ -77,26 +77,21 @@ def direct_features(store_path, checkpoint):
 def loop_vote(memory, queries, memory_labels, k):
     """kNN by a plain loop over queries in float64: (predictions, whether each is clear of near ties).
 
-    A prediction counts as clear when the k-th and (k+1)-th similarities differ by more than 1e-5 and
-    no two classes tie in votes with summed similarities within 1e-5: elsewhere float32 kernels may
-    legitimately order the neighbours another way.
+    The most votes win, a tied vote goes to the lowest class id (eval.knn_ties' default, the TS
+    notebooks' rule). A prediction counts as clear when the k-th and (k+1)-th similarities differ by
+    more than 1e-5: elsewhere float32 kernels may legitimately order the neighbours another way.
     """
     similarity = F.normalize(queries.double(), dim=1) @ F.normalize(memory.double(), dim=1).T
     predictions, clear = [], []
     for row in similarity:
         order = torch.argsort(row, descending=True).tolist()
-        nearest = order[:k]
-        votes, summed = {}, {}
-        for j in nearest:
+        votes = {}
+        for j in order[:k]:
             c = int(memory_labels[j])
             votes[c] = votes.get(c, 0) + 1
-            summed[c] = summed.get(c, 0.0) + float(row[j])
-        ranked = sorted(votes, key=lambda c: (votes[c], summed[c], -c), reverse=True)
-        predictions.append(ranked[0])
+        predictions.append(max(sorted(votes), key=lambda c: votes[c]))  # max keeps the first (lowest) of equals
         margin = float(row[order[k - 1]] - row[order[k]]) if k < len(order) else 1.0
-        tied = len(ranked) > 1 and votes[ranked[1]] == votes[ranked[0]] and \
-            abs(summed[ranked[0]] - summed[ranked[1]]) <= 1e-5
-        clear.append(margin > 1e-5 and not tied)
+        clear.append(margin > 1e-5)
     return np.array(predictions), np.array(clear)
 
 

@@ -48,9 +48,11 @@ def spied_bcl_d_run(digits_store, tmp_path_factory):
         return original_observe(self, indices, per_sample)
 
     def contrastive_loss(self, z1, z2, labels=None):
-        result = original_loss(self, z1, z2, labels)
-        losses.append(result[1].detach().clone())
-        return result
+        loss, per_sample = original_loss(self, z1, z2, labels)
+        if len(losses) % 2 == 1:  # SDCLR's pruned loss L2 (each step's second call): only the memory could see
+            per_sample = per_sample + 1.0  # this mark, which sets L2's values apart from L1's equal ones
+        losses.append(per_sample.detach().clone())
+        return loss, per_sample
 
     def stage(self, images, draws, strength):
         strengths.append(strength.clone())
@@ -76,8 +78,8 @@ def test_bcl_memory_gets_store_indices_of_the_split_every_epoch(spied_bcl_d_run)
 
 def test_bcl_d_memory_gets_the_dense_loss_of_each_step(spied_bcl_d_run):
     # L1 = NT-Xent(dense z1, pruned z2 without grad) and L2 = NT-Xent(z1 detached, pruned z2) have the same
-    # values (they differ in where the gradient goes), so this pins the memory to L1's per-sample losses
-    # of the same step, one update per step.
+    # values (they differ in where the gradient goes); the spy marks L2's per-sample losses (+1), so this
+    # pins the memory to L1's per-sample losses of the same step, one update per step.
     observed, losses, _ = spied_bcl_d_run
     assert len(losses) == 2 * len(observed)  # per step: dense L1, then pruned L2
     for step, (indices, per_sample) in enumerate(observed):
