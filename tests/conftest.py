@@ -223,6 +223,21 @@ def cifar_train_labels() -> Path:
     return path
 
 
+def lrs_as_driven(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int,
+                  scheduler_first: bool) -> list[float]:
+    """The lr each of ``steps`` optimiser steps runs at, read off a real optimiser and scheduler driven as a reference
+    drives them: ``scheduler.step()`` before each ``optimizer.step()`` (scheduler_first) or after it."""
+    seen = []
+    for _ in range(steps):
+        if scheduler_first:
+            scheduler.step()
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if not scheduler_first:
+            scheduler.step()
+    return seen
+
+
 # The Temperature-Schedules notebooks' evaluation code, transcribed as written: what the TS tests compare with.
 def notebook_knn(train_features, train_gt, test_features, test_gt, num_class, knn):
     """simclr_tau_cifar100.ipynb, cells 5-8 (the same in the CIFAR-10 and ImageNet-100 notebooks): L2 normalisation,

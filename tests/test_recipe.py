@@ -159,9 +159,11 @@ def test_shipped_imagenet100_recipes_keep_the_reference_settings(method):
     hidden = 128 if method == "lotar" else 2048  # LoTaR's head: fc to 100, then Linear(100, 128) (docs/lotar.md)
     assert (recipe.model.arch, recipe.model.stem, recipe.model.projector_hidden) == ("resnet50", "imagenet", hidden)
     views = recipe.views
-    # TS's RandomResizedCrop(224, interpolation=3) (train_simCLR.py:189) resizes bicubic; the others bilinear
-    interpolation = "bicubic" if method == "simclr-ts" else "bilinear"
-    assert (views.size, views.interpolation, views.blur_p, views.blur_sigma) == (224, interpolation, 0.5, (0.1, 2.0))
+    # SDCLR's and TS's RandomResizedCrop(224, interpolation=3) (train_simCLR.py:237 and :189) resize bicubic; LoTaR's,
+    # FlatCLR's and SupCon's keep RandomResizedCrop's bilinear, and LoTaR's views have no blur (data/data.py:19-24)
+    interpolation = "bilinear" if method.startswith(("lotar", "flatclr", "supcon", "selfcon")) else "bicubic"
+    blur_p = 0.0 if method == "lotar" else 0.5
+    assert (views.size, views.interpolation, views.blur_p, views.blur_sigma) == (224, interpolation, blur_p, (0.1, 2.0))
     assert views.scale == ((0.2, 1.0) if method.startswith(("supcon", "selfcon")) else (0.08, 1.0))
     if method == "flatclr":  # main.py's ImageNet defaults (docs/flatnce.md)
         assert (recipe.train.batch_size, recipe.train.epochs) == (512, 100)

@@ -9,6 +9,8 @@ views for every batch it trains on.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,6 +55,19 @@ def center_square(images: Tensor, side: int) -> Tensor:
     return images[..., top:top + side, left:left + side]
 
 
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode inside the block (batch norm on its running statistics, frozen); afterwards every
+    submodule's own train/eval flag is put back, so the caller's model comes back as it went in."""
+    modes = [(submodule, submodule.training) for submodule in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for submodule, training in modes:
+            submodule.training = training
+
+
 def extract_features(
     backbone: nn.Module,
     images: np.ndarray | Tensor,
@@ -90,22 +105,17 @@ def extract_features(
         raise FastltError(f"views: drawn for {len(views.flips)} images, got {len(images)}")
     device = torch.device(device)
     pinned = device.type == "cuda"
-    modes = [(module, module.training) for module in backbone.modules()]
-    backbone.eval()
     chunks = []
-    try:
-        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            for start in range(0, len(images), batch_size):
-                batch = images[start : start + batch_size]
-                # np.array copies the slice: a read-only memory map cannot back a tensor.
-                batch = torch.from_numpy(np.array(batch)) if isinstance(batch, np.ndarray) else batch
-                if pinned and batch.device.type == "cpu":
-                    batch = batch.pin_memory()
-                batch = center_square(batch.to(device, non_blocking=pinned).permute(0, 3, 1, 2), center_crop)
-                batch = batch if views is None else views.apply(batch, start)
-                pixels = batch.float().div_(255).contiguous(memory_format=torch.channels_last)
-                chunks.append(backbone(pixels).float())
-    finally:
-        for module, training in modes:
-            module.training = training
+    with evaluation_mode(backbone), torch.no_grad(), \
+            torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            # np.array copies the slice: a read-only memory map cannot back a tensor.
+            batch = torch.from_numpy(np.array(batch)) if isinstance(batch, np.ndarray) else batch
+            if pinned and batch.device.type == "cpu":
+                batch = batch.pin_memory()
+            batch = center_square(batch.to(device, non_blocking=pinned).permute(0, 3, 1, 2), center_crop)
+            batch = batch if views is None else views.apply(batch, start)
+            pixels = batch.float().div_(255).contiguous(memory_format=torch.channels_last)
+            chunks.append(backbone(pixels).float())
     return torch.cat(chunks)

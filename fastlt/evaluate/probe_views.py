@@ -8,8 +8,10 @@ LoTaR's fc.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastlt.augment.functional import resized_crop, to_float
 from fastlt.augment.views import sample_resized_crop_boxes
@@ -32,3 +34,21 @@ def resized_crop_views(images: Tensor, generator: torch.Generator, size: int, sc
 def plain_pixels(images: Tensor, center_crop: int = 0) -> Tensor:
     """The images as they are (their centre ``center_crop`` square when > 0), as floats in [0, 1]."""
     return to_float(center_square(images, center_crop)).contiguous(memory_format=torch.channels_last)
+
+
+def frozen_features_epoch(encoder: nn.Module, images: Tensor, batch_size: int, generator: torch.Generator,
+                          views: Callable[[Tensor], Tensor],
+                          autocast_dtype: torch.dtype | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """One epoch over uint8 [N, 3, H, W] ``images`` in a fresh order drawn from ``generator``: for each batch, its
+    indices and the float32 features the (frozen, already eval-mode) encoder gives for ``views(batch images)``.
+
+    The views are drawn outside autocast, so their pixels do not depend on the precision; the encoder runs
+    under no_grad, so only what is trained on the features learns.
+    """
+    device = images.device
+    order = torch.randperm(len(images), generator=generator, device=device)
+    for batch in order.split(batch_size):
+        pixels = views(images[batch])
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            features = encoder(pixels).float()
+        yield batch, features

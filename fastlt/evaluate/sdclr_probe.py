@@ -22,8 +22,8 @@ from torch import Tensor, nn
 
 from fastlt.augment.functional import to_float
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import PaddedCropViews
-from fastlt.evaluate.probe_views import resized_crop_views
+from fastlt.evaluate.features import PaddedCropViews, evaluation_mode
+from fastlt.evaluate.probe_views import frozen_features_epoch, resized_crop_views
 
 PROBE_CROPS = ("padded", "resized")
 RESIZED_SCALE, RESIZED_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop defaults
@@ -147,23 +147,18 @@ def train_fc_through_backbone(
     optimizer = torch.optim.SGD(fc.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     nchw = images.permute(0, 3, 1, 2)
-    modes = [(module, module.training) for module in backbone.modules()]
-    backbone.eval()
     best_accuracy = torch.full((), -1.0, device=device)
     best_epoch = torch.zeros((), dtype=torch.long, device=device)
     best_state = {name: value.detach().clone() for name, value in fc.state_dict().items()}
     checked: dict[int, Tensor] = {}
     validated = set(config.validated_epochs())
-    try:
+    with evaluation_mode(backbone):
         for epoch in range(1, config.epochs + 1):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(epoch)
-            order = torch.randperm(len(images), generator=generator, device=device)
-            for batch in order.split(config.batch_size):
-                views = augment_batch(nchw[batch], generator, config)
-                with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype,
-                                                     enabled=autocast_dtype is not None):
-                    features = backbone(views).float()
+            for batch, features in frozen_features_epoch(backbone, nchw, config.batch_size, generator,
+                                                         lambda pixels: augment_batch(pixels, generator, config),
+                                                         autocast_dtype):
                 loss = F.cross_entropy(fc(features), labels[batch])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -176,9 +171,6 @@ def train_fc_through_backbone(
                 for name, value in fc.state_dict().items():
                     best_state[name] = torch.where(better, value.detach(), best_state[name])
                 checked[epoch] = accuracy
-    finally:
-        for module, training in modes:
-            module.training = training
     fc.load_state_dict(best_state)
     history = dict(zip(checked, torch.stack(list(checked.values())).tolist()))
     return SDCLRProbe(fc.eval().requires_grad_(False), int(best_epoch), history)

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from fastlt.errors import FastltError
 from fastlt.evaluate.linear import seeded_linear
-from fastlt.evaluate.probe_views import resized_crop_views
+from fastlt.evaluate.features import evaluation_mode
+from fastlt.evaluate.probe_views import frozen_features_epoch, resized_crop_views
 
 CROP_SCALE = (0.2, 1.0)  # main_linear.py's RandomResizedCrop(size, scale=(0.2, 1.))
 
@@ -107,18 +108,13 @@ def train_linear_classifiers(
     history: dict[str, list[Tensor]] = {name: [] for name in names}
     nchw = images.permute(0, 3, 1, 2)
     test_blocks = test_features.float().split(widths, dim=1)
-    modes = [(module, module.training) for module in encoder.modules()]
-    encoder.eval()
-    try:
+    with evaluation_mode(encoder):
         for epoch in range(1, config.epochs + 1):
             for group in optimizer.param_groups:
                 group["lr"] = config.lr_at(epoch)
-            order = torch.randperm(len(images), generator=generator, device=device)
-            for batch in order.split(config.batch_size):
-                views = resized_crop_views(nchw[batch], generator, config.size, CROP_SCALE)
-                with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype,
-                                                     enabled=autocast_dtype is not None):
-                    features = encoder(views).float()
+            for batch, features in frozen_features_epoch(
+                    encoder, nchw, config.batch_size, generator,
+                    lambda pixels: resized_crop_views(pixels, generator, config.size, CROP_SCALE), autocast_dtype):
                 loss = sum(F.cross_entropy(classifier(block), labels[batch])
                            for classifier, block in zip(classifiers, features.split(widths, dim=1)))
                 optimizer.zero_grad(set_to_none=True)
@@ -136,8 +132,5 @@ def train_linear_classifiers(
                     best_epoch[name] = torch.where(better, epoch, best_epoch[name])
                     best_predictions[name] = torch.where(better, predictions, best_predictions[name])
                     history[name].append(accuracy)
-    finally:
-        for module, training in modes:
-            module.training = training
     return {name: ClassifierResult(int(best_epoch[name]), best_predictions[name], torch.stack(history[name]).tolist())
             for name in names}

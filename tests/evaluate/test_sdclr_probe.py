@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import lrs_as_driven
 from torch import nn
 
 from fastlt.errors import FastltError
@@ -47,15 +48,7 @@ def reference_lrs(epochs: int, milestones: list[int], step_before: bool, lr: flo
     train_cifar.py calls scheduler.step() before each epoch's training, train_imagenet.py after it."""
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    lrs = []
-    for _ in range(1, epochs + 1):
-        if step_before:
-            scheduler.step()
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        if not step_before:
-            scheduler.step()
-    return lrs
+    return lrs_as_driven(optimizer, scheduler, epochs, scheduler_first=step_before)
 
 
 @pytest.mark.parametrize("epochs, decay_at, milestones", [(30, (1 / 3, 2 / 3), [10, 20]), (100, (0.4, 0.6), [40, 60])])

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import lrs_as_driven
 
 from fastlt.recipe import recipe_from_dict
 from fastlt.train.lars import Lars
@@ -29,15 +30,7 @@ def reference_lrs(total_steps, warmup_steps, base_lr, final_lr, scheduler_first)
     optimizer = torch.optim.SGD([weight], lr=base_lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: reference_lambda(
         step, total_steps, 1, final_lr / base_lr, warmup_steps))
-    seen = []
-    for _ in range(total_steps):
-        if scheduler_first:
-            scheduler.step()
-        seen.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        if not scheduler_first:
-            scheduler.step()
-    return seen
+    return lrs_as_driven(optimizer, scheduler, total_steps, scheduler_first)
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
