@@ -124,7 +124,10 @@ class OptimConfig:
 
     name: str = setting("sgd", "optimiser: sgd, or lars (fastlt's LARS: LoTaR's and FlatCLR's, lr inside the "
                                "momentum buffer)", one_of("sgd", "lars"))
-    lr: float = setting(0.5, "peak learning rate, reached after the warm-up", POSITIVE)
+    lr: float = setting(0.5, "peak learning rate, reached after the warm-up (scaled by optim.lr_scaling)", POSITIVE)
+    lr_scaling: str = setting("none", "how optim.lr becomes the peak: none (as it is), linear (x batch / 256) or "
+                                      "sqrt (x sqrt(batch): FlatCLR's README rule for small batches, with lr 0.075)",
+                              one_of("none", "linear", "sqrt"))
     momentum: float = setting(0.9, "momentum", FRACTION)
     weight_decay: float = setting(5e-4, "weight decay", NON_NEGATIVE)
     exclude_bn_bias: bool = setting(False, "no weight decay (and no LARS trust ratio) on batch-norm parameters "

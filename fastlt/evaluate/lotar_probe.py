@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
 from fastlt.evaluate.linear import predict_linear, seeded_linear
-from fastlt.evaluate.probe_views import plain_pixels
+from fastlt.evaluate.probe_views import frozen_features_epoch, plain_pixels
 
 STEMS = ("unpadded", "as-trained")
 REFERENCE_DATASET = "cifar10"  # the one data set train_lincls.py runs: its CIFAR-100 branch (:78-81) cannot run
@@ -127,10 +127,9 @@ def train_lotar_fc(
     optimizer = torch.optim.Adam(fc.parameters(), lr=config.lr)
     nchw = images.permute(0, 3, 1, 2)
     for _ in range(config.epochs):
-        order = torch.randperm(len(images), generator=generator, device=device)
-        for batch in order.split(config.batch_size):
-            with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                features = model(plain_pixels(nchw[batch], config.center_crop)).float()  # batch statistics
+        for batch, features in frozen_features_epoch(model, nchw, config.batch_size, generator,  # batch statistics
+                                                     lambda pixels: plain_pixels(pixels, config.center_crop),
+                                                     autocast_dtype):
             loss = F.cross_entropy(fc(features), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

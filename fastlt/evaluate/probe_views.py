@@ -40,10 +40,11 @@ def frozen_features_epoch(encoder: nn.Module, images: Tensor, batch_size: int, g
                           views: Callable[[Tensor], Tensor],
                           autocast_dtype: torch.dtype | None = None) -> Iterator[tuple[Tensor, Tensor]]:
     """One epoch over uint8 [N, 3, H, W] ``images`` in a fresh order drawn from ``generator``: for each batch, its
-    indices and the float32 features the (frozen, already eval-mode) encoder gives for ``views(batch images)``.
+    indices and the float32 features the encoder gives for ``views(batch images)``.
 
-    The views are drawn outside autocast, so their pixels do not depend on the precision; the encoder runs
-    under no_grad, so only what is trained on the features learns.
+    The encoder runs under no_grad, in the mode the caller set (eval: frozen batch norm; LoTaR's train mode:
+    batch statistics, running statistics moving), so only what is trained on the features learns. The views
+    are drawn outside autocast, so their pixels do not depend on the precision.
     """
     device = images.device
     order = torch.randperm(len(images), generator=generator, device=device)

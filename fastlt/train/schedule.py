@@ -10,6 +10,17 @@ from __future__ import annotations
 
 import math
 
+def peak_lr(lr: float, batch_size: int, scaling: str) -> float:
+    """The schedule's peak from a recipe's ``optim.lr``: as it is ("none", what every reference's code passes), or
+    scaled with the batch (global, all processes): "linear" lr x batch / 256 (SimCLR's rule, the one FlatCLR's
+    default 0.6 = 0.3 x 512 / 256 states) or "sqrt" lr x sqrt(batch) (the rule FlatCLR's README recommends for small
+    batches: 0.075 x sqrt(512) = 1.70)."""
+    if scaling == "linear":
+        return lr * batch_size / 256
+    if scaling == "sqrt":
+        return lr * math.sqrt(batch_size)
+    return lr
+
 
 def warmup_cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float, final_lr: float,
                      offset: int = 1) -> float:

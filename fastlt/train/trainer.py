@@ -55,7 +55,7 @@ from fastlt.train.progress import Progress, say
 from fastlt.train.resume import check_recipe_change
 from fastlt.train.runinfo import run_record
 from fastlt.train.lars import Lars
-from fastlt.train.schedule import warmup_cosine_lr
+from fastlt.train.schedule import peak_lr, warmup_cosine_lr
 from fastlt.train.stopping import StopRequest
 
 CHECKPOINT_NAME = f"{CHECKPOINTS}/{LAST}"
@@ -491,6 +491,7 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
     steps = len(loader)
     total_steps = recipe.train.epochs * steps
     warmup_steps = round(o.warmup_epochs * steps)
+    peak = peak_lr(o.lr, recipe.train.batch_size, o.lr_scaling)
     images_per_epoch = steps * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
     checkpoint_epoch = (epoch - 1) // recipe.train.checkpoint_every * recipe.train.checkpoint_every
     device = state.data_generator.device
@@ -511,7 +512,7 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
         if batch_index < done:  # the part of the epoch trained before the stop
             progress.step()
             continue
-        lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, o.lr, o.final_lr, o.lr_step_offset)
+        lr = warmup_cosine_lr(state.step, total_steps, warmup_steps, peak, o.final_lr, o.lr_step_offset)
         for group in optimizer.param_groups:
             group["lr"] = lr
         output = method.train_step(batch, state.view_generator, context)

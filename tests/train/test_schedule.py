@@ -14,7 +14,7 @@ from conftest import lrs_as_driven
 
 from fastlt.recipe import recipe_from_dict
 from fastlt.train.lars import Lars
-from fastlt.train.schedule import warmup_cosine_lr
+from fastlt.train.schedule import peak_lr, warmup_cosine_lr
 from fastlt.train.trainer import pretrain, resume_run
 
 
@@ -54,20 +54,33 @@ def test_the_landmarks_of_each_order():
     assert after[1:] == pytest.approx(before[:-1], rel=1e-12)
 
 
-def tiny_recipe(store, out_dir, name, offset, optimizer="sgd"):
+# FlatCLR's README.md:38-46: the lr of each batch size under its two scaling rules (0.3 linear, 0.075 sqrt), two decimals.
+FLATCLR_README_LRS = {128: (0.15, 0.85), 256: (0.3, 1.20), 512: (0.6, 1.70), 1024: (1.2, 2.40), 2048: (2.4, 3.39),
+                      4096: (4.8, 4.80), 8192: (9.6, 6.79)}
+
+
+@pytest.mark.parametrize("batch", sorted(FLATCLR_README_LRS))
+def test_lr_scaling_gives_flatclrs_table(batch):
+    linear, sqrt = FLATCLR_README_LRS[batch]
+    assert round(peak_lr(0.3, batch, "linear"), 2) == linear and round(peak_lr(0.075, batch, "sqrt"), 2) == sqrt
+    assert peak_lr(0.6, batch, "none") == 0.6  # what every reference's code passes: the lr as given
+
+
+def tiny_recipe(store, out_dir, name, offset, optimizer="sgd", scaling="none"):
     return recipe_from_dict({
         "data": {"store": str(store)},
         "model": {"width": 4, "projector_hidden": 16, "projector_out": 8},
-        "optim": {"name": optimizer, "lr": 0.3, "warmup_epochs": 1.5, "final_lr": 1e-3, "lr_step_offset": offset},
+        "optim": {"name": optimizer, "lr": 0.3, "warmup_epochs": 1.5, "final_lr": 1e-3, "lr_step_offset": offset,
+                  "lr_scaling": scaling},
         "train": {"epochs": 3, "batch_size": 128, "out_dir": str(out_dir), "progress": False, "precision": "fp32",
                   "device": "cpu", "compile": "off", "compile_views": "off", "name": name},
     }, "test")
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before `optimizer.step\\(\\)`")
-@pytest.mark.parametrize("offset, optimizer", [(1, "sgd"), (0, "lars")])
+@pytest.mark.parametrize("offset, optimizer, scaling", [(1, "sgd", "none"), (0, "lars", "sqrt")])
 def test_the_trainer_steps_at_the_reference_lr_also_across_a_resume(digits_store, tmp_path, monkeypatch, offset,
-                                                                   optimizer):
+                                                                   optimizer, scaling):
     seen = []
     step_class = Lars if optimizer == "lars" else torch.optim.SGD
     original = step_class.step
@@ -77,12 +90,13 @@ def test_the_trainer_steps_at_the_reference_lr_also_across_a_resume(digits_store
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(step_class, "step", spy)
-    run = pretrain(tiny_recipe(digits_store, tmp_path, "whole", offset, optimizer))
+    run = pretrain(tiny_recipe(digits_store, tmp_path, "whole", offset, optimizer, scaling))
     whole = list(seen)
     seen.clear()
-    resume_run(pretrain(tiny_recipe(digits_store, tmp_path, "halves", offset, optimizer), until_epoch=1))
+    resume_run(pretrain(tiny_recipe(digits_store, tmp_path, "halves", offset, optimizer, scaling), until_epoch=1))
     steps_per_epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])["step"]
     total = 3 * steps_per_epoch
     assert len(whole) == total and seen == whole  # the resumed run continues the schedule exactly
-    expected = reference_lrs(total, round(1.5 * steps_per_epoch), 0.3, 1e-3, scheduler_first=offset == 1)
+    base = 0.3 * (128 ** 0.5 if scaling == "sqrt" else 1)  # FlatCLR README's rule: lr x sqrt(batch)
+    expected = reference_lrs(total, round(1.5 * steps_per_epoch), base, 1e-3, scheduler_first=offset == 1)
     assert whole == pytest.approx(expected, rel=1e-12, abs=1e-15)

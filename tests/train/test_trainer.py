@@ -1,6 +1,7 @@
 """The training loop on the built-in digits store: run folder, logs, precision paths, checkpoints, honest resume."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,10 +12,10 @@ from fastlt.train.checkpoint import load_checkpoint
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
 
-def tiny_recipe(store, out_dir, **train) -> Recipe:
+def tiny_recipe(store, out_dir, split: str = "", **train) -> Recipe:
     return recipe_from_dict(
         {
-            "data": {"store": str(store)},
+            "data": {"store": str(store), "split": split},
             "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
             "optim": {"lr": 0.1, "warmup_epochs": 1},
             "train": {"epochs": 2, "batch_size": 64, "out_dir": str(out_dir), "progress": False,
@@ -68,9 +69,12 @@ def test_resume_continues_exactly_and_is_recorded(digits_store, tmp_path, capsys
 
 
 def test_fp16_run_resumes_with_its_loss_scaler(digits_store, tmp_path):
-    # fp16 with a GradScaler is what CUDA users without bf16 get; on CPU it runs the same code path.
-    full = pretrain(tiny_recipe(digits_store, tmp_path, name="full", precision="fp16"))
-    half = pretrain(tiny_recipe(digits_store, tmp_path, name="half", precision="fp16"), until_epoch=1)
+    # fp16 with a GradScaler is what CUDA users without bf16 get; on CPU it runs the same code path, on slow
+    # reference kernels (over 100 s for the whole train part on a Xeon with AMX), so 160 samples: 3 steps an epoch.
+    split = tmp_path / "small.npy"
+    np.save(split, np.arange(160, dtype=np.int64))
+    full = pretrain(tiny_recipe(digits_store, tmp_path, str(split), name="full", precision="fp16"))
+    half = pretrain(tiny_recipe(digits_store, tmp_path, str(split), name="half", precision="fp16"), until_epoch=1)
     scaler = load_checkpoint(half / CHECKPOINT_NAME)["scaler"]
     assert scaler["scale"] > 0 and "_growth_tracker" in scaler
     resume_run(half)
@@ -104,8 +108,6 @@ def test_resume_may_extend_the_schedule_and_change_what_does_not_compute(digits_
 
 
 def test_resume_refuses_other_data_and_another_device(digits_store, tmp_path):
-    import numpy as np
-
     run = pretrain(tiny_recipe(digits_store, tmp_path, name="run", epochs=2), until_epoch=1)
     split = tmp_path / "other.npy"
     np.save(split, np.arange(200, dtype=np.int64))
