@@ -30,8 +30,8 @@ demo: $(STAMP)
 # table). kornia and DALI come with the bench extra; a contender that cannot be installed is reported skipped.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]' || echo "fastlt[bench] not installed: kornia / DALI will be skipped"
-	$(BIN)/fastlt bench views --out bench-views.json
-	$(BIN)/fastlt bench train --out bench-train.json
+	$(BIN)/fastlt bench views --out bench-views.json --overwrite
+	$(BIN)/fastlt bench train --out bench-train.json --overwrite
 
 # The published tables (fastlt/reproduce.py): CIFAR=path/to/tarball (else it is downloaded),
 # SPLITS=1,2,3,4,5 for mean and std over the published splits, EPOCHS=N for a short version,

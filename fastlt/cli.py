@@ -16,6 +16,8 @@ from typing import Any, Callable
 import click
 
 from fastlt.errors import FastltError, RunStopped, SecondSignal
+from fastlt.evaluate import EVAL_EXITS, PROTOCOL_CHOICES
+from fastlt.files import check_free
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -67,9 +69,37 @@ def shot_settings() -> CommaList:
                      "'full' and/or numbers of shots, e.g. full,100,50", allow_empty=False)
 
 
+class DeviceName(click.ParamType):
+    """auto, cpu, cuda or cuda:N; anything else is a usage error. Whether CUDA is there is checked where the
+    command resolves the device (fastlt.train.device.resolve_device), as an error naming ``--device``."""
+
+    name = "device"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        kind, colon, index = str(value).partition(":")
+        if (kind in ("auto", "cpu", "cuda") and not colon) or (kind == "cuda" and index.isdigit()):
+            return str(value)
+        self.fail(f"{value!r}: expected auto, cpu, cuda or cuda:N", param, ctx)
+
+
+def check_device_option(device: str | None) -> None:
+    """Refuse an unavailable ``--device`` in one line naming it, before a command that passes it on as
+    train.device does any work."""
+    if device is not None:
+        from fastlt.train.device import resolve_device
+
+        resolve_device(device, f"--device {device}")
+
+
 DEVICE_HELP = "auto (the first CUDA device, else the CPU), cpu, cuda or cuda:N."
-PRECISION_HELP = ("auto (bf16 where the device runs it natively, else fp16 with loss scaling on CUDA, "
-                  "else fp32), bf16, fp16 or fp32.")
+PRECISION_CHOICES = "auto (bf16 where the device runs it natively, else fp16 on CUDA, else fp32), bf16, fp16 or fp32."
+PRECISION_HELP = PRECISION_CHOICES + " fp16 training scales the loss."
+
+
+def overwrite_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--overwrite, alike on every command that writes a path the user named: without it, an existing one is
+    refused before any work (fastlt.files.check_free)."""
+    return click.option("--overwrite", is_flag=True, help=f"Replace {what}; without it an existing one is refused.")
 
 
 class OneLineErrors(click.Group):
@@ -137,7 +167,7 @@ def named_list(text: str) -> tuple[str, Path]:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the store.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the coloured digits, and of the folder long-tail subsampling.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store (the new one is built fully first).")
+@overwrite_option("an existing store (the new one is built fully first)")
 @user_errors
 def convert(dataset: str, source: Path | None, download: bool, root: Path | None, lists: list[tuple[str, Path]],
             full_train: bool, test_root: Path | None, lt_ratio: float | None, lt_profile: str, size: int,
@@ -267,9 +297,10 @@ def splits() -> None:
               help="Comma-separated split numbers.")
 @click.option("--val-list", type=click.Path(path_type=Path), help="Use this val index file (e.g. SDCLR's) as the held-out set.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@overwrite_option("split files of the same names in --out")
 @user_errors
 def splits_cifar(dataset: str, store_path: Path, out: Path, split_ids: tuple[int, ...], val_list: Path | None,
-                 seed: int) -> None:
+                 seed: int, overwrite: bool) -> None:
     """CIFAR-10-LT / CIFAR-100-LT with the SDCLR profile and pool rules (D_i, D_b, S_b, eval lists)."""
     from fastlt.data.splits import load_split, write_cifar_lt_splits
     from fastlt.data.store import Store
@@ -278,7 +309,7 @@ def splits_cifar(dataset: str, store_path: Path, out: Path, split_ids: tuple[int
         raise FastltError("--split-ids: give at least one split number")
     labels = Store.open(store_path, expect=dataset).part("train").labels
     val = load_split(val_list, len(labels)) if val_list else None
-    for path in write_cifar_lt_splits(dataset, labels, out, split_ids, val_list=val, seed=seed):
+    for path in write_cifar_lt_splits(dataset, labels, out, split_ids, val_list=val, seed=seed, overwrite=overwrite):
         click.echo(f"wrote {path}")
 
 
@@ -288,14 +319,15 @@ def splits_cifar(dataset: str, store_path: Path, out: Path, split_ids: tuple[int
               help="Largest / smallest class count.")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output .npy (a .json manifest goes beside it).")
+@overwrite_option("an existing --out file and its .json")
 @user_errors
-def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
+def splits_digits(store_path: Path, ratio: float, seed: int, out: Path, overwrite: bool) -> None:
     """A long-tailed split of the digits train part with any imbalance ratio."""
     from fastlt.data.splits import write_digits_lt_split
     from fastlt.data.store import Store
 
     labels = Store.open(store_path, expect="digits").part("train").labels
-    click.echo(f"wrote {write_digits_lt_split(labels, ratio, seed, out)}")
+    click.echo(f"wrote {write_digits_lt_split(labels, ratio, seed, out, overwrite)}")
 
 
 @main.command()
@@ -304,7 +336,7 @@ def splits_digits(store_path: Path, ratio: float, seed: int, out: Path) -> None:
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint.")
 @click.option("--split", type=click.Path(path_type=Path),
               help="Pretrain on this split file (SDCLR format, e.g. a published one); same as --set data.split=FILE.")
-@click.option("--device", help=DEVICE_HELP + " Same as --set train.device=...")
+@click.option("--device", type=DeviceName(), help=DEVICE_HELP + " Same as --set train.device=...")
 @click.option("--precision", help=PRECISION_HELP + " Same as --set train.precision=...")
 @click.option("--until-epoch", type=click.IntRange(min=1), help="Stop after this epoch (the schedule still spans train.epochs).")
 @click.option("--list", "list_methods", is_flag=True, help="Print the method presets and the axes' choices, and exit.")
@@ -330,13 +362,15 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
         for (encoder, view_forward), why in VIEW_FORWARD_CONFLICTS.items():
             click.echo(f"  encoder={encoder} with view_forward={view_forward}: {why}")
         return
-    shortcuts = {"data.split": split and str(split.resolve()), "train.device": device, "train.precision": precision}
-    overrides = (*overrides, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value))
-    from fastlt.recipe import find_recipe, load_recipe
+    from fastlt.recipe import find_recipe, load_recipe, option_overrides
     from fastlt.train.distributed import launched_ranks
     from fastlt.train.trainer import pretrain as run_pretraining
     from fastlt.train.trainer import resume_run
 
+    check_device_option(device)
+    shortcuts = {"--split": ("data.split", split and str(split.resolve())), "--device": ("train.device", device),
+                 "--precision": ("train.precision", precision)}
+    overrides = (*overrides, *option_overrides(shortcuts))
     if resume is not None:
         if recipe is not None:
             raise FastltError("pretrain: give a RECIPE or --resume RUN_DIR, not both")
@@ -361,7 +395,7 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
 @click.option("--epochs", type=click.IntRange(min=1), help="Pretraining epochs (default: the recipes', the papers').")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a value in every run's recipe.")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=DeviceName(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
 @user_errors
 def reproduce(table: str, store_path: Path, out: Path, split_ids: tuple[int, ...], epochs: int | None,
@@ -377,7 +411,7 @@ def reproduce(table: str, store_path: Path, out: Path, split_ids: tuple[int, ...
 
 @main.group("recipe")
 def recipe_group() -> None:
-    """Inspect recipes: every key, its value, its default and what it means."""
+    """Inspect recipes: the shipped ones, and every key with its value, its default and what it means."""
 
 
 @recipe_group.command("show")
@@ -402,6 +436,27 @@ def recipe_show(recipe: str, overrides: tuple[str, ...]) -> None:
                    f"{json.dumps(k.default):{width['default']}}  {k.meaning}")
 
 
+@recipe_group.command("list")
+@user_errors
+def recipe_list() -> None:
+    """The shipped recipes by data set: each name, its method and its purpose (the recipe file's first comment line).
+
+    Pretrain one with `fastlt pretrain DATASET/NAME`.
+    """
+    from fastlt.recipe import load_recipe, recipe_purpose, shipped_recipes
+
+    rows: dict[str, list[tuple[str, str, str]]] = {}
+    for name, path in shipped_recipes().items():
+        data_set, recipe = name.split("/")
+        rows.setdefault(data_set, []).append((recipe, load_recipe(path).method.name, recipe_purpose(path)))
+    name_width = max(len(row[0]) for group in rows.values() for row in group)
+    method_width = max(len(row[1]) for group in rows.values() for row in group)
+    for data_set, group in rows.items():
+        click.echo(data_set)
+        for recipe, method, purpose in group:
+            click.echo(f"  {recipe:{name_width}}  {method:{method_width}}  {purpose}".rstrip())
+
+
 @recipe_group.command("keys")
 def recipe_keys_table() -> None:
     """The Markdown table of every recipe key, its default and meaning (the README's)."""
@@ -421,29 +476,34 @@ def recipe_keys_table() -> None:
 @click.option("--shots", type=shot_settings(), default="full", show_default=True,
               help="full (the probe list) and/or N-shot evaluations, each the mean and std over the recipe's "
                    "few-shot lists (eval.shot_lists), e.g. full,100,50.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Probe epochs (default: the recipe's, 500 in the BCL protocol).")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="BCL probe epochs (default: the recipe's, 500); fewer squeeze its lr decay, with a warning.")
+@click.option("--sdclr-epochs", type=click.IntRange(min=1),
+              help="SDCLR full-shot fc epochs (default: the recipe's, 30); fewer, with a warning.")
 @click.option("--knn", type=positive_ints(), help="Comma-separated k values for kNN, e.g. 1,10; empty for none.")
 @click.option("--random-init", is_flag=True, help="Also evaluate a randomly initialised backbone of the same architecture.")
-@click.option("--protocol", help="bcl (default: the linear probe on cached features, with kNN), sdclr (the fc "
-                                 "trained through the frozen backbone on augmented images, best epoch on the "
-                                 "held-out list), ts (kNN and LinearSVCs on the long-tailed split), all (those "
-                                 "three), supcon (SupCon's and SelfCon's linear classifiers on augmented views), "
-                                 "finetune (FlatCLR's: the whole network with a new fc) or lotar (LoTaR's fc); "
-                                 "the recipe's eval.protocol when not given.")
+@click.option("--protocol", type=click.Choice(PROTOCOL_CHOICES),
+              help="bcl (default: the linear probe on cached features, with kNN), sdclr (the fc trained through the "
+                   "frozen backbone on augmented images, best epoch on the held-out list), ts (kNN and LinearSVCs on "
+                   "the long-tailed split), all (those three), supcon (SupCon's and SelfCon's linear classifiers on "
+                   "augmented views), finetune (FlatCLR's: the whole network with a new fc) or lotar (LoTaR's fc); "
+                   "the recipe's eval.protocol when not given.")
 @click.option("--subnet/--no-subnet", default=None,
               help="supcon protocol on a multi-exit (SelfCon) encoder: also train a classifier on the sub-network "
                    "exit and report their ensemble (SelfCon's --subnet; default: the recipe's eval.supcon_subnet, on).")
-@click.option("--exit", "exit_name",
+@click.option("--exit", "exit_name", type=click.Choice(EVAL_EXITS),
               help="backbone, sub-network or ensemble: which exit of a multi-exit (SelfCon) encoder gives the features (default: the recipe's "
                    "eval.exit, backbone); ensemble concatenates both.")
-@click.option("--overwrite", is_flag=True, help="Replace reports of the same evaluation written before.")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--precision", default="auto", show_default=True, help="Feature extraction: " + PRECISION_HELP)
+@overwrite_option("reports of the same evaluation written before")
+@click.option("--device", type=DeviceName(), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--precision", default="auto", show_default=True,
+              help="Autocast of the backbone as it extracts features (and as the finetune protocol trains it): "
+                   + PRECISION_CHOICES)
 @user_errors
 def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_split: Path | None,
-                shots: tuple[str, ...], epochs: int | None, knn: tuple[int, ...] | None, random_init: bool,
-                protocol: str | None, subnet: bool | None, exit_name: str | None, overwrite: bool, device: str,
-                precision: str) -> None:
+                shots: tuple[str, ...], epochs: int | None, sdclr_epochs: int | None, knn: tuple[int, ...] | None,
+                random_init: bool, protocol: str | None, subnet: bool | None, exit_name: str | None, overwrite: bool,
+                device: str, precision: str) -> None:
     """The papers' evaluation protocols on a run folder or checkpoint, with many/medium/few groups."""
     from fastlt.evaluate.protocol import linear_eval as run_linear_eval
     from fastlt.train.device import resolve_device, resolve_precision
@@ -452,12 +512,14 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
     if not launched_ranks().main:  # under torchrun, rank 0 evaluates and the others have nothing to do
         return
 
-    resolved = resolve_device(device, "--device")
+    resolved = resolve_device(device, f"--device {device}")
     overrides: dict[str, Any] = {}
     if probe_split is not None:
         overrides["train_split"] = str(probe_split.resolve())
     if epochs is not None:
         overrides["epochs"] = epochs
+    if sdclr_epochs is not None:
+        overrides["sdclr_epochs"] = sdclr_epochs
     if knn is not None:
         overrides["knn"] = knn
     if protocol is not None:
@@ -467,7 +529,7 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
     if subnet is not None:
         overrides["supcon_subnet"] = subnet
     result = run_linear_eval(target, out, resolved, store_path, overrides, random_init,
-                             resolve_precision(precision, resolved, "--precision").name, shots, overwrite)
+                             resolve_precision(precision, resolved, f"--precision {precision}").name, shots, overwrite)
     click.echo(result.markdown)
     for folder in result.folders.values():
         click.echo(f"wrote {folder}")
@@ -479,12 +541,15 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
               help="Also write the table as CSV (full-precision numbers, few-shot std in its own column).")
 @click.option("--md", "md_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Also write the Markdown table to this file.")
+@overwrite_option("existing --csv and --md files")
 @user_errors
-def compare(runs: tuple[Path, ...], csv_path: Path | None, md_path: Path | None) -> None:
+def compare(runs: tuple[Path, ...], csv_path: Path | None, md_path: Path | None, overwrite: bool) -> None:
     """Several runs' evaluation reports side by side, as one Markdown table on stdout.
 
     Each RUN is a run folder (every report folder in RUN/eval, one per kind of evaluation), a
-    report folder or eval.json (that report), or a folder of report folders (a linear-eval --out).
+    report folder or eval.json (that report), a folder of report folders (a linear-eval --out), or
+    a folder of runs (each subfolder a run, e.g. runs/). A run without reports is left out, and
+    one line on stderr says which and why; with no report at all, nothing is printed or written.
     One row per run and evaluation: method, pretraining split, epoch, protocol, full-shot overall,
     many / medium / few and group std, and an N-shot column (mean +- std over the subsets) where
     an N-shot report of the same checkpoint exists. Every report is read before anything is
@@ -492,28 +557,32 @@ def compare(runs: tuple[Path, ...], csv_path: Path | None, md_path: Path | None)
     """
     from fastlt.evaluate.compare import compare_runs, write_comparison
 
+    check_free([csv_path, md_path], overwrite)
     comparison = compare_runs(runs)
+    if comparison.left_out_line():
+        click.echo(comparison.left_out_line(), err=True)
     click.echo(comparison.markdown(), nl=False)
     for path in write_comparison(comparison, csv_path, md_path):
-        click.echo(f"wrote {path}", err=True)
+        click.echo(f"wrote {path}")
 
 
 @main.command()
 @click.argument("runs", nargs=-1, required=True, metavar="RUN...", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
-              help="Folder for the PNGs (created if missing; files of the same name are replaced).")
+              help="Folder for the PNGs (created if missing).")
+@overwrite_option("PNGs of the same names in --out")
 @user_errors
-def plot(runs: tuple[Path, ...], out: Path) -> None:
+def plot(runs: tuple[Path, ...], out: Path, overwrite: bool) -> None:
     """Training curves of one or several run folders over epochs, one line per run, as PNGs in OUT.
 
-    loss.png; knn.png (the kNN monitor's held-out accuracy, class mean / many / medium / few,
-    where train.monitor_every logged it); temperature.png; bcl_weights.png (BCL's mean
-    augmentation weight, overall and per group; BCL runs only). A plot no run has data for is
-    skipped, and one line says which and why.
+    loss.png (one panel per loss objective); knn.png (the kNN monitor's held-out accuracy, class
+    mean / many / medium / few, where train.monitor_every logged it); temperature.png;
+    bcl_weights.png (BCL's mean augmentation weight per group; BCL runs only). A plot no run has
+    data for is skipped, and one line says which and why.
     """
     from fastlt.evaluate.plots import plot_runs
 
-    result = plot_runs(runs, out)
+    result = plot_runs(runs, out, overwrite)
     for path in result.written:
         click.echo(f"wrote {path}")
     if result.skipped_line():
@@ -524,7 +593,7 @@ def plot(runs: tuple[Path, ...], out: Path) -> None:
 @click.argument("target", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True,
               help="File for the torchvision state dict, mean/std and provenance (torch.save, weights_only-safe).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
+@overwrite_option("an existing --out file")
 @user_errors
 def export(target: Path, out: Path, overwrite: bool) -> None:
     """Write the pretrained backbone of a run folder or checkpoint as a torchvision ResNet state dict.
@@ -557,15 +626,18 @@ def bench() -> None:
 @click.option("--no-compile", is_flag=True, help="Skip the torch.compile contender (a cold compile costs ~40 s on a CPU).")
 @click.option("--workers", type=click.IntRange(min=0),
               help="DataLoader workers and DALI threads (default: the usable CPU cores).")
-@click.option("--device", default="auto", show_default=True, help="Where fastlt and kornia run: " + DEVICE_HELP)
+@click.option("--device", type=DeviceName(), default="auto", show_default=True,
+              help="Where fastlt and kornia run: " + DEVICE_HELP)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON (atomically).")
+@overwrite_option("an existing --out file")
 @user_errors
 def bench_views(batch: int, batches: int | None, repeats: int, recipe: str, bcl: tuple[str, ...], no_bcl: bool,
-                no_compile: bool, workers: int | None, device: str, out: Path | None) -> None:
+                no_compile: bool, workers: int | None, device: str, out: Path | None, overwrite: bool) -> None:
     """Two SimCLR views per image per second: fastlt against per-image PIL, kornia and DALI; BCL's views too."""
     from fastlt.bench.report import write_result
     from fastlt.bench.views import run_views_benchmark, views_table
 
+    check_free([out], overwrite)
     result = run_views_benchmark(batch, batches, repeats, recipe, () if no_bcl else bcl, device, not no_compile,
                                  workers)
     click.echo(views_table(result))
@@ -581,19 +653,21 @@ def bench_views(batch: int, batches: int | None, repeats: int, recipe: str, bcl:
 @click.option("--batch", type=click.IntRange(min=2), help="Batch size; same as --set train.batch_size=N.")
 @click.option("--store", "store_path", type=click.Path(path_type=Path),
               help="Read this native store (with the recipe's split) instead of a temporary one of random images.")
-@click.option("--device", help=DEVICE_HELP + " Same as --set train.device=...")
+@click.option("--device", type=DeviceName(), help=DEVICE_HELP + " Same as --set train.device=...")
 @click.option("--workers", type=click.IntRange(min=0),
               help="The reference loop's DataLoader workers (default: the usable CPU cores).")
 @click.option("--no-reference", is_flag=True, help="Time fastlt's step only.")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON (atomically).")
+@overwrite_option("an existing --out file")
 @user_errors
 def bench_train(recipe: str, overrides: tuple[str, ...], steps: int | None, batch: int | None,
                 store_path: Path | None, device: str | None, workers: int | None, no_reference: bool,
-                out: Path | None) -> None:
+                out: Path | None, overwrite: bool) -> None:
     """A pretraining step split into load, views, forward + backward and optimiser, against the reference loop."""
     from fastlt.bench.report import write_result
     from fastlt.bench.train import run_train_benchmark, train_table
 
+    check_free([out], overwrite)
     result = run_train_benchmark(recipe, overrides, steps, batch, store_path, device, workers, not no_reference)
     click.echo(train_table(result))
     write_result(out, result)
@@ -609,15 +683,17 @@ def bench_train(recipe: str, overrides: tuple[str, ...], steps: int | None, batc
 @click.option("--batches", type=click.IntRange(min=1), help="Batches per timed pass (default: one epoch).")
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Timed passes; the best counts.")
 @click.option("--workers", type=click.IntRange(min=1), help="Decoding threads (default: the usable cores).")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", type=DeviceName(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON (atomically).")
+@overwrite_option("an existing --out file")
 @user_errors
 def bench_loader(store_path: Path, backend: str | None, part: str, batch: int, batches: int | None, repeats: int,
-                 workers: int | None, device: str, out: Path | None) -> None:
+                 workers: int | None, device: str, out: Path | None, overwrite: bool) -> None:
     """Images per second out of a store's loader, alone and with two SimCLR views."""
     from fastlt.bench.loader import loader_table, run_loader_benchmark
     from fastlt.bench.report import write_result
 
+    check_free([out], overwrite)
     result = run_loader_benchmark(store_path, backend, part, batch, batches, repeats, device, workers)
     click.echo(loader_table(result))
     write_result(out, result)
@@ -631,16 +707,20 @@ def bench_loader(store_path: Path, backend: str | None, part: str, batch: int, b
 @click.option("--sdclr-epochs", type=click.IntRange(min=1), help="SDCLR fc epochs (default: the recipe's).")
 @click.option("--sdclr-few-shot-epochs", type=click.IntRange(min=1),
               help="SDCLR few-shot fc epochs, where the recipe has a few-shot list (default: the recipe's).")
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
-@click.option("--precision", default="auto", show_default=True, help="Feature extraction: " + PRECISION_HELP)
+@click.option("--device", type=DeviceName(), default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--precision", default="auto", show_default=True,
+              help="Autocast of the backbone as it extracts features: " + PRECISION_CHOICES)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the result as JSON (atomically).")
+@overwrite_option("an existing --out file")
 @user_errors
 def bench_linear_eval(target: Path, store_path: Path | None, epochs: int | None, sdclr_epochs: int | None,
-                      sdclr_few_shot_epochs: int | None, device: str, precision: str, out: Path | None) -> None:
+                      sdclr_few_shot_epochs: int | None, device: str, precision: str, out: Path | None,
+                      overwrite: bool) -> None:
     """Wall time of BCL's protocol (cached features) against SDCLR's on the same run or checkpoint."""
     from fastlt.bench.linear_eval import linear_eval_table, run_linear_eval_benchmark
     from fastlt.bench.report import write_result
 
+    check_free([out], overwrite)
     result = run_linear_eval_benchmark(target, store_path, device, precision, epochs, sdclr_epochs,
                                        sdclr_few_shot_epochs)
     click.echo(linear_eval_table(result))

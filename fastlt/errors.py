@@ -11,11 +11,14 @@ class FastltError(Exception):
 
 class RunStopped(Exception):
     """A run stopped by SIGINT or SIGTERM after writing its checkpoint; the CLI prints the message and
-    exits with 128 + the signal's number, as a shell reports a process a signal ended."""
+    exits with 128 + the signal's number, as a shell reports a process a signal ended.
 
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
+    ``what`` says where it stopped and ``next_step`` what to type to continue, kept apart so a command that
+    trains through another (reproduce) can give its own next step."""
+
+    def __init__(self, what: str, next_step: str, signum: int):
+        super().__init__(f"{what}; {next_step}")
+        self.what, self.next_step, self.signum = what, next_step, signum
 
 
 class SecondSignal(KeyboardInterrupt):

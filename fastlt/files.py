@@ -1,15 +1,64 @@
-"""Atomic file writes and checksums: readers never see half a file, a crash never leaves one."""
+"""Atomic file writes and checksums: readers never see half a file, a crash never leaves one. Also the
+one overwrite rule of every command that writes a path the user named, and file modes that follow the umask."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tempfile
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any, Callable
 
+from fastlt.errors import FastltError
 
 TEMPORARY_SUFFIX = ".part"  # hidden ``.{name}.xxxx.part`` files: what a killed writer leaves behind
+_UMASK_LOCK = threading.Lock()
+
+
+def check_free(paths: Iterable[Path | None], overwrite: bool) -> None:
+    """Refuse, in one line naming it, the first of ``paths`` that exists (None: an output not asked for),
+    unless ``overwrite``.
+
+    Every command that writes a file or folder the user named checks it here before any work, so
+    nothing a user made is replaced by surprise and a refusal costs nothing and writes nothing.
+    """
+    if overwrite:
+        return
+    for path in paths:
+        if path is not None and Path(path).exists():
+            raise FastltError(f"{path}: exists already; pass --overwrite to replace it")
+
+
+def current_umask() -> int:
+    """The process's umask. Linux reports it in /proc; elsewhere it is read by setting it, briefly to the
+    strictest mask, so a file another thread creates in that instant is never more open than asked."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def new_temporary(path: Path) -> IO[bytes]:
+    """A hidden temporary file beside ``path`` to be renamed over it, with the mode ``open()`` would give
+    ``path`` (0666 less the umask): mkstemp makes it 0600, which would keep the file from labmates."""
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX,
+                                         delete=False)
+    try:
+        os.fchmod(handle.fileno(), 0o666 & ~current_umask())
+    except BaseException:
+        handle.close()
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    return handle
 
 
 def replace_atomically(path: Path, write: Callable[[IO[bytes]], object], keep_old_as: Path | None = None) -> None:
@@ -20,8 +69,7 @@ def replace_atomically(path: Path, write: Callable[[IO[bytes]], object], keep_ol
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX,
-                                         delete=False)
+    handle = new_temporary(path)
     try:
         with handle:
             write(handle)

@@ -8,17 +8,19 @@ overrides are parsed as TOML values and checked the same way.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Sequence
 
 from fastlt.augment.views import ViewConfig
 from fastlt.data.store import STORE_LIST
 from fastlt.errors import FastltError
+from fastlt.evaluate import EVAL_EXITS, PROTOCOL_CHOICES
 from fastlt.shipped import shipped_folder
 
 
@@ -38,11 +40,6 @@ ALL_AT_LEAST_1 = _rule(lambda values: all(v >= 1 for v in values), "a list of in
 
 def one_of(*choices: str) -> dict[str, Any]:
     return _rule(lambda v: v in choices, "one of " + ", ".join(choices))
-
-
-EVAL_EXITS = ("backbone", "sub-network", "ensemble")  # the features linear evaluation can take
-EVAL_PROTOCOLS = ("bcl", "sdclr", "ts")  # docs/evaluation.md; "all" runs these three
-SEPARATE_PROTOCOLS = ("supcon", "finetune", "lotar")  # each trains ~100 epochs through the backbone: named alone
 
 
 def setting(default: Any, meaning: str, rule: dict[str, Any] | None = None) -> Any:
@@ -190,7 +187,7 @@ class EvalConfig:
                                    "three), supcon (SupCon's and SelfCon's linear classifier on augmented views), "
                                    "finetune (FlatCLR's: the whole network with a new fc) or lotar (LoTaR's fc "
                                    "with batch-norm statistics in train mode)",
-                            one_of(*EVAL_PROTOCOLS, "all", *SEPARATE_PROTOCOLS))
+                            one_of(*PROTOCOL_CHOICES))
     train_split: str = setting("", "the probe's training indices, relative to the recipe's folder, or store:NAME; "
                                    "empty = the whole part")
     val_split: str = setting("", "held-out indices of the training part (SDCLR protocol's best epoch, the online "
@@ -353,15 +350,61 @@ def find_recipe(name: Path | str) -> Path:
         return shipped
     if path.suffix == ".toml" or path.is_absolute():
         raise FastltError(f"{path}: recipe file not found")
-    names = sorted(str(p.relative_to(shipped_folder("pipelines")).with_suffix("")) for p in
-                   shipped_folder("pipelines").glob("*/*.toml"))
-    raise FastltError(f"{name}: no such recipe file or shipped recipe (shipped: {', '.join(names)})")
+    hint = suggestion(str(name), shipped_recipes(), "`fastlt recipe list` shows the shipped ones")
+    raise FastltError(f"{name}: no such recipe file or shipped recipe ({hint})")
 
 
-def load_recipe(path: Path | str, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+def shipped_recipes() -> dict[str, Path]:
+    """The recipes that ship with fastlt, by the name find_recipe takes ("cifar100_lt/bcl-d"), in name order."""
+    folder = shipped_folder("pipelines")
+    found = {str(p.relative_to(folder).with_suffix("")): p for p in folder.glob("*/*.toml")}
+    return dict(sorted(found.items()))
+
+
+def recipe_purpose(path: Path) -> str:
+    """A recipe's first comment line, which states its purpose ("" where the file does not open with a comment).
+
+    ``fastlt recipe list`` shows it, so the purpose is written once, in the file it describes.
+    """
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            return line.lstrip("#").strip() if line.startswith("#") else ""
+    return ""
+
+
+def suggestion(name: str, known: Iterable[str], otherwise: str) -> str:
+    """What to say about a mistyped name: the closest of ``known`` ("did you mean 'x'?"), else ``otherwise``."""
+    close = [repr(match) for match in difflib.get_close_matches(name, list(known), n=3)]
+    if not close:
+        return otherwise
+    return f"did you mean {', '.join(close[:-1]) + ' or ' if len(close) > 1 else ''}{close[-1]}?"
+
+
+@dataclass(frozen=True)
+class Override:
+    """A ``section.key=value`` override and what the user typed for it, which its errors name: the ``--set``
+    argument itself, or a shortcut option that stands for one (``--device cuda`` sets train.device)."""
+
+    assignment: str
+    typed: str
+
+
+def as_override(item: str | Override) -> Override:
+    """A bare ``section.key=value`` string is a ``--set`` argument."""
+    return item if isinstance(item, Override) else Override(item, f"--set {item}")
+
+
+def option_overrides(options: dict[str, tuple[str, Any]]) -> list[Override]:
+    """The overrides that shortcut options stand for, {"--device": ("train.device", "cuda")}, each named as the
+    user typed it (``--device cuda``); an option not given (None) sets nothing."""
+    return [Override(f"{key}={json.dumps(value)}", f"{option} {value}")
+            for option, (key, value) in options.items() if value is not None]
+
+
+def load_recipe(path: Path | str, overrides: Sequence[str | Override] = ()) -> Recipe:
     """Read a TOML recipe (following ``extends``) and apply ``section.key=value`` overrides.
 
-    Every error names the file, or the ``--set`` value, it comes from.
+    Every error names the file, or the option the user typed for the value, it comes from.
     """
     path = Path(path)
     return recipe_with_overrides(read_recipe_tables(path), overrides, str(path))
@@ -418,14 +461,15 @@ def with_store_lists(recipe: Recipe, list_file: Callable[[str], Path]) -> Recipe
     return dataclasses.replace(recipe, **sections)
 
 
-def recipe_with_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> Recipe:
+def recipe_with_overrides(raw: dict[str, Any], overrides: Sequence[str | Override], source: str) -> Recipe:
     """Apply ``section.key=value`` overrides to a raw recipe dict, then validate it.
 
-    A bad overridden value is reported against its ``--set`` argument, not the recipe file.
+    A bad overridden value is reported against what the user typed for it (``--set ...``, ``--device ...``),
+    not the recipe file.
     """
     origins = {}
-    for override in overrides:
-        origins[apply_override(raw, override)] = f"--set {override}"
+    for override in map(as_override, overrides):
+        origins[apply_override(raw, override)] = override.typed
     return recipe_from_dict(raw, source=source, origins=origins)
 
 
@@ -434,15 +478,18 @@ def recipe_from_dict(raw: dict[str, Any], source: str, origins: dict[tuple[str, 
 
     origins maps (section, key) to where a value came from when that is not ``source``.
     """
+    origins = origins or {}
     sections = {f.name: f for f in dataclasses.fields(Recipe)}
     for name, table in raw.items():
+        where = next((origin for (section, _), origin in origins.items() if section == name), source)
         if name not in sections:
-            raise FastltError(f"{source}: unknown section [{name}] (expected one of {sorted(sections)})")
+            hint = suggestion(name, sections, "expected one of " + ", ".join(sections))
+            raise FastltError(f"{where}: unknown section {name!r} ({hint})")
         if not isinstance(table, dict):
-            raise FastltError(f"{source}: [{name}] must be a table")
+            raise FastltError(f"{where}: [{name}] must be a table")
     hints_of_recipe = typing.get_type_hints(Recipe)
     built = {
-        name: _build_section(hints_of_recipe[name], raw.get(name, {}), source, name, origins or {})
+        name: _build_section(hints_of_recipe[name], raw.get(name, {}), source, name, origins)
         for name in sections
     }
     return Recipe(**built)
@@ -458,7 +505,7 @@ def _build_section(config_type: type, table: dict[str, Any], source: str, sectio
     for key, value in table.items():
         where = f"{origins.get((section, key), source)}: {section}.{key}"
         if key not in hints:
-            raise FastltError(f"{where}: unknown key (expected one of {sorted(hints)})")
+            raise FastltError(f"{where}: unknown key ({suggestion(key, hints, '`fastlt recipe keys` lists them')})")
         values[key] = _coerce(value, hints[key], where)
         rule = rules[key]
         if "valid" in rule and not rule["valid"](values[key]):
@@ -512,18 +559,18 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise FastltError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
-def apply_override(raw: dict[str, Any], override: str) -> tuple[str, str]:
+def apply_override(raw: dict[str, Any], override: Override) -> tuple[str, str]:
     """Set raw[section][key] from 'section.key=value' (value is TOML; bare words are strings); returns (section, key)."""
-    dotted, equals, text = override.partition("=")
+    dotted, equals, text = override.assignment.partition("=")
     section, dot, key = dotted.strip().partition(".")
     if not (equals and dot and section and key):
-        raise FastltError(f"--set {override!r}: expected section.key=value")
+        raise FastltError(f"{override.typed}: expected section.key=value")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text
     table = raw.setdefault(section, {})
     if not isinstance(table, dict):
-        raise FastltError(f"--set {override}: [{section}] is not a table")
+        raise FastltError(f"{override.typed}: [{section}] is not a table")
     table[key] = value
     return section, key

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fastlt.data.splits import split_name
-from fastlt.errors import FastltError
+from fastlt.errors import FastltError, RunStopped
 from fastlt.evaluate.plots import PlotResult, plot_runs
 from fastlt.evaluate.protocol import linear_eval
 from fastlt.evaluate.report import PER_CLASS_PNG
@@ -108,8 +108,9 @@ def epochs_done(run_dir: Path) -> int:
 
 def train_row(recipe_path: Path, run_dir: Path, overrides: list[str], epochs: int, clock: Clock,
               epochs_after: int) -> None:
-    """Pretrain one run to ``epochs``: start it with one epoch to time it, or resume it where it stopped."""
-    if not run_dir.exists():
+    """Pretrain one run to ``epochs``: start it with one epoch to time it and go on, or resume it where it stopped."""
+    started_here = not run_dir.exists()
+    if started_here:
         recipe = load_recipe(recipe_path, [*overrides, f"train.out_dir={json.dumps(str(run_dir.parent))}",
                                            f"train.name={json.dumps(run_dir.name)}"])
         pretrain(recipe, str(recipe_path), until_epoch=1)
@@ -119,7 +120,7 @@ def train_row(recipe_path: Path, run_dir: Path, overrides: list[str], epochs: in
     elif not any((run_dir / CHECKPOINTS / name).is_file() for name in (LAST, PREVIOUS)):
         raise FastltError(f"{run_dir}: run folder without a checkpoint; remove it to start the run again")
     if epochs_done(run_dir) < epochs:
-        resume_run(run_dir)
+        resume_run(run_dir, continuing=started_here)
 
 
 def report_folders(recipe: Recipe, row: Row, shots: tuple[str, ...]) -> dict[str, str]:
@@ -167,6 +168,8 @@ def reproduce(table_name: str, store: Path, out_dir: Path, splits: tuple[int, ..
         raise FastltError(f"reproduce {table_name}: has one split only, got --splits {','.join(map(str, splits))}")
     if not (store / "meta.json").is_file():
         raise FastltError(f"{store}: not a fastlt store (no meta.json); convert the data set first")
+    eval_device = resolve_device(device, f"--device {device}")  # before the recipes, which take both as they are
+    eval_precision = resolve_precision(precision, eval_device, f"--precision {precision}").name
     runs_dir = out_dir / table.folder / "runs"
     shots = BCL_COLUMNS if table_name != "digits" else ("full",)
     plan = []
@@ -186,17 +189,20 @@ def reproduce(table_name: str, store: Path, out_dir: Path, splits: tuple[int, ..
     clock = Clock()
     started = time.perf_counter()
     results: dict[tuple[int, str], dict[str, Any]] = {}
-    eval_device = resolve_device(device, "--device")
-    eval_precision = resolve_precision(precision, eval_device, "--precision").name
     for index, (split, row, recipe_path, settings, recipe, run_dir) in enumerate(plan):
         later = sum(entry[4].train.epochs for entry in plan[index + 1:])
-        train_row(recipe_path, run_dir, settings, recipe.train.epochs, clock, later)
+        try:
+            train_row(recipe_path, run_dir, settings, recipe.train.epochs, clock, later)
+        except RunStopped as stop:  # the same command picks up every stage where it stopped
+            raise RunStopped(stop.what, f"run the same `fastlt reproduce {table_name}` command again to continue "
+                                        "(finished runs and reports are kept)", stop.signum) from None
         results[(split, row.recipe)] = evaluate_row(row, recipe, run_dir, shots, str(eval_device), eval_precision,
                                                     random_init=table.baseline and row == table.rows[0])
         epochs_logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         results[(split, row.recipe)] |= {"_epochs": len(epochs_logged),
                                          "_seconds": sum(entry["epoch_seconds"] for entry in epochs_logged)}
-    plots = plot_runs([entry[5] for entry in plan], out_dir / table.folder / "plots")
+    # The table and its plots are rebuilt from the runs on every invocation: running again is how it resumes.
+    plots = plot_runs([entry[5] for entry in plan], out_dir / table.folder / "plots", overwrite=True)
     markdown = results_markdown(table_name, table, splits, results, shots, time.perf_counter() - started)
     markdown += plots_markdown(plots, out_dir, results)
     out = out_dir / f"{table.folder}.md"

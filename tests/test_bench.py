@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -107,6 +110,20 @@ def test_bench_views_writes_every_contender_the_goals_and_the_breakdown(tmp_path
     assert all(part["seconds"] > 0 and part["images_per_s"] > 0 for part in parts.values())
     assert parts["blur"]["in_recipe_view"] is False and parts["colour_jitter"]["in_recipe_view"] is True
     assert "goals" in table and "where the time goes" in table and "fastlt, eager" in table
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+def test_the_cuda_home_probe_says_nothing_on_a_machine_without_cuda(quiet, tmp_path):
+    """torch.compile on a CPU loads torch.utils.cpp_extension, which warns "No CUDA runtime is found" where a CUDA
+    toolkit (CUDA_HOME) is installed but no GPU is usable: `bench views` printed it. The compile entry points call
+    quiet_cuda_home_probe first (tests/augment/test_views.py and the compiled-method tests run them); here, in a
+    fresh process, the probe alone, and without it the warning, so the check can fail."""
+    probe = "from fastlt.notices import quiet_cuda_home_probe; quiet_cuda_home_probe(); " if quiet else ""
+    command = [sys.executable, "-c", probe + "import torch.utils.cpp_extension"]
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert ("CUDA" in result.stdout + result.stderr) is not quiet
 
 
 def test_a_contender_that_cannot_run_is_reported_skipped_with_its_reason(monkeypatch):

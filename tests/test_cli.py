@@ -1,6 +1,8 @@
 """The command line end to end on tiny data, its progress output, and one-line errors for every bad input."""
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -147,7 +149,7 @@ def test_linear_eval_report_says_what_it_measured_and_is_not_overwritten(tiny_ru
     assert file_digest(checkpoint) in markdown
     before = (folder / "eval.json").read_bytes()
     again = run("linear-eval", tiny_run, "--epochs", "3", "--device", "cpu", ok=False)
-    assert_one_line_error(again, str(folder), "report exists already (use --overwrite")
+    assert_one_line_error(again, f"{folder}: exists already; pass --overwrite to replace it")
     assert (folder / "eval.json").read_bytes() == before
     run("linear-eval", tiny_run, "--epochs", "3", "--knn", "1", "--device", "cpu", "--overwrite")
     assert json.loads((folder / "eval.json").read_text())["protocol"]["linear"]["epochs"] == 3
@@ -251,6 +253,7 @@ def test_splits_cifar_from_a_store_reproduces_the_shipped_files(tmp_path, refere
 
 
 PRETRAIN = "pretrain {recipe}"
+TAKEN = "exists already; pass --overwrite to replace it"
 # (command, exit status, what the one line says): 2 (USAGE_ERROR) where click rejects the command line itself (an
 # option's type or range), 1 (USER_ERROR) for every check of fastlt's own (values, files, options that clash).
 BAD_INPUTS = [
@@ -261,6 +264,11 @@ BAD_INPUTS = [
     ("splits cifar cifar10 --store {cifar100} --out {out}", 1, "a store of 'cifar100', not of 'cifar10'"),
     ("splits digits --store {cifar10} --out {out}/lt.npy", 1, "a store of 'cifar10', not of 'digits'"),
     ("splits digits --store {digits} --out {out}/lt.npy --ratio 0.5", 2, "Invalid value for '--ratio'"),
+    ("splits digits --store {digits} --out {out}/lt.npy --ratio 1000", 1,
+     "--ratio 1000: the split leaves classes 3, 6, 9 without a sample"),
+    ("splits digits --store {digits} --out {taken}/lt.npy", 1, f"lt.npy: {TAKEN}"),
+    ("splits digits --store {digits} --out {taken}/manifest_only.npy", 1, f"manifest_only.json: {TAKEN}"),
+    ("splits cifar cifar100 --store {c100_labels} --out {taken} --split-ids 1", 1, f"val_idx.npy: {TAKEN}"),
     # pretrain: recipe values, checked before anything is written
     (PRETRAIN + " --set train.log_every=0", 1, "--set train.log_every=0: train.log_every: must be >= 1, got 0"),
     (PRETRAIN + " --set train.epochs=0", 1, "train.epochs: must be >= 1"),
@@ -277,16 +285,26 @@ BAD_INPUTS = [
     (PRETRAIN + " --set views.scale=[0.5,0.1]", 1, "views.scale"),
     (PRETRAIN + " --set train.epochs=ten", 1, "--set train.epochs=ten: train.epochs: expected int"),
     (PRETRAIN + " --set trainepochs=3", 1, "expected section.key=value"),
+    (PRETRAIN + " --set trian.epochs=3", 1, "--set trian.epochs=3: unknown section 'trian' (did you mean 'train'?)"),
+    (PRETRAIN + " --set train.epoch=3", 1, "--set train.epoch=3: train.epoch: unknown key (did you mean 'epochs'?)"),
+    (PRETRAIN + " --precision fp8", 1, "--precision fp8: train.precision: must be one of auto, bf16, fp16, fp32"),
+    (PRETRAIN + " --device tpu", 2, "Invalid value for '--device': 'tpu'"),
+    (PRETRAIN + " --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
+    (PRETRAIN + " --device cuda:1", 1, "--device cuda:1: CUDA is not available on this machine"),
+    ("pretrain --resume {run} --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
     (PRETRAIN + " --set method.name=byol", 1, "method.name: unknown method 'byol'"),
     (PRETRAIN + " --until-epoch 0", 2, "Invalid value for '--until-epoch'"),
     (PRETRAIN + " --split {out}/missing.npy", 1, "no such split file"),
     (PRETRAIN + " --resume {run}", 1, "give a RECIPE or --resume RUN_DIR, not both"),
-    ("pretrain nope/nothing", 1, "no such recipe file or shipped recipe"),
+    ("pretrain nope/nothing", 1, "no such recipe file or shipped recipe (`fastlt recipe list` shows the shipped"),
+    ("pretrain digits_lt/simclrr", 1, "digits_lt/simclrr: no such recipe file or shipped recipe (did you mean "
+                                      "'digits_lt/simclr', "),
     ("pretrain {out}/nothing.toml", 1, "recipe file not found"),
     # pretrain: data and recipe files
     (PRETRAIN + " --split {out_of_range}", 1, "out_of_range.npy: index 5000 outside [0, 1198)"),
     (PRETRAIN + " --split {duplicated}", 1, "duplicated.npy: index 3 appears more than once"),
     (PRETRAIN + " --split {text_file}", 1, "text.txt: not a readable .npy index file"),
+    (PRETRAIN + " --split {missing_class}", 1, "missing_class.npy: class 7 has no sample in the split"),
     (PRETRAIN + " --set train.batch_size=5000", 1, "train.batch_size 5000: larger than the 468 samples of the split"),
     (PRETRAIN + " --set data.store={out}/nostore", 1, "nostore: no such store folder"),
     (PRETRAIN + " --set data.store={ilsvrc}", 1, "not a fastlt store (no meta.json)"),
@@ -313,14 +331,19 @@ BAD_INPUTS = [
     ("linear-eval {run} --knn 5000 --device cpu", 1, "knn k = 5000: larger than the 1198 samples"),
     ("linear-eval {run} --epochs 0", 2, "Invalid value for '--epochs'"),
     ("linear-eval {run} --store {cifar10}", 1, "the data set differ from what the run trained on ('digits' then"),
-    ("linear-eval {run} --precision bf17", 1, "--precision: unknown precision 'bf17'"),
-    ("linear-eval {run} --device tpu", 1, "--device: unknown device 'tpu'"),
+    ("linear-eval {run} --precision bf17", 1, "--precision bf17: unknown precision (expected one of auto, bf16"),
+    ("linear-eval {run} --device tpu", 2, "Invalid value for '--device': 'tpu': expected auto, cpu, cuda or cuda:N"),
+    ("linear-eval {run} --device cuda:x", 2, "Invalid value for '--device': 'cuda:x'"),
+    ("linear-eval {run} --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
+    ("linear-eval {run} --protocol bcll", 2, "Invalid value for '--protocol': 'bcll' is not one of 'bcl', 'sdclr'"),
+    ("linear-eval {run} --exit head", 2, "Invalid value for '--exit': 'head' is not one of 'backbone'"),
     ("linear-eval {run} --probe-split {out}/missing.npy --device cpu", 1, "no such split file"),
     ("linear-eval {incompatible} --device cpu", 1, "incompatible.pt: checkpoint is for a different model"),
     ("linear-eval {text_file} --device cpu", 1, "text.txt: not a readable checkpoint"),
     ("linear-eval {run} --probe-split {missing_class} --device cpu", 1,
      "missing_class.npy: no sample of class 7 ('7'); every class needs at least one"),
     ("linear-eval {run} --probe-split {out_of_range} --device cpu", 1, "index 5000 outside [0, 1198)"),
+    ("linear-eval {run} --out {taken} --device cpu", 1, f"bcl-linear-all-train: {TAKEN}"),
     # convert
     ("convert cifar10 --source {out}/x.tar.gz --download --out {out}/c10", 1,
      "exactly one of --source PATH or --download"),
@@ -333,14 +356,35 @@ BAD_INPUTS = [
     ("convert imagenet100-lt --root {ilsvrc} --list lt={unknown_paths} --size 16 --out {out}/i", 1,
      "nothere.JPEG: listed for part 'train' but not found"),
     ("convert digits --format ffcv2 --out {out}/d", 2, "Invalid value for '--format'"),
+    ("convert digits --out {taken}", 1, "taken: exists and is not a fastlt store; it will not be replaced"),
+    ("convert digits --out {taken} --overwrite", 1, "taken: exists and is not a fastlt store; it will not be"),
+    ("convert digits --out {digits}", 1, f"digits: {TAKEN}"),  # a store: --overwrite replaces it
     # export, and the other commands that read runs
     ("export {out}/no-run --out {out}/x.pt", 1, "checkpoint not found"),
     ("export {text_file} --out {out}/x.pt", 1, "text.txt: not a readable checkpoint"),
     ("compare {out}/no-run", 1, "no-run"),
     ("plot {out}/no-run --out {out}/plots", 1, "no-run"),
     ("reproduce cifar10 --store {out}/nostore", 1, "nostore: not a fastlt store"),
+    ("reproduce cifar10 --store {cifar10} --out {out}/r --precision fp8", 1, "--precision fp8: unknown precision"),
+    ("reproduce cifar10 --store {cifar10} --out {out}/r --device gpu", 2, "Invalid value for '--device': 'gpu'"),
+    ("reproduce cifar10 --store {cifar10} --out {out}/r --device cuda", 1, "--device cuda: CUDA is not available"),
+    ("bench train --device cuda:", 2, "Invalid value for '--device': 'cuda:'"),
+    ("bench train --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
+    ("bench views --no-bcl --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
+    ("bench loader --store {digits} --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
+    ("bench linear-eval {run} --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
+    ("bench loader --store {digits} --device cpu:0", 2, "Invalid value for '--device': 'cpu:0'"),
     ("recipe show nope/nothing", 1, "no such recipe file or shipped recipe"),
     ("bench loader --store {out}/nostore", 1, "nostore: no such store folder"),
+    # an existing file or folder the user named, refused before any work unless --overwrite
+    ("export {run} --out {taken}/x.pt", 1, f"x.pt: {TAKEN}"),
+    ("compare {run} --csv {taken}/x.csv", 1, f"x.csv: {TAKEN}"),
+    ("compare {run} --csv {out}/new.csv --md {taken}/x.md", 1, f"x.md: {TAKEN}"),
+    ("plot {run} --out {taken}", 1, f"loss.png: {TAKEN}"),
+    ("bench loader --store {digits} --out {taken}/x.json", 1, f"x.json: {TAKEN}"),
+    ("bench views --out {taken}/x.json", 1, f"x.json: {TAKEN}"),
+    ("bench train --out {taken}/x.json", 1, f"x.json: {TAKEN}"),
+    ("bench linear-eval {run} --out {taken}/x.json", 1, f"x.json: {TAKEN}"),
 ]
 
 
@@ -377,23 +421,90 @@ def bad_files(tmp_path_factory, tiny_run, ilsvrc, cifar10_tarball, digits_store)
     run("convert", "digits", "--format", "dali", "--out", made["truncated_dali"])
     blob = made["truncated_dali"] / "train_jpeg.bin"
     blob.write_bytes(blob.read_bytes()[:-100])
+    made["taken"] = folder / "taken"  # a file or folder of the name each writer would write
+    (made["taken"] / "bcl-linear-all-train").mkdir(parents=True)
+    for name in ("lt.npy", "manifest_only.json", "val_idx.npy", "loss.png", "x.pt", "x.csv", "x.md", "x.json"):
+        (made["taken"] / name).write_text("a user's file\n")
     return made
 
 
 @pytest.mark.parametrize("command, status, fragment", BAD_INPUTS,
                          ids=[row[0].replace(" ", "_")[:60] for row in BAD_INPUTS])
 def test_bad_input_is_one_line_and_writes_nothing(command, status, fragment, tmp_path, tiny_run, stores, digits_store,
-                                                  bad_files):
+                                                  bad_files, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # each row as on a machine without CUDA
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(f'extends = "{DIGITS_RECIPE}"\n[data]\nstore = "{digits_store}"\n'
                       f'[train]\nout_dir = "{tmp_path / "out"}"\nepochs = 1\ndevice = "cpu"\n[optim]\nlr = 0.1\n')
     names = {**{name: str(path) for name, path in {**stores, **bad_files}.items()}, "run": str(tiny_run),
              "recipe": str(recipe), "out": str(tmp_path / "out")}
-    before = snapshot(tiny_run)
+    before, taken = snapshot(tiny_run), snapshot(bad_files["taken"])
     result = run(*[word.format(**names) for word in command.split()], ok=False)
     assert_one_line_error(result, fragment, status=status)
     assert not (tmp_path / "out").exists()
-    assert snapshot(tiny_run) == before
+    assert snapshot(tiny_run) == before and snapshot(bad_files["taken"]) == taken
+
+
+# (command, a file it writes, under {out}): each writer run twice on the same outputs, the second time refused
+# without --overwrite and done with it.
+REWRITTEN = [
+    ("splits digits --store {digits} --out {out}/lt.npy", "lt.json"),
+    ("splits cifar cifar100 --store {c100_labels} --out {out} --split-ids 1", "split1_D_i.npy"),
+    ("convert digits --out {out}/digits", "digits/meta.json"),
+    ("linear-eval {run} --out {out} --epochs 1 --knn 1 --device cpu", "bcl-linear-all-train/eval.json"),
+    ("compare {reports} --csv {out}/table.csv --md {out}/table.md", "table.md"),
+    ("plot {run} --out {out}", "loss.png"),
+    ("bench loader --store {digits} --batch 64 --batches 1 --repeats 1 --device cpu --out {out}/loader.json",
+     "loader.json"),
+]
+
+
+@pytest.mark.parametrize("command, written", REWRITTEN, ids=[row[0].split(" {")[0].replace(" ", "_") for row in REWRITTEN])
+def test_overwrite_replaces_what_was_refused(command, written, tmp_path, tiny_run, stores, digits_store):
+    reports = tmp_path / "reports"
+    if "{reports}" in command:
+        run("linear-eval", tiny_run, "--out", reports, "--epochs", "1", "--knn", "1", "--device", "cpu")
+    names = {**{name: str(path) for name, path in stores.items()}, "run": str(tiny_run), "reports": str(reports),
+             "out": str(tmp_path / "out")}
+    words = [word.format(**names) for word in command.split()]
+    run(*words)
+    path = tmp_path / "out" / written
+    first = path.stat().st_ino
+    assert_one_line_error(run(*words, ok=False), TAKEN)
+    assert path.stat().st_ino == first
+    run(*words, "--overwrite")
+    assert path.stat().st_ino != first  # written anew: a complete new file renamed into place
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_every_file_written_follows_the_umask(umask, tmp_path, digits_store):
+    """0644 under umask 022, 0640 under 027 (folders 0755 / 0750), the atomically written files as much as the
+    appended ones, so that those the umask lets read a run (a lab's group) can read all of it."""
+    labels = np.asarray(Store.open(digits_store).labels("train"))
+    split = tmp_path / "one_per_class.npy"  # a width-64 ResNet-18 (exportable) trains in seconds on 10 images
+    np.save(split, np.array([np.flatnonzero(labels == label)[0] for label in range(10)]))
+    settings = [f"data.store={digits_store}", f"data.split={split}", f"train.out_dir={tmp_path / 'out' / 'runs'}",
+                "train.epochs=1", "train.batch_size=5", "train.compile=off", "train.precision=fp32",
+                "train.progress=false", "train.monitor_every=0", "optim.warmup_epochs=0", "model.width=64",
+                "model.projector_hidden=16", "model.projector_out=8", "views.size=16"]
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        run("convert", "digits", "--out", out / "digits")
+        run("splits", "digits", "--store", digits_store, "--out", out / "lt.npy")
+        run_dir = Path(run("pretrain", "digits_lt/simclr", "--device", "cpu",
+                           *[arg for setting in settings for arg in ("--set", setting)]).stdout.strip())
+        run("linear-eval", run_dir, "--epochs", "1", "--knn", "1", "--device", "cpu")
+        run("export", run_dir, "--out", out / "backbone.pt")
+        run("compare", run_dir, "--csv", out / "table.csv", "--md", out / "table.md")
+        run("plot", run_dir, "--out", out / "plots")
+    finally:
+        os.umask(previous)
+    written = sorted(out.rglob("*"))
+    assert {"config.json", "run.json", "metrics.jsonl", "last.pt", "eval.json", "per_class.png", "backbone.pt",
+            "table.csv", "loss.png", "lt.json", "meta.json"} <= {path.name for path in written}
+    modes = {str(path.relative_to(out)): oct(stat.S_IMODE(path.stat().st_mode)) for path in written}
+    assert modes == {name: oct(0o777 & ~umask if (out / name).is_dir() else 0o666 & ~umask) for name in modes}
 
 
 def test_pretrain_list_names_every_preset_and_axis_choice():
@@ -410,6 +521,37 @@ def test_pretrain_list_names_every_preset_and_axis_choice():
         assert f"encoder={encoder} with view_forward={view_forward}" in output
 
 
+def test_recipe_list_shows_every_shipped_recipe_by_data_set_with_its_method_and_purpose():
+    from fastlt.recipe import load_recipe, shipped_recipes
+
+    listed, data_set = {}, None
+    for line in run("recipe", "list").output.splitlines():
+        if not line.startswith(" "):
+            data_set = line
+            continue
+        recipe, method, purpose = line.split(maxsplit=2)
+        listed[f"{data_set}/{recipe}"] = (method, purpose)
+    shipped = shipped_recipes()
+    assert list(listed) == list(shipped) and len(shipped) >= 50
+    for name, path in shipped.items():
+        method, purpose = listed[name]
+        assert method == load_recipe(path).method.name, name
+        # Each recipe opens with its purpose, one whole sentence on one line: the list reads it from there.
+        assert path.read_text().splitlines()[0] == f"# {purpose}" and purpose.endswith("."), name
+
+
+def test_help_names_the_closed_choices_and_what_precision_does_in_evaluation():
+    evaluation = " ".join(run("linear-eval", "--help").output.split())
+    assert "--protocol [bcl|sdclr|ts|all|supcon|finetune|lotar]" in evaluation
+    assert "--exit [backbone|sub-network|ensemble]" in evaluation
+    assert "loss scaling" not in evaluation and "Autocast of the backbone as it extracts features" in evaluation
+    bench = " ".join(run("bench", "linear-eval", "--help").output.split())
+    assert "loss scaling" not in bench and "Autocast of the backbone as it extracts features" in bench
+    for command in (["pretrain"], ["reproduce"], ["linear-eval"], ["bench", "views"], ["bench", "train"],
+                    ["bench", "loader"], ["bench", "linear-eval"]):
+        assert "--device DEVICE" in run(*command, "--help").output, command
+
+
 def test_an_imagenet100_recipe_pretrains_and_runs_every_protocol_on_the_store_lists(tmp_path, ilsvrc):
     """The shipped ImageNet-100-LT recipe (shrunk) on a tiny ILSVRC store: pretraining on store:lt, the BCL and
     SDCLR probes on the rebuilt full list, SDCLR's few-shot on store:fewshot, TS on the LT list."""
@@ -424,12 +566,15 @@ def test_an_imagenet100_recipe_pretrains_and_runs_every_protocol_on_the_store_li
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     run("linear-eval", run_dir, "--protocol", "all", "--epochs", "2", "--device", "cpu")
     reports = {folder.name: json.loads((folder / "eval.json").read_text()) for folder in (run_dir / "eval").iterdir()}
-    assert sorted(reports) == ["bcl-linear-full", "sdclr-linear-fewshot", "sdclr-linear-full", "ts-lt"]
+    # the tiny store's full list is lt and val, so SDCLR's fc trains on lt (full less the held-out val) and says so
+    assert sorted(reports) == ["bcl-linear-full", "sdclr-linear-fewshot", "sdclr-linear-lt", "ts-lt"]
     lists = {name: np.load(store / "lists" / f"{name}.npy") for name in ("lt", "val", "fewshot", "full")}
     assert reports["ts-lt"]["pretraining_split"]["samples"] == len(lists["lt"])
     probe = reports["bcl-linear-full"]["probe_lists"]
     assert [entry["samples"] for entry in probe] == [len(lists["full"])]
-    sdclr = reports["sdclr-linear-full"]
+    sdclr = reports["sdclr-linear-lt"]
+    assert sdclr["probe_lists"][0]["file"] == str(store / "lists" / "lt.npy")
+    assert sdclr["protocol"]["held_out"]["file"] == str(store / "lists" / "val.npy")
     assert sdclr["protocol"]["groups"] == "thresholds" and sdclr["groups"]["few"] == [0, 1, 2]  # all < 20 images
     assert (sdclr["protocol"]["fc"]["crop"], sdclr["protocol"]["fc"]["batch_size"]) == ("resized", 512)
     assert sdclr["probe_lists"][0]["samples"] == len(np.setdiff1d(lists["full"], lists["val"]))  # never on val

@@ -67,6 +67,29 @@ def test_errors_name_file_or_option_and_key(tmp_path, text, overrides, message):
     assert "\n" not in str(error.value)
 
 
+def test_a_mistyped_name_gets_the_closest_names_not_all_of_them(tmp_path):
+    """Sections, keys and shipped recipes: "did you mean" the nearest names, or where to find them all."""
+    def message(path_or_name, overrides=()):
+        with pytest.raises(FastltError) as error:
+            load_recipe(find_recipe(path_or_name), overrides)
+        return str(error.value)
+
+    for text, said in (("[trian]\nepochs = 1\n", "unknown section 'trian' (did you mean 'train'?)"),
+                       ("[optimiser]\nlr = 1\n", "unknown section 'optimiser' (did you mean 'optim'?)"),
+                       ("[xyz]\n", "unknown section 'xyz' (expected one of data, views, model, method, optim, "
+                                   "train, eval)"),
+                       ("[train]\nepoch = 1\n", "train.epoch: unknown key (did you mean 'epochs'?)")):
+        path = write(tmp_path, text)
+        assert message(path) == f"{path}: {said}"
+    assert message(write(tmp_path, ""), ["optim.zzz=1"]) == ("--set optim.zzz=1: optim.zzz: unknown key "
+                                                             "(`fastlt recipe keys` lists them)")
+    typo = message("cifar100_lt/bcl_d")
+    assert typo.startswith("cifar100_lt/bcl_d: no such recipe file or shipped recipe (did you mean "
+                           "'cifar100_lt/bcl-d', ") and typo.count("cifar100_lt/") <= 4, typo
+    assert message("nope/nothing") == ("nope/nothing: no such recipe file or shipped recipe (`fastlt recipe list` "
+                                       "shows the shipped ones)")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FastltError, match="recipe file not found"):
         load_recipe(tmp_path / "none.toml")

@@ -2,6 +2,7 @@
 published numbers, and a second invocation that resumes instead of starting again."""
 import json
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,9 @@ import pytest
 
 from conftest import ILSVRC_LT_PER_CLASS
 from fastlt.data.store import Store, StorePart, write_native_store
-from fastlt.errors import FastltError
+from fastlt.errors import FastltError, RunStopped
 from fastlt.reproduce import TABLES, reproduce
+from fastlt.train.progress import Progress
 from fastlt.train.trainer import pretrain
 from fastlt.recipe import find_recipe, load_recipe
 
@@ -59,13 +61,22 @@ def test_cifar100_table_uses_the_published_split_protocols_and_numbers(tmp_path,
     assert not (runs / "simclr-ts-split1" / "eval" / "bcl-linear-cifar100_trainIdxList").exists()
 
 
-def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_store):
+def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_store, capsys):
     settings = [f"data.store={json.dumps(str(digits_store))}", f"train.out_dir={json.dumps(str(tmp_path / 'r' / 'digits_lt' / 'runs'))}",
                 "train.name=\"sdclr-split1\"", "train.epochs=2", *TINY]
     # A run stopped after its first epoch (as an interrupted invocation leaves it).
     pretrain(load_recipe(find_recipe("digits_lt/sdclr"), settings), until_epoch=1)
     out = reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, device="cpu", precision="fp32")
     runs = tmp_path / "r" / "digits_lt" / "runs"
+    said = capsys.readouterr().err
+    # a run this invocation started goes on after its timing epoch; the one stopped before is resumed
+    assert f"{runs / 'simclr-split1'}: continuing at epoch 2 of 2\n" in said
+    assert f"{runs / 'sdclr-split1'}: resuming at epoch 2 of 2\n" in said
+    assert said.count("resuming") == 1
+    # 2 epochs are fewer than the digits recipes' 5 of warm-up: each of the 4 runs said so when it started
+    assert said.count("warning: optim.warmup_epochs 5 >= train.epochs 2: the whole run is the lr's linear warm-up, "
+                      "which peaks at the end at best and never decays; give fewer with --set "
+                      "optim.warmup_epochs=N (N < 2)\n") == 4
     resumed = json.loads((runs / "sdclr-split1" / "run.json").read_text())["resumes"]
     assert [entry["from_epoch"] for entry in resumed] == [1]
     first = out.read_text()
@@ -88,6 +99,22 @@ def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_
         reproduce("digits", digits_store, tmp_path / "r", splits=(1, 2))
     with pytest.raises(FastltError, match="not a fastlt store"):
         reproduce("cifar10", tmp_path / "nowhere", tmp_path / "r")
+
+
+def test_a_stopped_reproduction_says_to_run_the_same_command_again(tmp_path, digits_store, monkeypatch):
+    real_step = Progress.step
+
+    def step_then_signal(progress: Progress) -> None:  # SIGTERM during the first run's timing epoch
+        real_step(progress)
+        signal.raise_signal(signal.SIGTERM)
+
+    monkeypatch.setattr(Progress, "step", step_then_signal)
+    with pytest.raises(RunStopped) as stop:
+        reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, device="cpu", precision="fp32")
+    assert str(stop.value) == ("SIGTERM: stopped at epoch 1, after batch 1; checkpoint saved; run the same "
+                               "`fastlt reproduce digits` command again to continue (finished runs and reports "
+                               "are kept)")
+    assert stop.value.signum == signal.SIGTERM
 
 
 def test_make_reproduce_imagenet100_converts_pretrains_and_tabulates_the_ts_row(tmp_path, ilsvrc):

@@ -24,17 +24,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_all(labels_file: Path, published: Path, out: Path) -> list[Path]:
-    """Every generated split file (the .npy paths; each has a .json manifest beside it) under ``out``."""
+    """Every generated split file (the .npy paths; each has a .json manifest beside it) under ``out``, replacing
+    those there: regenerating the shipped tree in place is what this tool is for."""
     labels = np.load(labels_file)
     written = []
     for variant, key in (("cifar10", "c10"), ("cifar100", "c100")):
-        written += write_cifar_lt_splits(variant, labels[key], out / f"{variant}_lt", (1, 2, 3, 4, 5), seed=0)
+        written += write_cifar_lt_splits(variant, labels[key], out / f"{variant}_lt", (1, 2, 3, 4, 5), seed=0,
+                                         overwrite=True)
     # CIFAR-10 has no published 100-/50-shot lists: fastlt draws its own from SDCLR's trainIdxList.
     train_list = np.load(published / "sdclr" / "cifar10" / "trainIdxList.npy")
     written += write_shot_subsets("cifar10", labels["c10"], train_list, "SDCLR's cifar10/trainIdxList.npy",
-                                  out / "cifar10_lt" / "shots_of_published_trainIdxList")
+                                  out / "cifar10_lt" / "shots_of_published_trainIdxList", overwrite=True)
     parts, _ = make_coloured_digits(0)
-    written.append(write_digits_lt_split(parts["train"].labels, 10.0, 1, out / "digits_lt" / "ratio10_seed1.npy"))
+    written.append(write_digits_lt_split(parts["train"].labels, 10.0, 1, out / "digits_lt" / "ratio10_seed1.npy",
+                                         overwrite=True))
     return written
 
 

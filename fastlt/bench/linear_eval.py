@@ -30,8 +30,8 @@ def run_linear_eval_benchmark(target: Path, store: Path | None = None, device: s
     candidates = [target / CHECKPOINTS / LAST, target / CHECKPOINTS / PREVIOUS] if target.is_dir() else [target]
     if not any(candidate.is_file() for candidate in candidates):
         raise FastltError(f"{candidates[0]}: checkpoint not found")
-    torch_device = resolve_device(device, "--device")
-    chosen = resolve_precision(precision, torch_device, "--precision")
+    torch_device = resolve_device(device, f"--device {device}")
+    chosen = resolve_precision(precision, torch_device, f"--precision {precision}")
     settings = {"epochs": epochs, "sdclr_epochs": sdclr_epochs, "sdclr_few_shot_epochs": sdclr_few_shot_epochs}
     settings = {key: value for key, value in settings.items() if value is not None}
     protocols: dict[str, Any] = {}

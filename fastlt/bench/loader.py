@@ -36,7 +36,7 @@ def run_loader_benchmark(store_path: Path, backend: str | None = None, part: str
     if batch < 2 or repeats < 1 or (batches is not None and batches < 1):
         raise FastltError(f"bench loader: --batch must be >= 2, --repeats and --batches >= 1 "
                           f"(got {batch}, {repeats}, {batches})")
-    torch_device = resolve_device(device, "--device")
+    torch_device = resolve_device(device, f"--device {device}")
     workers = workers or usable_cores()
     height, width, _ = store.meta["image_shape"]
     config = ViewConfig.cifar() if max(height, width) <= SMALL_IMAGES else ViewConfig.imagenet()

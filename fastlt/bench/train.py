@@ -15,7 +15,6 @@ and is reported apart; the parts are medians over the timed steps.
 from __future__ import annotations
 
 import contextlib
-import json
 import statistics
 import tempfile
 import time
@@ -36,7 +35,7 @@ from fastlt.data.store import Store, StorePart, write_native_store
 from fastlt.errors import FastltError
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import MAPPINGS
-from fastlt.recipe import Recipe, find_recipe, load_recipe, with_store_lists
+from fastlt.recipe import Recipe, as_override, find_recipe, load_recipe, option_overrides, with_store_lists
 from fastlt.train.device import PRECISION_TYPES, resolve_device
 from fastlt.train.trainer import build_optimizer, choose_hardware, precision_of, seeded_method
 
@@ -209,13 +208,14 @@ def run_train_benchmark(recipe: str = DEFAULT_RECIPE, overrides: tuple[str, ...]
                         batch: int | None = None, store: Path | None = None, device: str | None = None,
                         workers: int | None = None, reference: bool = True) -> dict[str, Any]:
     """Time fastlt's step and the reference loop's on the same images; returns the result."""
-    shortcuts = {"train.batch_size": batch, "train.device": device}
-    sets = (*overrides, *(f"{key}={json.dumps(value)}" for key, value in shortcuts.items() if value is not None))
+    shortcuts = {"--batch": ("train.batch_size", batch), "--device": ("train.device", device)}
+    sets = (*map(as_override, overrides), *option_overrides(shortcuts))
     path = find_recipe(recipe)
     loaded = load_recipe(path, sets)
     if steps is not None and steps < 1:
         raise FastltError(f"--steps: must be >= 1, got {steps}")
-    resolve_device(loaded.train.device, "train.device")  # a missing CUDA device is one line, before any work
+    # A missing CUDA device is one line, before any work, naming --device where that set it.
+    resolve_device(loaded.train.device, f"--device {device}" if device is not None else None)
     workers = usable_cores() if workers is None else workers
     batch = loaded.train.batch_size
     with tempfile.TemporaryDirectory(prefix="fastlt-bench-") as scratch:
@@ -250,7 +250,8 @@ def run_train_benchmark(recipe: str = DEFAULT_RECIPE, overrides: tuple[str, ...]
     return {
         "benchmark": "train",
         "machine": machine_description(device_used),
-        "settings": {"recipe": str(path), "overrides": list(sets), "method": loaded.method.name,
+        "settings": {"recipe": str(path), "overrides": [override.assignment for override in sets],
+                     "method": loaded.method.name,
                      "model": {"arch": loaded.model.arch, "width": loaded.model.width, "stem": loaded.model.stem},
                      "batch": batch, "timed_steps": steps, "warmup_steps": WARMUP_STEPS, "data": data,
                      "device": str(device_used), "workers": workers,

@@ -357,7 +357,7 @@ def run_views_benchmark(batch: int = 512, batches: int | None = None, repeats: i
     cores = usable_cores()
     workers = cores if workers is None else workers
     batches = batches or max(4, 2 * cores)
-    torch_device = resolve_device(device, "--device")
+    torch_device = resolve_device(device, f"--device {device}")
     images, labels = synthetic_images(batch * batches)
     setup = Setup(images, labels, batch, batches, repeats, torch_device, workers)
     config = simclr_recipe.views

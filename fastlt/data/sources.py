@@ -11,7 +11,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from fastlt.data.store import StorePart
 from fastlt.errors import FastltError
-from fastlt.files import file_digest
+from fastlt.files import file_digest, new_temporary
 
 CIFAR_SIDE = 32
 CIFAR_PIXELS = 3 * CIFAR_SIDE * CIFAR_SIDE
@@ -200,7 +199,7 @@ def download_cifar(variant: str, dest_dir: Path, url: str | None = None, md5: st
             return target
         raise FastltError(f"{target}: exists but its MD5 is not {md5} (remove it to download again)")
     dest_dir.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=dest_dir, prefix=f".{target.name}.", suffix=".part", delete=False)
+    handle = new_temporary(target)
     partial = Path(handle.name)
     try:
         digest = hashlib.md5()

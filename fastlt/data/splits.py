@@ -23,7 +23,7 @@ import numpy as np
 
 from fastlt.data.store import LISTS_FOLDER, META_FILE, STORE_LIST
 from fastlt.errors import FastltError
-from fastlt.files import replace_atomically
+from fastlt.files import check_free, replace_atomically
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,7 @@ def write_cifar_lt_splits(
     split_ids: Sequence[int] = (1, 2, 3, 4, 5),
     val_list: np.ndarray | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Generate CIFAR-10-LT / CIFAR-100-LT split files in ``out_dir``; returns the .npy paths written.
 
@@ -173,7 +174,7 @@ def write_cifar_lt_splits(
     _S_b and split{k}_100shot/_50shot (BCL's probe subsets of train_idx), each with a manifest.
     ``val_list`` (e.g. SDCLR's published valIdxList) replaces the generated val list, which
     reproduces SDCLR's pool exactly. Every random draw has a seed derived from ``seed`` and
-    the split id, so one split can be regenerated alone.
+    the split id, so one split can be regenerated alone. Existing files are refused unless ``overwrite``.
     """
     if variant not in CIFAR_LT:
         raise FastltError(f"data set {variant!r}: long-tail splits exist for {', '.join(CIFAR_LT)}")
@@ -231,8 +232,7 @@ def write_cifar_lt_splits(
             written.append(save(f"split{split_id}_{shots}shot", subset, {
                 "kind": f"{shots}shot", "split": split_id, "derived_seed": shots_seed, "per_class": shots,
                 "pool": "train_idx (the linear-eval train list)"}))
-    for path, indices, manifest in pending:
-        save_split(path, indices, manifest)
+    save_splits(pending, overwrite)
     return written
 
 
@@ -247,30 +247,37 @@ def draw_shot_subsets(variant: str, labels: np.ndarray, eval_train: np.ndarray, 
 
 
 def write_shot_subsets(variant: str, labels: np.ndarray, eval_train: np.ndarray, source: str, out_dir: Path,
-                       subset_ids: Sequence[int] = (1, 2, 3, 4, 5), seed: int = 0) -> list[Path]:
+                       subset_ids: Sequence[int] = (1, 2, 3, 4, 5), seed: int = 0,
+                       overwrite: bool = False) -> list[Path]:
     """fastlt's own 100-/50-shot subsets of a given linear-eval list (e.g. SDCLR's CIFAR-10 trainIdxList,
     for which no published few-shot lists exist): ``subset{k}_{shots}shot.npy`` with manifests."""
     labels = np.asarray(labels).astype(np.int64)
     eval_train = _check_indices(eval_train, len(labels), source)
     drawn = [(k, *subset) for k in subset_ids for subset in draw_shot_subsets(variant, labels, eval_train, seed, k)]
-    written = []
+    pending = []
     for subset_id, shots, indices, shots_seed in drawn:
-        path = Path(out_dir) / f"subset{subset_id}_{shots}shot.npy"
         counts = class_counts(indices, labels, CIFAR_LT[variant].num_classes)
-        save_split(path, indices, {
+        pending.append((Path(out_dir) / f"subset{subset_id}_{shots}shot.npy", indices, {
             "dataset": f"{variant}_lt", "kind": f"{shots}shot", "subset": subset_id, "seed": seed,
             "derived_seed": shots_seed, "per_class": shots, "num_samples": len(labels),
             "pool": f"{source} (sha256 of int64 indices {split_checksum(eval_train)}); drawn by fastlt, not published",
-            "class_counts": counts.tolist(), "total": int(len(indices))})
-        written.append(path)
-    return written
+            "class_counts": counts.tolist(), "total": int(len(indices))}))
+    save_splits(pending, overwrite)
+    return [path for path, _, _ in pending]
 
 
 def _digits_lt_split(labels: np.ndarray, ratio: float, seed: int) -> LongTailSplit:
-    """The digits-LT draw: SDCLR's rules on the whole train part, n_max = the smallest class."""
+    """The digits-LT draw: SDCLR's rules on the whole train part, n_max = the smallest class. A ratio so
+    steep that the smallest ranks floor to 0 is refused: a class without a sample has no place in the
+    many / medium / few groups and is never learnt."""
     labels = np.asarray(labels)
     n_max = int(np.bincount(labels).min())
-    return make_sdclr_split(labels, np.arange(len(labels)), n_max, ratio, 0, 0, seed)
+    split = make_sdclr_split(labels, np.arange(len(labels)), n_max, ratio, 0, 0, seed)
+    empty = empty_classes(split.class_counts)
+    if empty:
+        raise FastltError(f"--ratio {ratio:g}: the split leaves {name_classes(empty)} without a sample; lower the "
+                          f"ratio (the largest class keeps {n_max} images)")
+    return split
 
 
 def make_digits_lt_split(labels: np.ndarray, ratio: float, seed: int) -> np.ndarray:
@@ -282,16 +289,25 @@ def make_digits_lt_split(labels: np.ndarray, ratio: float, seed: int) -> np.ndar
     return _digits_lt_split(labels, ratio, seed).D_i
 
 
-def write_digits_lt_split(labels: np.ndarray, ratio: float, seed: int, path: Path) -> Path:
-    """make_digits_lt_split saved with a full manifest (class order, counts) at ``path``."""
+def write_digits_lt_split(labels: np.ndarray, ratio: float, seed: int, path: Path, overwrite: bool = False) -> Path:
+    """make_digits_lt_split saved with a full manifest (class order, counts) at ``path``; an existing
+    file (the .npy or its .json) is refused unless ``overwrite``."""
     split = _digits_lt_split(labels, ratio, seed)
-    save_split(Path(path), split.D_i, {
+    save_splits([(Path(path), split.D_i, {
         "dataset": "digits_lt", "kind": "D_i", "split": None, "seed": seed, "ratio": ratio,
         "n_max": int(split.class_counts.max()), "class_order": split.class_order.tolist(),
         "class_counts": split.class_counts.tolist(), "total": int(len(split.D_i)), "num_samples": int(len(labels)),
         "pool": f"the whole digits train part ({len(labels)})",
-    })
+    })], overwrite)
     return Path(path)
+
+
+def save_splits(pending: Sequence[tuple[Path, np.ndarray, dict]], overwrite: bool) -> None:
+    """save_split each (path, indices, manifest), once none of the files they make (each .npy and its .json)
+    is refused by the overwrite rule: a refusal leaves every file as it was."""
+    check_free([file for path, _, _ in pending for file in (path, path.with_suffix(".json"))], overwrite)
+    for path, indices, manifest in pending:
+        save_split(path, indices, manifest)
 
 
 def save_split(path: Path, indices: np.ndarray, manifest: dict) -> None:
@@ -346,14 +362,24 @@ def class_counts(indices: np.ndarray, labels: np.ndarray, num_classes: int) -> n
     return np.bincount(np.asarray(labels)[np.asarray(indices)], minlength=num_classes).astype(np.int64)
 
 
+def empty_classes(counts: np.ndarray) -> list[int]:
+    """The class ids whose entry in per-class ``counts`` is 0."""
+    return [int(label) for label in np.flatnonzero(np.asarray(counts) == 0)]
+
+
+def name_classes(ids: Sequence[int], shown: int = 10) -> str:
+    """"class 7" or "classes 7, 8, 9" (the first ``shown``, then how many more), for one-line errors."""
+    listed = ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
+    return f"class{'es' * (len(ids) > 1)} {listed}"
+
+
 def check_every_class(indices: np.ndarray, labels: np.ndarray, class_names: list[str], what: str) -> None:
     """Refuse a split without a sample of some class: the many / medium / few groups, the probes and the
     balanced SVM subsample are all per class, and a class never seen cannot be learnt."""
-    counts = class_counts(indices, labels, len(class_names))
-    empty = np.flatnonzero(counts == 0)
-    if empty.size:
-        first = int(empty[0])
-        more = f" (and {empty.size - 1} more)" if empty.size > 1 else ""
+    empty = empty_classes(class_counts(indices, labels, len(class_names)))
+    if empty:
+        first = empty[0]
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
         raise FastltError(f"{what}: no sample of class {first} ({class_names[first]!r}){more}; "
                           "every class needs at least one")
 

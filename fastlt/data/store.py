@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from fastlt.errors import FastltError
-from fastlt.files import file_digest
+from fastlt.files import check_free, file_digest
 
 STORE_FORMAT = "fastlt-native"
 STORE_VERSION = 1
@@ -116,11 +116,11 @@ class StoreWriter:
             raise FastltError(f"--format {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.out, self.name, self.class_names, self.source = Path(out), name, list(class_names), source
         self.backend, self.encode = backend, encode or {}
-        if self.out.exists():
-            if not overwrite:
-                raise FastltError(f"{self.out}: exists already (pass overwrite to replace the store)")
-            if not self.out.is_dir() or (any(self.out.iterdir()) and not _is_store(self.out)):
-                raise FastltError(f"{self.out}: exists and is not a fastlt store; refusing to replace it")
+        # Something else of that name is never replaced, --overwrite or not: say so rather than offer --overwrite.
+        if self.out.exists() and (not self.out.is_dir() or (any(self.out.iterdir()) and not _is_store(self.out))):
+            raise FastltError(f"{self.out}: exists and is not a fastlt store; it will not be replaced "
+                              "(choose another --out)")
+        check_free([self.out], overwrite)
         self._tag = uuid.uuid4().hex[:8]
         self.staging = self.out.parent / f".{self.out.name}.partial-{self._tag}"
         self._parts: dict[str, tuple[np.ndarray, np.ndarray]] = {}

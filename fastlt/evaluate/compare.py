@@ -13,15 +13,18 @@ What a RUN argument means (``find_reports``):
 - a run folder: every report folder in ``RUN/eval/``. linear-eval names a folder after what it
   measured (protocol, probe list, checkpoint, exit) and replaces it on ``--overwrite``, so each
   folder is the latest report of its kind and none is left out;
-- any other folder of report folders (``RUN/eval`` itself, or a ``linear-eval --out`` folder): all of them.
-Folders whose name starts with "." (reports still being written) are never read.
+- any other folder of report folders (``RUN/eval`` itself, or a ``linear-eval --out`` folder): all of them;
+- a folder of runs (none of the above, with subfolders: ``runs/``): each subfolder as a RUN of its own.
+Folders whose name starts with "." (reports still being written) are never read. A run without reports is
+left out (``Comparison.left_out`` says which and why), so ``fastlt compare runs/*`` compares the runs
+evaluated so far; only when nothing has a report is it an error.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +35,8 @@ REPORT_FILE = "eval.json"
 FULL = "full"
 ACCURACY_COLUMNS = ("overall", "many", "medium", "few", "group_std")  # the full-shot columns, in percent
 LABEL_COLUMNS = ("run", "method", "split", "epoch", "protocol", "evaluation")
+NO_REPORTS = "no evaluation reports; run `fastlt linear-eval` on it first"
+NOT_A_RUN = "not a run folder, a report folder, a folder of runs or an eval.json (no eval.json found)"
 CAPTION = ("Test accuracy in percent. many / medium / few: mean per-class accuracy over each group of classes; "
            "group std: the std of the three (the SDCLR and BCL tables' Std). N-shot: overall accuracy, "
            "mean +- std over the probe subsets.")
@@ -60,6 +65,11 @@ class Comparison:
 
     rows: list[Row]
     shots: list[str]
+    left_out: dict[str, str] = field(default_factory=dict)  # a RUN without reports, and why
+
+    def left_out_line(self) -> str | None:
+        """One line naming the runs left out and why, or None when none was."""
+        return f"left out: {_grouped_by_reason(self.left_out)}" if self.left_out else None
 
     def markdown(self) -> str:
         """A Markdown table (values to 2 decimals, "-" where a report lacks one) and its caption."""
@@ -89,6 +99,14 @@ class Comparison:
         return buffer.getvalue()
 
 
+def _grouped_by_reason(left_out: dict[str, str]) -> str:
+    """"a, b (why); c (other reason)": the runs left out, one group per reason."""
+    by_reason: dict[str, list[str]] = {}
+    for run, why in left_out.items():
+        by_reason.setdefault(why, []).append(run)
+    return "; ".join(f"{', '.join(runs)} ({why})" for why, runs in by_reason.items())
+
+
 def _measure(report: dict[str, Any] | None, key: str) -> tuple[float | None, float | None]:
     """A report's value of ``key`` and its std over few-shot subsets (None where absent)."""
     if report is None:
@@ -108,23 +126,34 @@ def _visible_reports(pattern: str, folder: Path) -> list[Path]:
     return sorted(path for path in folder.glob(pattern) if not path.parent.name.startswith("."))
 
 
-def find_reports(target: Path) -> tuple[list[Path], str | None]:
-    """The eval.json files a RUN argument stands for (module docstring), and the run name when it is a run folder."""
+def find_reports(target: Path) -> tuple[list[Path], str | None, str]:
+    """The eval.json files a RUN argument stands for (module docstring), the run name when it is a run folder,
+    and why there is none ("" when there are some): NO_REPORTS for a run folder, else NOT_A_RUN."""
     if target.is_file():
-        return [target], None
+        return [target], None, ""
     if not target.is_dir():
         raise FastltError(f"{target}: no such run folder, report folder or eval.json")
     if (target / REPORT_FILE).is_file():
-        return [target / REPORT_FILE], None
+        return [target / REPORT_FILE], None, ""
     in_run = _visible_reports(f"eval/*/{REPORT_FILE}", target)
     if in_run:
-        return in_run, str(target)
+        return in_run, str(target), ""
     in_folder = _visible_reports(f"*/{REPORT_FILE}", target)
     if in_folder:
-        return in_folder, None
+        return in_folder, None, ""
     if (target / "config.json").is_file() or (target / "checkpoints").is_dir():
-        raise FastltError(f"{target}: no evaluation reports; run `fastlt linear-eval {target}` first")
-    raise FastltError(f"{target}: not a run folder, a report folder or an eval.json (no {REPORT_FILE} found)")
+        return [], str(target), NO_REPORTS
+    return [], None, NOT_A_RUN
+
+
+def runs_of(target: Path) -> list[tuple[Path, list[Path], str | None, str]]:
+    """(RUN, its eval.json files, run name, why it has none) for each run a RUN argument names: the argument
+    itself, or each visible subfolder of a folder of runs (a folder that find_reports finds NOT_A_RUN)."""
+    found = find_reports(target)
+    if found[2] != NOT_A_RUN:
+        return [(target, *found)]
+    subfolders = sorted(path for path in target.iterdir() if path.is_dir() and not path.name.startswith("."))
+    return [(folder, *find_reports(folder)) for folder in subfolders] or [(target, *found)]
 
 
 def load_report(path: Path, run: str | None) -> Report:
@@ -198,16 +227,24 @@ def build_comparison(reports: Sequence[Report]) -> Comparison:
 
 
 def compare_runs(targets: Sequence[Path]) -> Comparison:
-    """Every report the RUN arguments stand for (each eval.json once), checked and read before anything is written."""
+    """Every report the RUN arguments stand for (each eval.json once), checked and read before anything is written.
+
+    The runs without reports are left out and listed in ``left_out``; none with a report is an error.
+    """
     reports: list[Report] = []
     seen: set[Path] = set()
+    left_out: dict[str, str] = {}
     for target in targets:
-        paths, run = find_reports(Path(target))
-        for path in paths:
-            if path.resolve() not in seen:
-                seen.add(path.resolve())
-                reports.append(load_report(path, run))
-    return build_comparison(reports)
+        for folder, paths, run, why in runs_of(Path(target)):
+            if why:
+                left_out[str(folder)] = why
+            for path in paths:
+                if path.resolve() not in seen:
+                    seen.add(path.resolve())
+                    reports.append(load_report(path, run))
+    if not reports:
+        raise FastltError(f"nothing to compare: {_grouped_by_reason(left_out)}")
+    return replace(build_comparison(reports), left_out=left_out)
 
 
 def write_comparison(comparison: Comparison, csv_path: Path | None = None, md_path: Path | None = None) -> list[Path]:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 import fastlt
 from fastlt.errors import FastltError
 from fastlt.evaluate.protocol import pretrained_backbone, read_checkpoint, run_folder_of
-from fastlt.files import file_digest, replace_atomically
+from fastlt.files import check_free, file_digest, replace_atomically
 from fastlt.methods import resolve_axes
 from fastlt.methods.sdclr import DenseBranch
 from fastlt.models.multi_exit import BackboneExit
@@ -158,8 +158,7 @@ def export_torchvision(target: Path, out: Path, overwrite: bool = False) -> dict
     checkpoint, payload = read_checkpoint(target)
     if out.exists() and out.resolve() == checkpoint.resolve():
         raise FastltError(f"{out}: is the checkpoint being exported; choose another --out")
-    if out.exists() and not overwrite:
-        raise FastltError(f"{out}: already exists (use --overwrite to replace it)")
+    check_free([out], overwrite)
     recipe = recipe_from_dict(payload["recipe"], source=f"{checkpoint} (recipe)")
     run = run_folder_of(checkpoint)
     model_config = recipe.model

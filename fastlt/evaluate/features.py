@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from fastlt.augment.functional import padded_crop
 from fastlt.errors import FastltError
+from fastlt.train.progress import Advance, unwatched
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ def extract_features(
     autocast_dtype: torch.dtype | None = None,
     center_crop: int = 0,
     views: PaddedCropViews | None = None,
+    after_batch: Advance = unwatched,
 ) -> Tensor:
     """Features of uint8 NHWC images as float32 [N, D] on ``device``, backbone in eval mode.
 
@@ -92,6 +94,7 @@ def extract_features(
     Every module's train/eval flag is restored afterwards, so a caller mid-training can
     evaluate without side effects. torch.no_grad rather than inference_mode: inference
     tensors cannot be saved for backward, and the linear probe trains on these features.
+    ``after_batch(n)`` runs after each batch of n images (linear-eval's progress line).
     """
     if images.ndim != 4 or images.shape[-1] != 3:
         raise FastltError(f"images: expected uint8 [N, H, W, 3], got shape {tuple(images.shape)}")
@@ -118,4 +121,5 @@ def extract_features(
             batch = batch if views is None else views.apply(batch, start)
             pixels = batch.float().div_(255).contiguous(memory_format=torch.channels_last)
             chunks.append(backbone(pixels).float())
+            after_batch(len(pixels))
     return torch.cat(chunks)

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from fastlt.errors import FastltError
 from fastlt.evaluate.linear import seeded_linear
 from fastlt.evaluate.probe_views import plain_pixels
+from fastlt.train.progress import Advance, unwatched
 
 BATCH_NORM_MODES = ("train", "eval")
 
@@ -85,6 +86,7 @@ def finetune(
     config: FinetuneConfig,
     held_out: tuple[Tensor, Tensor] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    after_epoch: Advance = unwatched,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``backbone`` with a fresh fc on uint8 NHWC ``images``; the epoch the test set (or the
     ``held_out`` images and labels) scores best, and the test predictions of that epoch.
@@ -92,7 +94,7 @@ def finetune(
     Every image tensor is on one device, the backbone's; ``backbone`` itself is not changed.
     Randomness (initialisation, batch order) comes from one generator seeded with
     ``config.seed``; the batches are shuffled every epoch. Accuracies are read from the device
-    once per epoch, to decide whether to stop.
+    once per epoch, to decide whether to stop. ``after_epoch`` runs after each epoch (the progress line).
     """
     for name, tensor in (("images", images), ("test images", test_images)):
         if tensor.ndim != 4 or tensor.dtype != torch.uint8 or len(tensor) == 0:
@@ -125,6 +127,7 @@ def finetune(
             best_epoch = epoch
             best_predictions = selection if held_out is None else scored(model, fc, test_images, config,
                                                                          autocast_dtype)
+        after_epoch()
         if config.patience and epoch - best_epoch >= config.patience:
             break
     return FinetuneResult(best_epoch, best_predictions, history)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
+from fastlt.train.progress import Advance, unwatched
 
 if TYPE_CHECKING:
     from sklearn.svm import LinearSVC
@@ -87,7 +88,8 @@ def seeded_linear(dim: int, num_classes: int, generator: torch.Generator) -> nn.
     return probe
 
 
-def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, config: LinearProbeConfig) -> nn.Linear:
+def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, config: LinearProbeConfig,
+                       after_epoch: Advance = unwatched) -> nn.Linear:
     """Fit nn.Linear(D, num_classes) on frozen features with the BCL protocol; returned in eval mode, frozen.
 
     Randomness (initialisation and the per-epoch shuffles) comes only from a
@@ -95,7 +97,8 @@ def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, confi
     inputs and seed give the same probe. The initialisation is nn.Linear's default
     distribution, U(-1/sqrt(D), 1/sqrt(D)) for weight and bias, drawn from that generator.
     The last batch of an epoch is smaller when N is not a multiple of the batch size
-    (every sample is seen once per epoch, as in the reference).
+    (every sample is seen once per epoch, as in the reference). ``after_epoch`` runs after each epoch
+    (linear-eval's progress line).
     """
     _check_features_labels(features, labels, num_classes)
     device = features.device
@@ -119,6 +122,7 @@ def train_linear_probe(features: Tensor, labels: Tensor, num_classes: int, confi
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        after_epoch()
     return probe.eval().requires_grad_(False)
 
 

@@ -30,6 +30,7 @@ from fastlt.errors import FastltError
 from fastlt.evaluate.features import extract_features
 from fastlt.evaluate.linear import predict_linear, seeded_linear
 from fastlt.evaluate.probe_views import frozen_features_epoch, plain_pixels
+from fastlt.train.progress import Advance, unwatched
 
 STEMS = ("unpadded", "as-trained")
 REFERENCE_DATASET = "cifar10"  # the one data set train_lincls.py runs: its CIFAR-100 branch (:78-81) cannot run
@@ -109,12 +110,14 @@ def train_lotar_fc(
     num_classes: int,
     config: LoTaRProbeConfig,
     autocast_dtype: torch.dtype | None = None,
+    after_epoch: Advance = unwatched,
 ) -> LoTaRProbe:
     """Train a fresh fc on a copy of ``backbone`` held in train mode over uint8 NHWC ``images``; predict the test
     images after the last epoch in eval mode.
 
     ``backbone`` (on the images' device) is not changed. Randomness (initialisation and batch
-    order) comes from one generator seeded with ``config.seed``.
+    order) comes from one generator seeded with ``config.seed``. ``after_epoch`` runs after each epoch (the
+    progress line).
     """
     if images.ndim != 4 or images.dtype != torch.uint8 or len(images) != len(labels) or len(images) == 0:
         raise FastltError(f"lotar probe: expected uint8 [N, H, W, 3] images with one label each, got "
@@ -134,6 +137,7 @@ def train_lotar_fc(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        after_epoch()
     test_features = extract_features(model, test_images, device, autocast_dtype=autocast_dtype,
                                      center_crop=config.center_crop)  # eval mode: the moved running statistics
     fc = fc.eval().requires_grad_(False)

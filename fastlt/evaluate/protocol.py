@@ -29,6 +29,7 @@ from fastlt.data.splits import (
 )
 from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError
+from fastlt.evaluate import EVAL_PROTOCOLS, SEPARATE_PROTOCOLS
 from fastlt.evaluate.features import PaddedCropViews, extract_features
 from fastlt.evaluate.knn import knn_predict
 from fastlt.evaluate.plots import per_class_accuracy_plot
@@ -55,26 +56,53 @@ from fastlt.evaluate.report import (
 from fastlt.files import file_digest
 from fastlt.methods import build_method
 from fastlt.models.multi_exit import BackboneExit, EnsembleExit
-from fastlt.recipe import EVAL_PROTOCOLS, SEPARATE_PROTOCOLS, EvalConfig, Recipe, recipe_from_dict, with_store_lists
+from fastlt.recipe import EvalConfig, Recipe, recipe_from_dict, with_store_lists
 from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_checkpoint, load_model_state, load_run_checkpoint
 from fastlt.train.device import PRECISION_TYPES
-from fastlt.train.progress import say
+from fastlt.train.progress import Stages, say
 
 FULL = "full"
 
 
+WHOLE_PART = "the whole train part"
+
+
 @dataclass(frozen=True)
 class ProbeList:
-    """A list of train-part samples: its file ("" = the whole part) and indices (sorted; the pretraining split
-    keeps its file order, so its checksum is the one the run recorded, and so does TS's FS list, whose order
-    the SVM sees)."""
+    """A list of train-part samples and how reports, folder names and errors name it: its file (a store list's
+    too), or, for a list no file holds (file ""), what fastlt made it from and a short name for folders.
+
+    Indices sorted; the pretraining split keeps its file order, so its checksum is the one the run recorded,
+    and so does TS's FS list, whose order the SVM sees."""
 
     file: str
     indices: np.ndarray
+    made: str = WHOLE_PART  # file "": what the list is, e.g. "the train part outside <split file>"
+    short: str = split_name("")  # file "": its name in report folders
+
+    @property
+    def label(self) -> str:
+        return self.file or self.made
+
+    @property
+    def name(self) -> str:
+        return split_name(self.file) if self.file else self.short
 
     def record(self) -> dict[str, Any]:
-        return {"file": self.file or "(the whole train part)", "sha256": split_checksum(self.indices),
+        return {"file": self.file or f"({self.made})", "sha256": split_checksum(self.indices),
                 "samples": int(len(self.indices))}
+
+
+def less_held_out(probe: ProbeList, held_out: ProbeList, pretrain: ProbeList) -> ProbeList:
+    """``probe`` without the held-out samples, named for what is left: ``probe`` itself where it held none, the
+    pretraining split where that is what is left (the digits: the whole part less the samples outside the split),
+    else "<probe> less <held-out list>"."""
+    indices = np.setdiff1d(probe.indices, held_out.indices)
+    if len(indices) == len(probe.indices):
+        return probe
+    if np.array_equal(indices, np.sort(pretrain.indices)):
+        return ProbeList(pretrain.file, indices, pretrain.made, pretrain.short)
+    return ProbeList("", indices, f"{probe.label} less {held_out.label}", f"{probe.name}-less-{held_out.name}")
 
 
 @dataclass(frozen=True)
@@ -151,9 +179,12 @@ def few_shot_lists(settings: EvalConfig, shots: str, num_samples: int) -> list[P
     return [ProbeList(file, np.sort(load_split(Path(file), num_samples))) for file in files]
 
 
-def held_out_list(settings: EvalConfig, pretrain_indices: np.ndarray, num_samples: int) -> ProbeList:
+def held_out_list(settings: EvalConfig, pretrain: ProbeList, num_samples: int) -> ProbeList:
     """``eval.val_split``, or the part's samples outside the pretraining split (data.splits.held_out_indices)."""
-    return ProbeList(settings.val_split, held_out_indices(settings.val_split, pretrain_indices, num_samples))
+    indices = held_out_indices(settings.val_split, pretrain.indices, num_samples)
+    if settings.val_split:
+        return ProbeList(settings.val_split, indices)
+    return ProbeList("", indices, f"the train part outside {pretrain.label}", f"outside-{pretrain.name}")
 
 
 def plan_evaluations(settings: EvalConfig, shots: tuple[str, ...], num_samples: int, pretrain: ProbeList,
@@ -163,51 +194,51 @@ def plan_evaluations(settings: EvalConfig, shots: tuple[str, ...], num_samples: 
     bcl: one per requested shot setting (full, N-shot over the subsets). sdclr: full-shot,
     and few-shot on ``eval.sdclr_few_shot_list`` when the recipe names one; its fc never
     trains on the held-out samples that choose its epoch (on CIFAR the lists are disjoint
-    already; on digits the probe list is the whole part). ts: one report on the pretraining split.
+    already; on digits the probe list is the whole part and the held-out list the samples
+    outside the split, so it trains on the split, and says so). ts: one report on the
+    pretraining split. Report folders are named after the lists the classifiers train on.
     """
     protocols = EVAL_PROTOCOLS if settings.protocol == "all" else (settings.protocol,)
-    full_name = split_name(settings.train_split)
     if "bcl" in protocols or "sdclr" in protocols:  # ts never reads the probe list
         full = ProbeList(settings.train_split, np.sort(split_or_all(settings.train_split, num_samples)))
     plans = []
     if "bcl" in protocols:
         for shot in shots:
             if shot == FULL:
-                plans.append(Evaluation("bcl", FULL, [full], reports_dir / f"bcl-linear-{full_name}{suffix}"))
+                plans.append(Evaluation("bcl", FULL, [full], reports_dir / f"bcl-linear-{full.name}{suffix}"))
             else:
                 plans.append(Evaluation("bcl", shot, few_shot_lists(settings, shot, num_samples),
                                         reports_dir / f"bcl-linear-{shot}shot{suffix}"))
     if "sdclr" in protocols:
-        fit = ProbeList(full.file, np.setdiff1d(full.indices, held_out.indices))
-        plans.append(Evaluation("sdclr", FULL, [fit], reports_dir / f"sdclr-linear-{full_name}{suffix}"))
+        fit = less_held_out(full, held_out, pretrain)
+        plans.append(Evaluation("sdclr", FULL, [fit], reports_dir / f"sdclr-linear-{fit.name}{suffix}"))
         if settings.sdclr_few_shot_list:
-            few_indices = load_split(Path(settings.sdclr_few_shot_list), num_samples)
-            few = ProbeList(settings.sdclr_few_shot_list, np.setdiff1d(few_indices, held_out.indices))
-            plans.append(Evaluation("sdclr", "few", [few], reports_dir /
-                                    f"sdclr-linear-{split_name(settings.sdclr_few_shot_list)}{suffix}"))
+            few_list = ProbeList(settings.sdclr_few_shot_list,
+                                 np.sort(load_split(Path(settings.sdclr_few_shot_list), num_samples)))
+            few = less_held_out(few_list, held_out, pretrain)
+            plans.append(Evaluation("sdclr", "few", [few], reports_dir / f"sdclr-linear-{few.name}{suffix}"))
     if "ts" in protocols:
         fs = [ProbeList(settings.ts_few_shot_list, load_split(Path(settings.ts_few_shot_list), num_samples))] \
             if settings.ts_few_shot_list else []  # the FS SVM's own list, in file order
-        plans.append(Evaluation("ts", FULL, [pretrain, *fs], reports_dir / f"ts-{split_name(pretrain.file)}{suffix}"))
-    return plans + separate_protocol_plans(settings, num_samples, held_out, reports_dir, suffix)
+        plans.append(Evaluation("ts", FULL, [pretrain, *fs], reports_dir / f"ts-{pretrain.name}{suffix}"))
+    return plans + separate_protocol_plans(settings, num_samples, pretrain, held_out, reports_dir, suffix)
 
 
-def separate_protocol_plans(settings: EvalConfig, num_samples: int, held_out: ProbeList, reports_dir: Path,
-                            suffix: str) -> list[Evaluation]:
+def separate_protocol_plans(settings: EvalConfig, num_samples: int, pretrain: ProbeList, held_out: ProbeList,
+                            reports_dir: Path, suffix: str) -> list[Evaluation]:
     """The one evaluation a separate protocol asks for: supcon on the probe list; finetune on the probe list less
     the held-out samples (there are some only when they pick its epoch); lotar on the whole train part, as
     train_lincls.py trains on the whole balanced train set."""
     if settings.protocol not in SEPARATE_PROTOCOLS:
         return []
     full = ProbeList(settings.train_split, np.sort(split_or_all(settings.train_split, num_samples)))
-    name = split_name(settings.train_split)
     if settings.protocol == "supcon":
-        return [Evaluation("supcon", FULL, [full], reports_dir / f"supcon-linear-{name}{suffix}")]
+        return [Evaluation("supcon", FULL, [full], reports_dir / f"supcon-linear-{full.name}{suffix}")]
     if settings.protocol == "finetune":
-        fit = ProbeList(full.file, np.setdiff1d(full.indices, held_out.indices))
-        return [Evaluation("finetune", FULL, [fit], reports_dir / f"finetune-{name}{suffix}")]
+        fit = less_held_out(full, held_out, pretrain)
+        return [Evaluation("finetune", FULL, [fit], reports_dir / f"finetune-{fit.name}{suffix}")]
     whole = ProbeList("", np.arange(num_samples, dtype=np.int64))
-    return [Evaluation("lotar", FULL, [whole], reports_dir / f"lotar-linear-{split_name('')}{suffix}")]
+    return [Evaluation("lotar", FULL, [whole], reports_dir / f"lotar-linear-{whole.name}{suffix}")]
 
 
 @dataclass(frozen=True)
@@ -225,6 +256,7 @@ class ProtocolInputs:
     test_images: np.ndarray  # the test part's uint8 NHWC images: what fine-tuning and LoTaR's fc are scored on
     train_counts: np.ndarray  # images per class in the pretraining split: LoTaR's own class groups
     dataset: str  # the store's data set name: whether LoTaR's protocol is its reference's run or an analogue
+    stages: Stages  # the progress line on stderr
 
 
 def bcl_probe_config(inputs: ProtocolInputs) -> LinearProbeConfig:
@@ -251,7 +283,9 @@ def bcl_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix
 
     def report(probe: ProbeList) -> dict[str, Any]:
         x, y = bank.of(probe.indices)
-        predictions = predict_linear(train_linear_probe(x, y, inputs.num_classes, config), bank.test_features)
+        with inputs.stages.stage(f"bcl: {prefix}linear probe on {probe.name}", config.epochs) as advance:
+            fitted = train_linear_probe(x, y, inputs.num_classes, config, advance)
+        predictions = predict_linear(fitted, bank.test_features)
         return accuracy_report(predictions, bank.test_labels, inputs.num_classes, inputs.groups)
 
     if plan.shots != FULL:
@@ -271,15 +305,18 @@ def knn_rows(memory: Tensor, memory_labels: Tensor, bank: FeatureBank, inputs: P
 TS_CROP_PADDING = 4  # the CIFAR notebooks' training transform: RandomCrop(32, padding=4) + RandomHorizontalFlip
 
 
-def ts_split_features(memory: ProbeList, bank: FeatureBank, inputs: ProtocolInputs, backbone: nn.Module) -> Tensor:
+def ts_split_features(memory: ProbeList, bank: FeatureBank, inputs: ProtocolInputs, backbone: nn.Module,
+                      prefix: str) -> Tensor:
     """The split's features in file order: clean (the bank's) or, with ``eval.ts_train_views = "augmented"``, one
     pass of RandomCrop(pad 4) + flip views drawn on the device from a generator seeded with the run's seed."""
     if inputs.settings.ts_train_views == "clean":
         return bank.of(memory.indices)[0]
     generator = torch.Generator(device=inputs.device).manual_seed(inputs.seed)
     views = PaddedCropViews.draw(len(memory.indices), TS_CROP_PADDING, generator)
-    return extract_features(backbone, np.ascontiguousarray(inputs.train_images[memory.indices]), inputs.device,
-                            autocast_dtype=inputs.autocast_dtype, center_crop=inputs.settings.center_crop, views=views)
+    with inputs.stages.stage(f"ts: {prefix}augmented split features", len(memory.indices), "image") as advance:
+        return extract_features(backbone, np.ascontiguousarray(inputs.train_images[memory.indices]), inputs.device,
+                                autocast_dtype=inputs.autocast_dtype, center_crop=inputs.settings.center_crop,
+                                views=views, after_batch=advance)
 
 
 def ts_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix: str,
@@ -287,7 +324,7 @@ def ts_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix:
     """Temperature Schedules as its notebooks run it: kNN and the LT LinearSVC on the split's features; the FS
     LinearSVC on the notebooks' class-balanced subsample of them, or on ``eval.ts_few_shot_list`` (clean)."""
     memory = plan.probe_lists[0]
-    features, labels = ts_split_features(memory, bank, inputs, backbone), bank.of(memory.indices)[1]
+    features, labels = ts_split_features(memory, bank, inputs, backbone, prefix), bank.of(memory.indices)[1]
     rows = knn_rows(features, labels, bank, inputs, prefix)
     if len(plan.probe_lists) > 1:
         few_shot = bank.of(plan.probe_lists[1].indices)
@@ -295,7 +332,9 @@ def ts_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, prefix:
         subset = torch.as_tensor(ts_few_shot_subset(labels.cpu().numpy(), inputs.num_classes), device=labels.device)
         few_shot = features[subset], labels[subset]
     for name, (x, y) in (("svm FS", few_shot), ("svm LT", (features, labels))):
-        predictions = linear_svc_predict(x, y, bank.test_features)
+        with inputs.stages.stage(f"ts: {prefix}{name}", 1, "fit") as advance:
+            predictions = linear_svc_predict(x, y, bank.test_features)
+            advance()
         rows[f"{prefix}{name}"] = accuracy_report(predictions, bank.test_labels, inputs.num_classes, inputs.groups)
     return rows
 
@@ -308,8 +347,9 @@ def sdclr_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, pref
     images = torch.from_numpy(np.ascontiguousarray(inputs.train_images[probe_list.indices])).to(inputs.device)
     _, labels = bank.of(probe_list.indices)
     held_out_features, held_out_labels = bank.of(inputs.held_out.indices)
-    probe = train_fc_through_backbone(backbone, images, labels, held_out_features, held_out_labels,
-                                      inputs.num_classes, config, inputs.autocast_dtype)
+    with inputs.stages.stage(f"sdclr: {prefix}fc on {probe_list.name}", config.epochs) as advance:
+        probe = train_fc_through_backbone(backbone, images, labels, held_out_features, held_out_labels,
+                                          inputs.num_classes, config, inputs.autocast_dtype, advance)
     predictions = predict_linear(probe.fc, bank.test_features)
     name = f"{prefix}linear" if plan.shots == FULL else f"{prefix}linear, few-shot"
     record = {"best_epoch": probe.best_epoch,
@@ -347,9 +387,11 @@ def supcon_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, pre
     else:
         encoder, heads, ensemble, test_features = backbone, {"linear": bank.test_features.shape[1]}, "", \
             bank.test_features
-    results = train_linear_classifiers(encoder, on_device(inputs.train_images[probe_list.indices], inputs.device),
-                                       labels, test_features, bank.test_labels, heads, inputs.num_classes,
-                                       supcon_probe_config(inputs), ensemble, inputs.autocast_dtype)
+    config = supcon_probe_config(inputs)
+    with inputs.stages.stage(f"supcon: {prefix}{', '.join(heads)} on {probe_list.name}", config.epochs) as advance:
+        results = train_linear_classifiers(
+            encoder, on_device(inputs.train_images[probe_list.indices], inputs.device), labels, test_features,
+            bank.test_labels, heads, inputs.num_classes, config, ensemble, inputs.autocast_dtype, advance)
     names = [name for name in ("linear", "sub-network linear", "ensemble linear") if name in results]
     rows = {f"{prefix}{name}": accuracy_report(results[name].predictions, bank.test_labels, inputs.num_classes,
                                                inputs.groups) for name in names}
@@ -377,9 +419,12 @@ def finetune_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, p
     if inputs.settings.finetune_select == "held-out":
         held_out = on_device(inputs.train_images[inputs.held_out.indices], inputs.device), \
             bank.of(inputs.held_out.indices)[1]
-    result = finetune(backbone, on_device(inputs.train_images[fit.indices], inputs.device), labels,
-                      on_device(inputs.test_images, inputs.device), bank.test_labels, bank.test_features.shape[1],
-                      inputs.num_classes, finetune_config(inputs), held_out, inputs.autocast_dtype)
+    config = finetune_config(inputs)
+    with inputs.stages.stage(f"finetune: {prefix}network and fc on {fit.name}", config.epochs) as advance:
+        result = finetune(backbone, on_device(inputs.train_images[fit.indices], inputs.device), labels,
+                          on_device(inputs.test_images, inputs.device), bank.test_labels,
+                          bank.test_features.shape[1], inputs.num_classes, config, held_out, inputs.autocast_dtype,
+                          advance)
     row = accuracy_report(result.predictions, bank.test_labels, inputs.num_classes, inputs.groups)
     return {f"{prefix}finetune": row}, {"best_epoch": result.best_epoch,
                                          "epochs_run": len(result.selection_accuracy),
@@ -399,9 +444,11 @@ def lotar_rows(plan: Evaluation, bank: FeatureBank, inputs: ProtocolInputs, pref
     epoch's test accuracy with LoTaR's own many / medium / few. Plus those groups."""
     whole = plan.probe_lists[0]
     _, labels = bank.of(whole.indices)
-    probe = train_lotar_fc(backbone, on_device(inputs.train_images[whole.indices], inputs.device), labels,
-                           np.asarray(inputs.test_images), bank.test_features.shape[1], inputs.num_classes,
-                           lotar_probe_config(inputs), inputs.autocast_dtype)
+    config = lotar_probe_config(inputs)
+    with inputs.stages.stage(f"lotar: {prefix}fc on {whole.name}", config.epochs) as advance:
+        probe = train_lotar_fc(backbone, on_device(inputs.train_images[whole.indices], inputs.device), labels,
+                               np.asarray(inputs.test_images), bank.test_features.shape[1], inputs.num_classes,
+                               config, inputs.autocast_dtype, advance)
     groups = lotar_groups(inputs.train_counts)
     row = accuracy_report(probe.predictions, bank.test_labels, inputs.num_classes, groups)
     return {f"{prefix}linear": row}, {"groups": {name: ids.tolist() for name, ids in groups.items()}}
@@ -431,6 +478,13 @@ def separate_protocol_record(plan: Evaluation, inputs: ProtocolInputs) -> dict[s
                       "the rest medium"}
 
 
+SHORTENED = {  # what fewer epochs change in each protocol's classifier training, formatted with s = EvalConfig
+    "bcl": "its lr still decays from {s.lr:g} to {s.final_lr:g}, in fewer and larger steps",
+    "sdclr": "its lr still steps x0.1 at the same fractions of them",
+    "supcon": "its lr still decays after epochs {s.supcon_decay_epochs}, which come late or never",
+    "finetune": "it may stop before the epoch the whole schedule would pick",
+    "lotar": "its fc sees fewer epochs at the reference's constant lr",
+}
 HEADLINES = {"ts": "class_mean"}  # the Temperature-Schedules papers report mean per-class accuracy
 PROTOCOL_TITLES = {"bcl": "BCL linear probe", "sdclr": "SDCLR linear protocol",
                    "ts": "Temperature-Schedules protocol (kNN, LinearSVC)",
@@ -463,6 +517,31 @@ def protocol_record(plan: Evaluation, inputs: ProtocolInputs) -> dict[str, Any]:
             "svm": {"LinearSVC": ts_linear_svc().get_params(), "features": "L2-normalised", "FS": few_shot,
                     "LT": "the whole split"},
             "seed": inputs.seed, "groups": s.groups, "overall": "class_mean is the TS papers' kNN metric"}
+
+
+def epochs_key(plan: Evaluation) -> str | None:
+    """The [eval] key of the epochs a plan's classifier trains for (None: TS trains no epochs)."""
+    if plan.protocol == "sdclr":
+        return "sdclr_epochs" if plan.shots == FULL else "sdclr_few_shot_epochs"
+    return {"bcl": "epochs", "supcon": "supcon_epochs", "finetune": "finetune_epochs",
+            "lotar": "lotar_epochs"}.get(plan.protocol)
+
+
+def shortened_schedules(plans: list[Evaluation], settings: EvalConfig, recorded: dict[str, Any]) -> list[str]:
+    """A warning for each classifier set to train fewer epochs than the run's recipe gives its protocol: its
+    schedule (BCL's lr decay, SDCLR's x0.1 steps, SupCon's decay epochs) no longer means what the protocol's
+    does, and a probe squeezed this way can report far less than the features hold."""
+    defaults, warnings = EvalConfig(), {}
+    for plan in plans:
+        key = epochs_key(plan)
+        if key is None:
+            continue
+        protocol_epochs, epochs = recorded.get(key, getattr(defaults, key)), getattr(settings, key)
+        if epochs < protocol_epochs:
+            warnings[key] = (f"warning: {PROTOCOL_TITLES[plan.protocol]}: {epochs} epoch{'s' * (epochs != 1)} "
+                             f"(eval.{key}) instead of the {protocol_epochs} of the run's recipe: "
+                             f"{SHORTENED[plan.protocol].format(s=settings)}; its numbers are not the protocol's")
+    return list(warnings.values())
 
 
 def mean_per_class(subsets: list[list[float | None]]) -> list[float | None]:
@@ -510,13 +589,13 @@ def linear_eval(
     suffix += "" if settings.exit == "backbone" else f"-{settings.exit}-exit"
     picks_epochs = settings.protocol in ("sdclr", "all") or (settings.protocol == "finetune"
                                                               and settings.finetune_select == "held-out")
-    held_out = held_out_list(settings, pretrain.indices, num_samples) if picks_epochs \
-        else ProbeList("", np.zeros(0, dtype=np.int64))
+    held_out = held_out_list(settings, pretrain, num_samples) if picks_epochs \
+        else ProbeList("", np.zeros(0, dtype=np.int64), "no held-out list", "none")
     plans = plan_evaluations(settings, shots, num_samples, pretrain, held_out, out_dir or run_dir / "eval", suffix)
     for plan in plans:
         for probe_list in plan.probe_lists:  # what each classifier trains on
             check_every_class(probe_list.indices, train_part.labels, store.class_names,
-                              probe_list.file or "the whole train part")
+                              probe_list.label)
         if plan.shots == FULL and plan.protocol in ("bcl", "ts"):
             too_large = [k for k in settings.knn if k > len(plan.probe_lists[0].indices)]
             if too_large:
@@ -527,9 +606,12 @@ def linear_eval(
     test_part = store.part(settings.test_part)
     train_counts = class_counts(pretrain_indices, train_part.labels, store.num_classes)
     groups = class_groups(train_counts, settings.groups)
+    for warning in shortened_schedules(plans, settings, payload["recipe"].get("eval", {})):
+        say(warning)
+    stages = Stages(recipe.train.progress, f"linear-eval {run_dir.name}")
     inputs = ProtocolInputs(settings, store.num_classes, groups, recipe.train.seed, device,
                             PRECISION_TYPES[precision][0], train_part.images, held_out, test_part.images,
-                            train_counts, store.name)
+                            train_counts, store.name, stages)
     needed = np.unique(np.concatenate([held_out.indices] + [p.indices for plan in plans for p in plan.probe_lists]))
     train_labels = torch.as_tensor(train_part.labels[needed], device=device)
     test_labels = torch.as_tensor(np.asarray(test_part.labels), device=device)
@@ -543,15 +625,18 @@ def linear_eval(
     for prefix, module in backbones.items():
         started = time.perf_counter()
         module = module.to(device, memory_format=torch.channels_last).eval()
-        bank = FeatureBank(
-            needed,
-            extract_features(module, np.ascontiguousarray(train_part.images[needed]), device,
-                             autocast_dtype=inputs.autocast_dtype, center_crop=settings.center_crop),
-            train_labels,
-            extract_features(module, np.asarray(test_part.images), device, autocast_dtype=inputs.autocast_dtype,
-                             center_crop=settings.center_crop),
-            test_labels,
-        )
+        with stages.stage(f"features of the {prefix or 'pretrained '}backbone", len(needed) + len(test_labels),
+                          "image") as advance:
+            bank = FeatureBank(
+                needed,
+                extract_features(module, np.ascontiguousarray(train_part.images[needed]), device,
+                                 autocast_dtype=inputs.autocast_dtype, center_crop=settings.center_crop,
+                                 after_batch=advance),
+                train_labels,
+                extract_features(module, np.asarray(test_part.images), device, autocast_dtype=inputs.autocast_dtype,
+                                 center_crop=settings.center_crop, after_batch=advance),
+                test_labels,
+            )
         for plan in plans:
             if plan.protocol == "bcl":
                 rows[plan.key] |= bcl_rows(plan, bank, inputs, prefix)

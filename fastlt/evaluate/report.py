@@ -21,7 +21,7 @@ import numpy as np
 from torch import Tensor
 
 from fastlt.errors import FastltError
-from fastlt.files import write_text_atomic
+from fastlt.files import check_free, write_text_atomic
 
 GROUP_NAMES = ("many", "medium", "few")
 COLUMNS = (("overall", "overall"), ("many", "many"), ("medium", "medium"), ("few", "few"),
@@ -145,8 +145,7 @@ CAPTION = (
 
 def check_report_free(out_dir: Path, overwrite: bool) -> None:
     """Refuse to replace an existing report folder unless ``overwrite``; callers check before computing."""
-    if out_dir.exists() and not overwrite:
-        raise FastltError(f"{out_dir}: report exists already (use --overwrite to replace it)")
+    check_free([out_dir], overwrite)
 
 
 def write_report(out_dir: Path, title: str, reports: dict[str, dict], context: dict, overwrite: bool = False,

@@ -24,6 +24,7 @@ from fastlt.augment.functional import to_float
 from fastlt.errors import FastltError
 from fastlt.evaluate.features import PaddedCropViews, evaluation_mode
 from fastlt.evaluate.probe_views import frozen_features_epoch, resized_crop_views
+from fastlt.train.progress import Advance, unwatched
 
 PROBE_CROPS = ("padded", "resized")
 RESIZED_SCALE, RESIZED_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop defaults
@@ -127,6 +128,7 @@ def train_fc_through_backbone(
     num_classes: int,
     config: SDCLRProbeConfig,
     autocast_dtype: torch.dtype | None = None,
+    after_epoch: Advance = unwatched,
 ) -> SDCLRProbe:
     """Fit an fc on the frozen ``backbone``'s features of augmented uint8 NHWC ``images``; keep the best checked epoch.
 
@@ -135,7 +137,7 @@ def train_fc_through_backbone(
     Randomness (initialisation, batch order, crops, flips) comes from one generator seeded
     with ``config.seed``. An epoch is best when its held-out accuracy beats every earlier
     checked epoch's (a tie keeps the earlier one); the best weights are kept on the device,
-    and the accuracies are read once, at the end.
+    and the accuracies are read once, at the end. ``after_epoch`` runs after each epoch (the progress line).
     """
     if images.ndim != 4 or images.dtype != torch.uint8 or len(images) != len(labels) or len(images) == 0:
         raise FastltError(f"SDCLR probe: expected uint8 [N, H, W, 3] images with one label each, got "
@@ -171,6 +173,7 @@ def train_fc_through_backbone(
                 for name, value in fc.state_dict().items():
                     best_state[name] = torch.where(better, value.detach(), best_state[name])
                 checked[epoch] = accuracy
+            after_epoch()
     fc.load_state_dict(best_state)
     history = dict(zip(checked, torch.stack(list(checked.values())).tolist()))
     return SDCLRProbe(fc.eval().requires_grad_(False), int(best_epoch), history)

@@ -28,6 +28,7 @@ from fastlt.errors import FastltError
 from fastlt.evaluate.linear import seeded_linear
 from fastlt.evaluate.features import evaluation_mode
 from fastlt.evaluate.probe_views import frozen_features_epoch, resized_crop_views
+from fastlt.train.progress import Advance, unwatched
 
 CROP_SCALE = (0.2, 1.0)  # main_linear.py's RandomResizedCrop(size, scale=(0.2, 1.))
 
@@ -77,6 +78,7 @@ def train_linear_classifiers(
     config: SupConProbeConfig,
     ensemble: str = "",
     autocast_dtype: torch.dtype | None = None,
+    after_epoch: Advance = unwatched,
 ) -> dict[str, ClassifierResult]:
     """Train one classifier per entry of ``heads`` (name -> width of its block of the encoder's features, in order)
     on augmented uint8 NHWC ``images``; the best test epoch of each, and of ``ensemble`` (the classifiers' mean
@@ -85,7 +87,7 @@ def train_linear_classifiers(
     ``encoder`` maps float images to features [B, sum of the widths], already on the images'
     device; its train/eval flags are restored afterwards. ``test_features`` are its features of
     the unaugmented test images. Randomness (initialisation, batch order, crops, flips) comes
-    from one generator seeded with ``config.seed``.
+    from one generator seeded with ``config.seed``. ``after_epoch`` runs after each epoch (the progress line).
     """
     if images.ndim != 4 or images.dtype != torch.uint8 or len(images) != len(labels) or len(images) == 0:
         raise FastltError(f"supcon probe: expected uint8 [N, H, W, 3] images with one label each, got "
@@ -132,5 +134,6 @@ def train_linear_classifiers(
                     best_epoch[name] = torch.where(better, epoch, best_epoch[name])
                     best_predictions[name] = torch.where(better, predictions, best_predictions[name])
                     history[name].append(accuracy)
+            after_epoch()
     return {name: ClassifierResult(int(best_epoch[name]), best_predictions[name], torch.stack(history[name]).tolist())
             for name in names}

@@ -14,6 +14,7 @@ from fastlt.errors import FastltError
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
 from fastlt.methods.gather import gather_rows
+from fastlt.notices import quiet_cuda_home_probe
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class ContrastiveMethod(nn.Module):
         An epoch has at most two shapes (full batches and the last one), so each graph is
         compiled at most twice and both stay cached; static graphs are the fastest kind.
         """
+        quiet_cuda_home_probe()
         object.__setattr__(self, "_forward", torch.compile(self._forward, dynamic=False))  # may be DDP: no cycle
 
     def enable_distributed(self, device: torch.device) -> None:

@@ -6,11 +6,11 @@ from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
 from fastlt.errors import FastltError
+from fastlt.evaluate import EVAL_EXITS
 from fastlt.methods.base import ContrastiveMethod
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
 from fastlt.models.multi_exit import BackboneExit, EnsembleExit, MultiExitEncoder, SubnetworkExit
-from fastlt.recipe import EVAL_EXITS
 
 
 class SelfCon(ContrastiveMethod):

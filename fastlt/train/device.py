@@ -27,19 +27,26 @@ MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.cont
 COMPILE_CHOICES = ("auto", "on", "off")
 
 
-def resolve_device(name: str, setting: str = "train.device") -> torch.device:
-    """'auto' picks the first CUDA device when there is one, else the CPU."""
+def resolve_device(name: str, typed: str | None = None) -> torch.device:
+    """'auto' picks the first CUDA device when there is one, else the CPU.
+
+    Errors name ``typed``, what the user typed for the device (``--device cuda``); by default the recipe's
+    train.device.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = typed or f"train.device = {name!r}"
     expected = "expected auto, cpu, cuda or cuda:N"
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise FastltError(f"{setting}: unknown device {name!r} ({expected})") from None
+        raise FastltError(f"{where}: unknown device ({expected})") from None
     if device.type not in ("cpu", "cuda"):
-        raise FastltError(f"{setting}: {name!r} is not supported ({expected})")
+        raise FastltError(f"{where}: not supported ({expected})")
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise FastltError(f"{setting}: {name!r} requested but CUDA is not available here")
+        raise FastltError(f"{where}: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FastltError(f"{where}: no such CUDA device (this machine has {torch.cuda.device_count()})")
     return device
 
 
@@ -119,13 +126,15 @@ def bf16_support(device: torch.device) -> tuple[bool, str]:
     return False, f"CPU {features.name} has no AVX512-BF16 or AMX-BF16: bf16 is emulated, about 10x slower than fp32"
 
 
-def resolve_precision(name: str, device: torch.device, setting: str = "train.precision") -> Precision:
+def resolve_precision(name: str, device: torch.device, typed: str | None = None) -> Precision:
     """'auto' = bf16 where the device runs it natively, else fp16 + loss scaling on CUDA, else fp32.
 
-    An explicit 'bf16' on a CPU that only emulates it still works, with a one-time warning.
+    An explicit 'bf16' on a CPU that only emulates it still works, with a one-time warning. Errors name
+    ``typed``, what the user typed for the precision (``--precision fp16``); by default the recipe's train.precision.
     """
+    where = typed or f"train.precision = {name!r}"
     if name not in PRECISIONS:
-        raise FastltError(f"{setting}: unknown precision {name!r} (expected one of {', '.join(PRECISIONS)})")
+        raise FastltError(f"{where}: unknown precision (expected one of {', '.join(PRECISIONS)})")
     native, why = bf16_support(device)
     if name == "auto":
         if native:
@@ -138,8 +147,8 @@ def resolve_precision(name: str, device: torch.device, setting: str = "train.pre
         chosen, reason = name, "set explicitly"
         if name == "bf16" and not native:
             if device.type == "cuda":
-                raise FastltError(f"{setting}: bf16 is not supported on {device} ({why})")
-            warn_once(f"{setting} = bf16 on this CPU: {why}")
+                raise FastltError(f"{where}: bf16 is not supported on {device} ({why})")
+            warn_once(f"{where} on this CPU: {why}")
     dtype, scale_loss = PRECISION_TYPES[chosen]
     return Precision(chosen, dtype, scale_loss, reason)
 

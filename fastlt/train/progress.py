@@ -3,7 +3,8 @@
 stdout is kept for the run folder (the last line of ``fastlt pretrain``), so scripts can read it.
 Besides the loss and speed, every line carries the expected time to the end of the run (the
 last epoch this command trains), not only to the end of the epoch, and the held-out kNN
-numbers on the epochs the monitor measures them.
+numbers on the epochs the monitor measures them. ``Stages`` does the same for the stages of an
+evaluation (feature extraction, each probe's epochs), under the same switch (``train.progress``).
 """
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import statistics
 import sys
 import time
 from collections import deque
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
@@ -22,6 +24,11 @@ RECENT_EPOCHS = 10  # epoch times the run ETA is estimated from
 def say(message: str) -> None:
     """One line for the user on stderr."""
     print(message, file=sys.stderr, flush=True)
+
+
+def live_bar(enabled: bool) -> bool:
+    """Whether progress is a live tqdm bar (on a terminal) rather than plain lines (a log file or pipe)."""
+    return enabled and sys.stderr.isatty()
 
 
 def format_duration(seconds: float) -> str:
@@ -69,7 +76,7 @@ class Progress:
         self.last_epoch = last_epoch or total_epochs
         self.monitor_epochs = frozenset(monitor_epochs)
         self.monitor_label = monitor_label
-        self.live = enabled and sys.stderr.isatty()
+        self.live = live_bar(enabled)
         self._bar: tqdm | None = None
         self._epoch = 0
         self._steps = 0
@@ -139,3 +146,52 @@ class Progress:
             say(f"epoch {record['epoch']}/{self.total_epochs}: loss {record['loss']:.4f}, "
                 f"{record['images_per_second']:.0f} img/s, lr {record['lr']:.4g}, {record['epoch_seconds']:.1f} s"
                 f"{monitor}; {self.eta_text()}")
+
+
+class Advance(Protocol):
+    """Called after each ``count`` units (epochs, images) of a stage."""
+
+    def __call__(self, count: int = 1) -> None: ...
+
+
+def unwatched(count: int = 1) -> None:
+    """The ``Advance`` of a caller that shows no progress."""
+
+
+class Stages:
+    """Progress of a command made of stages, such as linear-eval's features and probes, the way ``Progress``
+    shows pretraining: on a terminal a tqdm bar per stage; in a log a plain line at each tenth of a stage with
+    its ETA. Either way one line when a stage ends, with its time. ``enabled`` is the run's ``train.progress``."""
+
+    def __init__(self, enabled: bool, command: str):
+        self.enabled = enabled
+        self.command = command
+        self.live = live_bar(enabled)
+
+    @contextmanager
+    def stage(self, what: str, total: int, unit: str = "epoch") -> Iterator[Advance]:
+        """``with stages.stage("bcl: linear probe on all-train", 500) as advance:``, then ``advance()`` after each
+        epoch (``advance(n)`` after n units)."""
+        started, done = time.perf_counter(), 0
+        bar = tqdm(total=total, desc=f"{self.command}: {what}", unit=unit, leave=False, dynamic_ncols=True,
+                   file=sys.stderr) if self.live else None
+
+        def advance(count: int = 1) -> None:
+            nonlocal done
+            tenth = max(1, total // 10)
+            crossed = (done + count) // tenth > done // tenth
+            done += count
+            if bar is not None:
+                bar.update(count)
+            elif self.enabled and crossed and done < total:
+                left = (time.perf_counter() - started) / done * (total - done)
+                say(f"{self.command}: {what}: {done:,}/{total:,} {unit}s, ETA {format_duration(left)}")
+
+        try:
+            yield advance
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.enabled:
+            say(f"{self.command}: {what}: {done:,}/{total:,} {unit}s in "
+                f"{format_duration(time.perf_counter() - started)}")

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,13 +30,13 @@ from torch import nn
 
 from fastlt.data.backends import make_loader
 from fastlt.data.loader import Loader
-from fastlt.data.splits import class_counts, class_groups, split_checksum, split_or_all
+from fastlt.data.splits import class_counts, class_groups, empty_classes, name_classes, split_checksum, split_or_all
 from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError, RunStopped
 from fastlt.files import write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
-from fastlt.recipe import OptimConfig, Recipe, recipe_from_dict, recipe_with_overrides, with_store_lists
+from fastlt.recipe import OptimConfig, Override, Recipe, recipe_from_dict, recipe_with_overrides, with_store_lists
 from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_model_state, load_run_checkpoint, save_run_checkpoint
 from fastlt.train.distributed import Ranks, any_rank, backend_name, join, launched_ranks, leave, share_from_main
 from fastlt.train.device import (
@@ -146,6 +146,12 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
     part = store.part(recipe.data.part)
     labels = np.asarray(part.labels)
     indices = split_or_all(recipe.data.split, len(labels))
+    counts = class_counts(indices, labels, store.num_classes)
+    empty = empty_classes(counts)
+    if empty:  # its many / medium / few groups would hold classes never seen, and no probe could learn them
+        where = recipe.data.split or f"{recipe.data.store} (part {recipe.data.part})"
+        raise FastltError(f"{where}: {name_classes(empty)} {'have' if len(empty) > 1 else 'has'} no sample in the "
+                          f"{'split' if recipe.data.split else 'part'}")
     if recipe.train.batch_size > len(indices):  # contrastive negatives come from the batch: surely a mistake
         raise FastltError(f"train.batch_size {recipe.train.batch_size}: larger than the {len(indices)} samples of "
                           "the split; lower it")
@@ -154,7 +160,7 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
                           f"{ranks.world} processes")
     loader = make_loader(store, recipe.data.part, indices, recipe.train.batch_size, device, generator,
                          shuffle=True, drop_last=recipe.train.drop_last, shard=(ranks.rank, ranks.world))
-    groups = class_groups(class_counts(indices, labels, store.num_classes), recipe.eval.groups)
+    groups = class_groups(counts, recipe.eval.groups)
     group_of_class = np.full(store.num_classes, -1, dtype=np.int8)
     for code, name in enumerate(GROUP_NAMES):
         group_of_class[groups[name]] = code
@@ -320,6 +326,7 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | N
         state = build_run_state(recipe, data, choices, method, ranks)
         run_dir = Path(share_from_main(str(new_run_dir(recipe, recipe_path))))  # rank 0's timestamp
         if ranks.main:
+            warn_all_warmup(recipe)
             make_run_dir(run_dir, checkpoint_bytes(state))
             write_json_atomic(run_dir / "config.json", recipe.to_dict())
             record = run_record(device, recipe.train.seed, recipe_path)
@@ -333,8 +340,22 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | N
     return run_dir
 
 
-def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until_epoch: int | None = None) -> Path:
-    """Continue a run from its last checkpoint with the choices it recorded; refuse changes to its history."""
+def warn_all_warmup(recipe: Recipe) -> None:
+    """One line when the warm-up spans the whole schedule (a run cut shorter than its warm-up): the lr only rises
+    and never decays, so the run is not the recipe's schedule at fewer epochs."""
+    warmup, epochs = recipe.optim.warmup_epochs, recipe.train.epochs
+    if warmup >= epochs:
+        say(f"warning: optim.warmup_epochs {warmup:g} >= train.epochs {epochs}: the whole run is the lr's linear "
+            f"warm-up, which peaks at the end at best and never decays; give fewer with --set "
+            f"optim.warmup_epochs=N (N < {epochs})")
+
+
+def resume_run(run_dir: Path, overrides: Sequence[str | Override] = (), until_epoch: int | None = None,
+               continuing: bool = False) -> Path:
+    """Continue a run from its last checkpoint with the choices it recorded; refuse changes to its history.
+
+    ``continuing``: this process started the run and carries on after an ``until_epoch`` (reproduce's timing
+    epoch), so the line says "continuing" rather than "resuming"."""
     checkpoint, payload = load_run_checkpoint(run_dir, say)
     recipe = recipe_with_overrides(json.loads(json.dumps(payload["recipe"])), overrides, str(checkpoint))
     where = f"{run_dir}"
@@ -362,8 +383,9 @@ def resume_run(run_dir: Path, overrides: tuple[str, ...] | list[str] = (), until
         state = build_run_state(recipe, data, choices, method, ranks)
         restore(state, payload, checkpoint)
         if ranks.main:
-            within = f", batch {state.partial.batches + 1}" if state.partial is not None else ""
-            say(f"{run_dir}: resuming at epoch {epochs_done + 1}{within} of {recipe.train.epochs}")
+            within = f", batch {state.partial.batches + 1} of {len(data.loader)}" if state.partial is not None else ""
+            say(f"{run_dir}: {'continuing' if continuing else 'resuming'} at epoch {epochs_done + 1} of "
+                f"{recipe.train.epochs}{within}")
             keep_metrics_until(run_dir / "metrics.jsonl", epochs_done)
             write_json_atomic(run_dir / "config.json", recipe.to_dict())
             record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
@@ -444,8 +466,8 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
 def stopped(run_dir: Path, signum: int, where: str) -> RunStopped:
     """The exception that ends a run a signal stopped, once its checkpoint is written."""
     name = signal.Signals(signum).name
-    return RunStopped(f"{name}: stopped at {where}; checkpoint saved, continue with "
-                      f"`fastlt pretrain --resume {run_dir}`", signum)
+    return RunStopped(f"{name}: stopped at {where}; checkpoint saved",
+                      f"continue with `fastlt pretrain --resume {run_dir}`", signum)
 
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:

@@ -107,8 +107,8 @@ def test_csv_parses_back_to_the_reports_numbers(runs, tmp_path):
     out = tmp_path / "out" / "table.csv"
     result = invoke(runs["a"], runs["b"], "--csv", out, "--md", tmp_path / "table.md")
     assert result.exit_code == 0, result.output
-    assert f"wrote {out}" in result.stderr and "wrote" not in result.stdout
-    assert (tmp_path / "table.md").read_text() == result.stdout
+    assert result.stderr == ""  # "wrote" goes to stdout, after the table, as every other command says it
+    assert result.stdout == (tmp_path / "table.md").read_text() + f"wrote {out}\nwrote {tmp_path / 'table.md'}\n"
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
     assert list(rows[0]) == ["run", "method", "split", "epoch", "protocol", "evaluation", "overall", "many", "medium",
                              "few", "group_std", "100-shot", "100-shot std", "50-shot", "50-shot std",
@@ -157,21 +157,53 @@ def test_exits_and_checkpoints_are_separate_rows(tmp_path):
         ("100", "linear", "25.00", "0.00 +- 0.00")]
 
 
-def test_missing_reports_is_one_line_error_and_no_output(runs, tmp_path):
-    bare = tmp_path / "runs" / "x"
-    (bare / "checkpoints").mkdir(parents=True)
-    (bare / "config.json").write_text("{}")
+def bare_run(folder: Path) -> Path:
+    """A run folder that has not been evaluated yet."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+NO_REPORTS = "no evaluation reports; run `fastlt linear-eval` on it first"
+NOT_A_RUN = "not a run folder, a report folder, a folder of runs or an eval.json"
+
+
+def test_runs_without_reports_are_left_out_in_one_line_on_stderr(runs, tmp_path):
+    bare = bare_run(tmp_path / "runs" / "x")
     out = tmp_path / "table.csv"
     result = invoke(runs["a"], bare, "--csv", out)
-    assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr == f"error: {bare}: no evaluation reports; run `fastlt linear-eval {bare}` first\n"
-    assert not out.exists() and not list(tmp_path.glob(".table.csv*"))
-    for target, message in ((tmp_path / "nowhere", "no such run folder, report folder or eval.json"),
-                            (tmp_path / "runs", "not a run folder, a report folder or an eval.json"),
-                            (runs["a"] / "config.json", "not a fastlt evaluation report")):
-        result = invoke(target)
+    assert result.exit_code == 0, result.output
+    assert result.stderr == f"left out: {bare} ({NO_REPORTS})\n"
+    assert {row["run"] for row in parse_markdown(result.stdout)} == {str(runs["a"])}
+    assert out.read_text() == compare_runs([runs["a"]]).csv()
+
+
+def test_a_folder_of_runs_compares_each_run_in_it(runs, tmp_path):
+    bare = bare_run(tmp_path / "runs" / "x")
+    (tmp_path / "runs" / "plots").mkdir()  # not a run: said, not fatal
+    (tmp_path / "runs" / ".a.partial").mkdir()  # hidden: never read
+    result = invoke(tmp_path / "runs")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == invoke(runs["a"], runs["b"]).stdout
+    plots = tmp_path / "runs" / "plots"
+    assert result.stderr == f"left out: {plots} ({NOT_A_RUN} (no eval.json found)); {bare} ({NO_REPORTS})\n"
+
+
+def test_nothing_to_compare_is_one_line_error_and_no_output(runs, tmp_path):
+    bare, other = bare_run(tmp_path / "new" / "x"), bare_run(tmp_path / "new" / "y")
+    out = tmp_path / "table.csv"
+    for targets, message in (([bare], f"nothing to compare: {bare} ({NO_REPORTS})"),
+                             ([tmp_path / "new"], f"nothing to compare: {bare}, {other} ({NO_REPORTS})"),
+                             ([runs["a"], tmp_path / "nowhere"], f"{tmp_path / 'nowhere'}: no such run folder, "
+                                                                 "report folder or eval.json"),
+                             ([runs["a"] / "checkpoints"], f"nothing to compare: {runs['a'] / 'checkpoints'} "
+                                                           f"({NOT_A_RUN}"),
+                             ([runs["a"] / "config.json"], f"{runs['a'] / 'config.json'}: not a fastlt evaluation "
+                                                           "report")):
+        result = invoke(*targets, "--csv", out)
         assert result.exit_code == 1 and result.stdout == ""
-        assert result.stderr.startswith(f"error: {target}: {message}") and result.stderr.count("\n") == 1
+        assert result.stderr.startswith(f"error: {message}") and result.stderr.count("\n") == 1, result.stderr
+    assert not out.exists() and not list(tmp_path.glob(".table.csv*"))
     broken = tmp_path / "broken.json"
     broken.write_text('{"reports": ')
     assert "not a readable evaluation report" in invoke(broken).stderr

@@ -9,6 +9,7 @@ import torchvision
 from click.testing import CliRunner
 
 from fastlt.cli import main
+from fastlt.data.store import Store
 from fastlt.errors import FastltError
 from fastlt.evaluate.export import FORMAT, export_torchvision, torchvision_resnet, torchvision_state_dict
 from fastlt.evaluate.protocol import pretrained_backbone
@@ -24,10 +25,12 @@ FC_KEYS = {"fc.weight", "fc.bias"}
 
 @pytest.fixture(scope="module")
 def make_run(digits_store, tmp_path_factory):
-    """Train (once per arguments) a 1-epoch width-64 ResNet-18 on 8 digits at 16x16, fp32 on the CPU."""
+    """Train (once per arguments) a 1-epoch width-64 ResNet-18 on one digit of each class at 16x16, fp32 on the
+    CPU (pretraining refuses a split without some class)."""
     out = tmp_path_factory.mktemp("export_runs")
-    split = out / "eight.npy"
-    np.save(split, np.arange(8, dtype=np.int64))
+    split = out / "one_per_class.npy"
+    labels = np.asarray(Store.open(digits_store).labels("train"))
+    np.save(split, np.array([np.flatnonzero(labels == label)[0] for label in range(10)], dtype=np.int64))
     made: dict[tuple, Path] = {}
 
     def make(method: str = "simclr", stem: str = "cifar", width: int = 64) -> Path:
@@ -40,7 +43,7 @@ def make_run(digits_store, tmp_path_factory):
                           "projector_out": 8},
                 "method": {"name": method, "pruning_ratio": 0.5},
                 "optim": {"lr": 0.1, "warmup_epochs": 0},
-                "train": {"epochs": 1, "batch_size": 4, "out_dir": str(out), "progress": False,
+                "train": {"epochs": 1, "batch_size": 5, "out_dir": str(out), "progress": False,
                           "precision": "fp32", "device": "cpu", "compile": "off",
                           "name": f"{method}-{stem}-w{width}"},
             }, "test")
@@ -169,7 +172,7 @@ def test_an_existing_file_is_kept_unless_overwrite(make_run, tmp_path):
     run = make_run()
     out = tmp_path / "taken.pt"
     out.write_bytes(b"keep me")
-    with pytest.raises(FastltError, match="already exists") as error:
+    with pytest.raises(FastltError, match="exists already; pass --overwrite to replace it") as error:
         export_torchvision(run, out)
     assert str(out) in str(error.value)
     assert out.read_bytes() == b"keep me"
@@ -193,7 +196,7 @@ def test_the_command_end_to_end(make_run, tmp_path):
 
     again = CliRunner().invoke(main, ["export", str(run / "checkpoints" / "last.pt"), "--out", str(out)])
     assert again.exit_code == 1
-    assert again.output.strip().splitlines() == [f"error: {out}: already exists (use --overwrite to replace it)"]
+    assert again.output.strip().splitlines() == [f"error: {out}: exists already; pass --overwrite to replace it"]
     assert CliRunner().invoke(main, ["export", str(run), "--out", str(out), "--overwrite"]).exit_code == 0
 
     narrow = CliRunner().invoke(main, ["export", str(make_run("simclr", "cifar", width=8)), "--out",

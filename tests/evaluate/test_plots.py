@@ -7,13 +7,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from matplotlib.colors import to_rgba
+from matplotlib.text import Text
 from PIL import Image
 
 from fastlt.cli import main
 from fastlt.data.splits import class_groups
+from fastlt.errors import FastltError
 from fastlt.evaluate.plots import (
-    DPI, PANEL_INCHES, PER_CLASS_INCHES, RunMetrics, legend_names, per_class_accuracy_plot, plot_runs,
-    read_metrics,
+    CURVE_PLOTS, DPI, PANEL_INCHES, PER_CLASS_INCHES, UNKNOWN_OBJECTIVE, RunMetrics, curve_figure, legend_names,
+    per_class_accuracy_plot, per_class_figure, plot_runs, read_metrics, run_objective,
 )
 from fastlt.evaluate.report import accuracy_report
 from fastlt.methods.boost import MemorisationBoost
@@ -29,9 +32,10 @@ def trainer_record(epoch: int, loss: float, temperature: float) -> dict:
             "images_per_second": 680.0, "temperature": temperature}
 
 
-def write_run(folder: Path, records: list[dict]) -> Path:
+def write_run(folder: Path, records: list[dict], method: str | None = None) -> Path:
+    """A run folder; its config.json names ``method`` as a recipe dump does (empty axes: the preset's), or nothing."""
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}")
+    (folder / "config.json").write_text(json.dumps({"method": {"name": method, "objective": ""}} if method else {}))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return folder
 
@@ -74,8 +78,10 @@ def has_colour(image: Image.Image, rgb: tuple[int, int, int], at_least: int = 10
     return int((pixels == rgb).all(axis=1).sum()) >= at_least
 
 
-def size_of(panels: int) -> tuple[int, int]:
-    return round(PANEL_INCHES[0] * panels * DPI), round(PANEL_INCHES[1] * DPI)
+def panels_of(image: Image.Image) -> int:
+    """How many panel widths a curve PNG holds: the legend beside them is narrower than one (short run names)."""
+    assert image.height == round(PANEL_INCHES[1] * DPI)
+    return image.width // round(PANEL_INCHES[0] * DPI)
 
 
 def test_every_plot_with_a_line_per_run_where_it_has_data(two_runs, tmp_path):
@@ -86,9 +92,9 @@ def test_every_plot_with_a_line_per_run_where_it_has_data(two_runs, tmp_path):
     assert result.stdout.splitlines() == [f"wrote {out / name}.png" for name in names]  # nothing skipped
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{name}.png" for name in names)  # no temporary file
     images = {name: png(out / f"{name}.png") for name in names}
-    assert images["loss"].size == images["temperature"].size == size_of(1)
-    assert images["knn"].size == size_of(4)  # overall, many, medium, few
-    assert images["bcl_weights"].size == size_of(4)  # all samples, many, medium, few
+    assert panels_of(images["loss"]) == panels_of(images["temperature"]) == 1  # one objective: unknown
+    assert panels_of(images["knn"]) == 4  # overall, many, medium, few
+    assert panels_of(images["bcl_weights"]) == 3  # many, medium, few: not the mean over all, 0.5 by construction
     for name in ("loss", "temperature"):  # both runs logged these: both lines (and legend entries)
         assert all(has_colour(images[name], rgb) for rgb in RUN_COLOURS), name
     for name in ("knn", "bcl_weights"):  # only the BCL run, the first, has them: no second line
@@ -99,7 +105,7 @@ def test_missing_keys_skip_panels_and_plots_in_one_line(tmp_path):
     partial = write_run(tmp_path / "partial", bcl_records(("monitor_knn", "monitor_knn_few")))
     result = plot_runs([partial], tmp_path / "a")
     assert [p.name for p in result.written] == ["loss.png", "knn.png", "temperature.png", "bcl_weights.png"]
-    assert png(tmp_path / "a" / "knn.png").size == size_of(2)  # overall and few only
+    assert panels_of(png(tmp_path / "a" / "knn.png")) == 2  # overall and few only
     assert result.skipped_line() is None
 
     plain = write_run(tmp_path / "plain", [trainer_record(e, 5.0, 0.5) for e in range(1, 4)])
@@ -114,12 +120,12 @@ def test_missing_keys_skip_panels_and_plots_in_one_line(tmp_path):
 
 def test_series_keep_only_the_epochs_that_logged_a_key(tmp_path):
     records = read_metrics(write_run(tmp_path / "r", bcl_records(("monitor_knn",))))
-    run = RunMetrics("r", records)
+    run = RunMetrics("r", records, "infonce")
     assert run.series("monitor_knn") == ([2, 4, 6], [22.0, 24.0, 26.0])
     assert run.series("loss")[0] == list(range(1, EPOCHS + 1))
     assert run.series("monitor_knn_few") == ([], [])
     records[3]["monitor_knn"] = None  # the monitor logs null for a group without held-out samples
-    assert RunMetrics("r", records).series("monitor_knn") == ([2, 6], [22.0, 26.0])
+    assert RunMetrics("r", records, "infonce").series("monitor_knn") == ([2, 6], [22.0, 26.0])
     assert set(records[0]) >= {"weight_mean", "weight_mean_many", "weight_mean_medium", "weight_mean_few"}
 
 
@@ -153,8 +159,11 @@ def test_same_folder_names_are_told_apart_and_files_replaced(tmp_path):
     out = tmp_path / "plots"
     out.mkdir()
     (out / "loss.png").write_bytes(b"old")
-    result = plot_runs([first, second], out)
-    assert png(out / "loss.png").size == size_of(1)
+    with pytest.raises(FastltError, match="loss.png: exists already; pass --overwrite to replace it"):
+        plot_runs([first, second], out)
+    assert (out / "loss.png").read_bytes() == b"old" and sorted(p.name for p in out.iterdir()) == ["loss.png"]
+    result = plot_runs([first, second], out, overwrite=True)
+    assert png(out / "loss.png").height == round(PANEL_INCHES[1] * DPI)  # replaced; the paths make a wide legend
     assert result.skipped == {"knn": "no monitor_knn keys: no kNN monitor ran",
                               "bcl_weights": "no weight_mean keys: not a BCL run"}
     assert legend_names([first, second]) == [str(first), str(second)]
@@ -168,7 +177,7 @@ def test_real_run(tiny_run, tmp_path):
     assert "monitor_knn" in read_metrics(tiny_run)[-1]
     assert [p.name for p in result.written] == ["loss.png", "knn.png", "temperature.png"]
     assert set(result.skipped) == {"bcl_weights"}
-    assert png(tmp_path / "loss.png").size == size_of(1)
+    assert panels_of(png(tmp_path / "loss.png")) == 1
 
 
 def per_class_inputs(num_classes: int = 10):
@@ -212,3 +221,130 @@ def test_per_class_plot_rejects_mismatched_inputs(tmp_path):
         per_class_accuracy_plot(report["per_class"], counts, {**groups, "few": [0, 10]}, tmp_path / "x.png", "t")
     assert not (tmp_path / "x.png").exists()
 
+
+# Readable with many runs (issue 19): legend beside the axes, a look of its own for each run, one loss axes per
+# objective, sensible ranges for single points, coinciding lines told, no panel constant by construction.
+
+PLOTS = {plot.name: plot for plot in CURVE_PLOTS}
+MIXED_METHODS = ("bcl-i", "selfcon", "simclr", "flatclr", "supcon")  # objectives infonce, supcon, infonce, flatnce
+
+
+def mixed_runs(folder: Path, count: int, epochs: int = 12) -> list[Path]:
+    """``count`` runs of MIXED_METHODS in turn: each loss on its objective's scale (SupCon's near 9, the others'
+    near 5), the kNN monitor every fourth epoch, the same constant temperature everywhere, BCL weights for BCL."""
+    runs = []
+    for index in range(count):
+        method = MIXED_METHODS[index % len(MIXED_METHODS)]
+        start = 9.0 if method in ("selfcon", "supcon") else 5.0
+        records = []
+        for epoch in range(1, epochs + 1):
+            record = trainer_record(epoch, start - 0.1 * epoch - 0.01 * index, 0.2)
+            if epoch % 4 == 0:
+                record |= {key: 30.0 + epoch + index + shift for key, shift in
+                           (("monitor_knn", 0), ("monitor_knn_many", 10), ("monitor_knn_medium", 0),
+                            ("monitor_knn_few", -10))}
+            if method == "bcl-i":
+                record |= {"weight_mean": 0.5, "weight_mean_many": 0.45 - 0.001 * epoch, "weight_mean_medium": 0.5,
+                           "weight_mean_few": 0.55 + 0.001 * epoch}
+            records.append(record)
+        runs.append(write_run(folder / f"{method}-{index:02d}", records, method))
+    return runs
+
+
+def metrics_of(runs: list[Path]) -> list[RunMetrics]:
+    return [RunMetrics(run.name, read_metrics(run), run_objective(run)) for run in runs]
+
+
+def drawn(figure):
+    """The figure laid out and rendered at its final size, as savefig does, and its one legend (wherever it is)."""
+    figure.canvas.draw()
+    (legend,) = figure.legends + [axes.get_legend() for axes in figure.axes if axes.get_legend()]
+    return figure, legend
+
+
+@pytest.mark.parametrize("count", [1, 20])
+def test_legend_beside_the_axes_with_every_run_and_nothing_cut(tmp_path, count):
+    runs = mixed_runs(tmp_path / "runs", count)
+    result = plot_runs(runs, tmp_path / "plots")
+    assert [path.name for path in result.written] == [f"{name}.png" for name in PLOTS]
+    for path in result.written:
+        assert png(path).height == round(PANEL_INCHES[1] * DPI)  # widened for the legend, never made shorter
+    metrics = metrics_of(runs)
+    for name, plot in PLOTS.items():
+        figure, legend = drawn(curve_figure(plot, metrics))
+        logged = [run for run in metrics if any(run.series(key)[0] for key, _ in plot.panels)]
+        assert [text.get_text().split(" (same as")[0] for text in legend.get_texts()] == [r.name for r in logged]
+        box, page = legend.get_window_extent(), figure.bbox
+        for axes in figure.axes:
+            assert not box.overlaps(axes.get_window_extent()), name
+        assert page.x0 <= box.x0 and box.x1 <= page.x1 and page.y0 <= box.y0 and box.y1 <= page.y1, name
+        (title,) = [text for text in figure.findobj(Text) if text.get_text() == plot.title]
+        assert not box.overlaps(title.get_window_extent()), name
+
+
+@pytest.mark.parametrize("count", [20, 30])
+def test_every_run_has_its_own_colour_line_style_and_marker(tmp_path, count):
+    figure = curve_figure(PLOTS["temperature"], metrics_of(mixed_runs(tmp_path, count, epochs=3)))
+    looks = {(to_rgba(line.get_color()), line.get_linestyle(), line.get_marker()) for line in figure.axes[0].lines}
+    assert len(figure.axes[0].lines) == count and len(looks) == count
+
+
+def test_loss_axes_per_objective(tmp_path):
+    runs = mixed_runs(tmp_path / "runs", 5)
+    runs.append(write_run(tmp_path / "runs" / "no-method", [trainer_record(e, 1.0, 0.2) for e in range(1, 4)]))
+    override = write_run(tmp_path / "runs" / "simclr-flat", [trainer_record(e, 4.0, 0.2) for e in range(1, 4)])
+    (override / "config.json").write_text(json.dumps({"method": {"name": "simclr", "objective": "flatnce"}}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{")
+    assert [run_objective(run) for run in runs] == ["infonce", "supcon", "infonce", "flatnce", "supcon",
+                                                    UNKNOWN_OBJECTIVE]
+    assert run_objective(override) == "flatnce" and run_objective(tmp_path / "broken") == UNKNOWN_OBJECTIVE
+    figure, _ = drawn(curve_figure(PLOTS["loss"], metrics_of(runs)))
+    panels = {axes.get_title(): [line.get_ydata()[0] for line in axes.lines] for axes in figure.axes}
+    assert list(panels) == ["objective: infonce", "objective: supcon", "objective: flatnce",
+                            f"objective: {UNKNOWN_OBJECTIVE}"]
+    assert [len(starts) for starts in panels.values()] == [2, 2, 1, 1]
+    infonce, supcon = figure.axes[:2]
+    assert infonce.get_ylim()[1] < 6 and supcon.get_ylim()[0] > 7  # neither scale squashes the other
+
+
+def test_a_single_point_gets_a_sensible_range(tmp_path):
+    run = write_run(tmp_path / "one", [{**trainer_record(3, 9.5, 0.1), "monitor_knn": 10.0}], "selfcon")
+    figure, _ = drawn(curve_figure(PLOTS["knn"], metrics_of([run])))
+    (axes,) = figure.axes
+    low, high = axes.get_ylim()
+    assert low < 10.0 < high and high - low >= 5  # whole percent points, not 9.45 to 10.50
+    assert axes.get_xlim() == (2, 4)
+    line = axes.lines[0]
+    assert line.get_marker() not in ("", "None") and line.get_markevery() == (0, 1)  # the point is drawn
+
+
+def test_coinciding_lines_are_told_and_both_marked(tmp_path):
+    records = [trainer_record(epoch, 5.0, 0.2) for epoch in range(1, 31)]
+    runs = [write_run(tmp_path / name, records, "simclr") for name in ("first", "second")]
+    runs.append(write_run(tmp_path / "third", [{**r, "temperature": 0.3} for r in records], "simclr"))
+    figure, legend = drawn(curve_figure(PLOTS["temperature"], metrics_of(runs)))
+    assert [text.get_text() for text in legend.get_texts()] == ["first", "second (same as first)", "third"]
+    first, second, _ = figure.axes[0].lines
+    assert first.get_markevery() != second.get_markevery()  # markers on different epochs: both lines show
+    assert first.get_marker() != second.get_marker()
+
+
+def test_no_bcl_weight_panel_is_constant_by_construction(tmp_path):
+    run = write_run(tmp_path / "bcl", bcl_records(()), "bcl-i")
+    assert {record["weight_mean"] for record in read_metrics(run)} == {0.5}  # what the dropped panel would draw
+    figure, _ = drawn(curve_figure(PLOTS["bcl_weights"], metrics_of([run])))
+    assert [axes.get_title() for axes in figure.axes] == ["many", "medium", "few"]
+    for axes in figure.axes:
+        assert np.ptp(axes.lines[0].get_ydata()) > 0, axes.get_title()
+
+
+def test_per_class_title_clear_of_its_legend(tmp_path):
+    report, counts, groups = per_class_inputs()
+    title = "supcon-ratio100-20240405-153012: svm LT (long-tailed split)"  # a TS report's caption
+    figure = per_class_figure(report["per_class"], counts, groups, title)
+    figure.canvas.draw()
+    (text,) = [t for t in figure.findobj(Text) if " ".join(t.get_text().split()) == title]
+    box, legend = text.get_window_extent(), figure.legends[0].get_window_extent()
+    assert not box.overlaps(legend)
+    assert figure.bbox.x0 <= box.x0 and box.x1 <= figure.bbox.x1 and box.y1 <= figure.bbox.y1  # nor cut

@@ -157,7 +157,7 @@ def test_all_protocols_share_one_feature_extraction_per_backbone(tiny_run, tmp_p
     result = protocol.linear_eval(tiny_run, tmp_path, random_init=True, overrides={
         "protocol": "all", "epochs": 2, "knn": (1,), "sdclr_epochs": 1})
     assert sorted(path.name for path in result.folders.values()) == [
-        "bcl-linear-all-train", "sdclr-linear-all-train", "ts-ratio10_seed1"]
+        "bcl-linear-all-train", "sdclr-linear-ratio10_seed1", "ts-ratio10_seed1"]
     # train rows and test images, and TS's augmented split, for the pretrained and the random-init backbone
     assert len(calls) == 6
     for folder in result.folders.values():  # each report draws its first row's per-class accuracy

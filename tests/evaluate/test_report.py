@@ -95,7 +95,7 @@ def test_write_report_writes_a_whole_folder_and_refuses_to_overwrite(tmp_path):
     markdown = markdown_path.read_text()
     assert markdown.startswith("# x: simclr, epoch 3\n") and "- run: runs/x" in markdown
     assert "| linear | 60.00 | 75.00 | 41.67 | 100.00 | 23.90 | 25.26 |" in markdown
-    with pytest.raises(FastltError, match="report exists already"):
+    with pytest.raises(FastltError, match="exists already; pass --overwrite to replace it"):
         write_report(out, "again", reports(), context)
     assert json.loads(json_path.read_text())["title"] == "x: simclr, epoch 3"
     write_report(out, "again", reports(), context, overwrite=True)

@@ -64,9 +64,15 @@ def test_finetune_protocol_never_trains_on_the_held_out_list_that_picks_its_epoc
     record = report(result.folders["finetune:full"])
     assert list(result.reports["finetune:full"]) == ["finetune"] and record["protocol"]["name"] == "finetune"
     assert record["fc"]["epochs_run"] == record["fc"]["best_epoch"] == 1
-    store = Store.open(Path(load_checkpoint(tiny_run / "checkpoints" / "last.pt")["recipe"]["data"]["store"]))
+    recorded = load_checkpoint(tiny_run / "checkpoints" / "last.pt")["recipe"]
+    store = Store.open(Path(recorded["data"]["store"]))
     held_out = record["protocol"]["held_out"]["samples"]  # the digits: the samples outside the split
     assert held_out > 0 and record["probe_lists"][0]["samples"] == len(store.part("train").labels) - held_out
+    # so the network trains on the split, and the report and its folder name it
+    split = recorded["data"]["split"]
+    assert record["probe_lists"][0]["file"] == split and record["protocol"]["held_out"]["file"] == \
+        f"(the train part outside {split})"
+    assert result.folders["finetune:full"].name == "finetune-ratio10_seed1"
     assert "FlatCLR fine-tuning (fine_tune.py) (full-shot)" in (result.folders["finetune:full"] / "eval.md").read_text()
 
 
@@ -104,8 +110,9 @@ def test_the_cli_passes_protocol_and_subnet_and_all_leaves_the_separate_protocol
     monkeypatch.undo()
     bad = CliRunner().invoke(main, ["linear-eval", str(tiny_run), "--out", str(tmp_path), "--device", "cpu",
                                     "--protocol", "linear"])
-    assert bad.exit_code == 1
-    assert "eval.protocol: must be one of bcl, sdclr, ts, all, supcon, finetune, lotar" in bad.output
+    assert bad.exit_code == 2  # a usage error: --protocol takes the recipe's names only
+    assert "Invalid value for '--protocol': 'linear' is not one of 'bcl', 'sdclr', 'ts', 'all', 'supcon', " \
+           "'finetune', 'lotar'" in bad.output
     assert set(protocol.EVAL_PROTOCOLS) == {"bcl", "sdclr", "ts"}  # what "all" runs
 
 

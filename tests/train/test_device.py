@@ -58,8 +58,10 @@ def test_explicit_bf16_on_an_emulating_cpu_works_and_warns_once(cpu_is, capsys):
         assert resolve_precision("bf16", CPU).dtype is torch.bfloat16
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "emulated" in warnings[0]
-    with pytest.raises(FastltError, match="unknown precision 'bf17'"):
+    with pytest.raises(FastltError, match="^train.precision = 'bf17': unknown precision"):
         resolve_precision("bf17", CPU)
+    with pytest.raises(FastltError, match="^--precision bf17: unknown precision"):  # named as the user typed it
+        resolve_precision("bf17", CPU, "--precision bf17")
 
 
 def test_channels_last_is_avoided_for_narrow_strided_1x1_convolutions_on_x86(cpu_is):

@@ -82,7 +82,7 @@ def signal_after_step(monkeypatch, number: int, signum: int) -> None:
 
 
 def test_sigterm_mid_epoch_saves_where_it_stopped_and_the_resume_finishes_the_same_run(
-        digits_store, tmp_path, reference, monkeypatch):
+        digits_store, tmp_path, reference, monkeypatch, capsys):
     signal_after_step(monkeypatch, 12, signal.SIGTERM)  # 10 batches of 128 an epoch: epoch 2's second
     with pytest.raises(RunStopped, match="SIGTERM: stopped at epoch 2, after batch 2; checkpoint saved") as stop:
         pretrain(recipe(digits_store, tmp_path, "stopped"))
@@ -93,7 +93,9 @@ def test_sigterm_mid_epoch_saves_where_it_stopped_and_the_resume_finishes_the_sa
     assert payload["epoch"] == 1 and payload["step"] == 12 and payload["position"]["batches"] == 2
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone with the run
+    capsys.readouterr()
     resume_run(run)
+    assert f"{run}: resuming at epoch 2 of 3, batch 3 of 10\n" in capsys.readouterr().err  # the epoch's batches
     assert_same_run(run, reference)
 
 

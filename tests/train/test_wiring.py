@@ -112,7 +112,7 @@ def test_probe_trains_on_the_recipe_probe_list_and_groups_come_from_the_pretrain
     seen = []
     original = protocol.train_linear_probe
 
-    def train_linear_probe(features, targets, num_classes, config):
+    def train_linear_probe(features, targets, num_classes, config, after_epoch=None):
         seen.append((features.shape[0], targets.clone()))
         return original(features, targets, num_classes, config)
 
@@ -142,7 +142,7 @@ def test_linear_eval_of_a_multi_exit_run_reads_the_chosen_exit(digits_store, tmp
     widths = []
     original = protocol.train_linear_probe
 
-    def train_linear_probe(features, targets, num_classes, config):
+    def train_linear_probe(features, targets, num_classes, config, after_epoch=None):
         widths.append(features.shape[1])
         return original(features, targets, num_classes, config)
 
