@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 import click
 
+from fastlt.choices import EVAL_EXITS, PROTOCOL_CHOICES
 from fastlt.errors import FastltError, RunStopped, SecondSignal
-from fastlt.evaluate import EVAL_EXITS, PROTOCOL_CHOICES
 from fastlt.files import check_free
 
 

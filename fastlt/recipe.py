@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from fastlt.augment.views import ViewConfig
+from fastlt.choices import EVAL_EXITS, PROTOCOL_CHOICES
 from fastlt.data.store import STORE_LIST
 from fastlt.errors import FastltError
-from fastlt.evaluate import EVAL_EXITS, PROTOCOL_CHOICES
 from fastlt.shipped import shipped_folder
 
 

@@ -10,9 +10,3 @@ lotar_probe  LoTaR's fc with the model in train mode, its own class groups
 probe_views  the views those protocols (and SDCLR's) feed the backbone, made on the device
 protocol  wires them together for `fastlt linear-eval` (checkpoint, recipe, splits)
 """
-
-# The names linear evaluation takes, here (no imports) so the command line can offer them as choices cheaply.
-EVAL_EXITS = ("backbone", "sub-network", "ensemble")  # the features linear evaluation can take
-EVAL_PROTOCOLS = ("bcl", "sdclr", "ts")  # docs/evaluation.md; "all" runs these three
-SEPARATE_PROTOCOLS = ("supcon", "finetune", "lotar")  # each trains ~100 epochs through the backbone: named alone
-PROTOCOL_CHOICES = (*EVAL_PROTOCOLS, "all", *SEPARATE_PROTOCOLS)  # eval.protocol and linear-eval --protocol

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fastlt.choices import EVAL_PROTOCOLS, SEPARATE_PROTOCOLS
 from fastlt.data.splits import (
     check_every_class,
     class_counts,
@@ -29,7 +30,6 @@ from fastlt.data.splits import (
 )
 from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError
-from fastlt.evaluate import EVAL_PROTOCOLS, SEPARATE_PROTOCOLS
 from fastlt.evaluate.features import PaddedCropViews, extract_features
 from fastlt.evaluate.knn import knn_predict
 from fastlt.evaluate.plots import per_class_accuracy_plot

@@ -5,8 +5,8 @@ import torch
 from torch import Tensor, nn
 
 from fastlt.augment.views import SimCLRViews
+from fastlt.choices import EVAL_EXITS
 from fastlt.errors import FastltError
-from fastlt.evaluate import EVAL_EXITS
 from fastlt.methods.base import ContrastiveMethod
 from fastlt.methods.boost import MemorisationBoost
 from fastlt.methods.contrast import ContrastiveLoss
