@@ -62,7 +62,7 @@ def data(seed: int):
                                                           ("train", "held-out", 1)])
 def test_finetuning_equals_train_ft(batch_norm, select, patience):
     torch.manual_seed(0)
-    backbone = build_resnet("resnet18", width=4)
+    backbone = build_resnet("resnet18", width=8)  # 4 channels met a oneDNN AVX2 kernel that corrupts memory
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     images, labels = data(1)
     test_images, test_labels = data(2)
@@ -79,7 +79,7 @@ def test_finetuning_equals_train_ft(batch_norm, select, patience):
 
 def test_the_early_stop_ends_training_once_patience_epochs_follow_the_best():
     torch.manual_seed(0)
-    backbone = build_resnet("resnet18", width=4)
+    backbone = build_resnet("resnet18", width=8)  # 4 channels met a oneDNN AVX2 kernel that corrupts memory
     images, labels = data(1)
     test_images, test_labels = data(2)
     config = FinetuneConfig(epochs=12, lr=3.0, batch_size=24, patience=1, seed=3)

@@ -25,6 +25,7 @@ from fastlt.methods.base import StepContext
 from fastlt.recipe import recipe_from_dict
 
 CONTEXT = StepContext(autocast=contextlib.nullcontext, backward=lambda loss: loss.backward())
+ZERO_GRADIENT_NOISE = 5e-5  # the floor of a gradient comparison: fp32 noise of gradients zero in exact arithmetic
 
 
 def eager_and_compiled(method: dict, tmp_path, monkeypatch):
@@ -65,10 +66,11 @@ def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch(tmp_path, monk
     assert one_shape >= 1 and graphs[1] - graphs[0] == one_shape  # the last batch: one more graph each
     assert graphs[3] == graphs[1]  # no recompilation in the next epoch
     for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
-        # Fused kernels sum in another order: agree to 1e-4 of the gradient's own scale (plus 1e-5 for
-        # gradients that are zero in exact arithmetic, such as a bias followed by batch norm).
+        # Fused kernels sum in another order: agree to 1e-4 of the gradient's own scale, plus a floor for
+        # gradients that are zero in exact arithmetic (a bias followed by batch norm), which are fp32 noise:
+        # head.0.bias differed by 1.05e-5 under oneDNN's AVX2 kernels.
         scale = float(a.grad.abs().max())
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4 * scale + 1e-5, msg=name)
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4 * scale + ZERO_GRADIENT_NOISE, msg=name)
 
 
 def test_a_scheduled_temperature_and_separate_view_forwards_compile_once(tmp_path, monkeypatch):
@@ -92,7 +94,8 @@ def test_a_scheduled_temperature_and_separate_view_forwards_compile_once(tmp_pat
         if epoch == 1:
             for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters()):
                 scale = float(a.grad.abs().max())  # fused sums in another order, as above
-                torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4 * scale + 1e-5, msg=name)
+                torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-4 * scale + ZERO_GRADIENT_NOISE,
+                                           msg=name)
             for (name, a), (_, b) in zip(eager.named_buffers(), compiled.named_buffers()):
                 torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=name)
     assert graphs[0] == graphs[1] == graphs[2]
