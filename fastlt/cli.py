@@ -32,10 +32,21 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             click.echo(f"error: {error}", err=True)
             sys.exit(1)
         except (RunStopped, SecondSignal) as stop:
-            click.echo(str(stop), err=True)
+            if speaks_for_the_run():
+                click.echo(str(stop), err=True)
             sys.exit(128 + stop.signum)
 
     return wrapper
+
+
+def speaks_for_the_run() -> bool:
+    """Whether this process prints a run's stop line: rank 0 under torchrun (every rank stops), else itself."""
+    from fastlt.train.distributed import launched_ranks
+
+    try:
+        return launched_ranks().main
+    except FastltError:
+        return True
 
 
 class CommaList(click.ParamType):
@@ -334,6 +345,9 @@ def splits_digits(store_path: Path, ratio: float, seed: int, out: Path, overwrit
 @click.argument("recipe", required=False)
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE", help="Override a recipe value.")
 @click.option("--resume", type=click.Path(path_type=Path), help="Continue this run folder from its last checkpoint.")
+@click.option("--resume-if-exists", is_flag=True,
+              help="Continue the run named by train.name if it has a checkpoint, else start it (for launchers that "
+                   "rerun the command: torchrun --max-restarts, a Slurm requeue).")
 @click.option("--split", type=click.Path(path_type=Path),
               help="Pretrain on this split file (SDCLR format, e.g. a published one); same as --set data.split=FILE.")
 @click.option("--device", type=DeviceName(), help=DEVICE_HELP + " Same as --set train.device=...")
@@ -341,8 +355,9 @@ def splits_digits(store_path: Path, ratio: float, seed: int, out: Path, overwrit
 @click.option("--until-epoch", type=click.IntRange(min=1), help="Stop after this epoch (the schedule still spans train.epochs).")
 @click.option("--list", "list_methods", is_flag=True, help="Print the method presets and the axes' choices, and exit.")
 @user_errors
-def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, split: Path | None,
-             device: str | None, precision: str | None, until_epoch: int | None, list_methods: bool) -> None:
+def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None, resume_if_exists: bool,
+             split: Path | None, device: str | None, precision: str | None, until_epoch: int | None,
+             list_methods: bool) -> None:
     """Self-supervised pretraining from a TOML recipe or a shipped recipe's name (e.g. cifar100_lt/bcl-d).
 
     Progress goes to stderr; the run folder is printed last on stdout.
@@ -365,7 +380,7 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     from fastlt.recipe import find_recipe, load_recipe, option_overrides
     from fastlt.train.distributed import launched_ranks
     from fastlt.train.trainer import pretrain as run_pretraining
-    from fastlt.train.trainer import resume_run
+    from fastlt.train.trainer import pretrain_or_resume, resume_run
 
     check_device_option(device)
     shortcuts = {"--split": ("data.split", split and str(split.resolve())), "--device": ("train.device", device),
@@ -374,12 +389,17 @@ def pretrain(recipe: str | None, overrides: tuple[str, ...], resume: Path | None
     if resume is not None:
         if recipe is not None:
             raise FastltError("pretrain: give a RECIPE or --resume RUN_DIR, not both")
+        if resume_if_exists:
+            raise FastltError("pretrain: --resume RUN_DIR or --resume-if-exists (with a RECIPE), not both")
         run_dir = resume_run(resume, overrides, until_epoch=until_epoch)
     else:
         if recipe is None:
             raise FastltError("pretrain: missing RECIPE (a TOML file, or a shipped name such as digits_lt/simclr)")
         path = find_recipe(recipe)
-        run_dir = run_pretraining(load_recipe(path, overrides), str(path), until_epoch=until_epoch)
+        if resume_if_exists:
+            run_dir = pretrain_or_resume(load_recipe(path, overrides), str(path), overrides, until_epoch)
+        else:
+            run_dir = run_pretraining(load_recipe(path, overrides), str(path), until_epoch=until_epoch)
     if launched_ranks().main:  # under torchrun, one line from rank 0
         click.echo(str(run_dir))
 

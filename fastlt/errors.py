@@ -22,11 +22,12 @@ class RunStopped(Exception):
 
 
 class SecondSignal(KeyboardInterrupt):
-    """SIGINT or SIGTERM again while a run stops: the process ends at once, without the checkpoint it was
-    writing (writes are atomic: the last complete one stays). A KeyboardInterrupt, so that no ``except
-    Exception`` on the way holds it up; the CLI prints the message and exits with 128 + the signal."""
+    """SIGINT or SIGTERM while a run stops (not the first one repeated within seconds): the process ends at
+    once, without the checkpoint it was writing (writes are atomic: the last complete one stays). A
+    KeyboardInterrupt, so that no ``except Exception`` on the way holds it up; the CLI prints the message and
+    exits with 128 + the signal."""
 
     def __init__(self, name: str, signum: int):
-        super().__init__(f"{name} again while stopping: ended at once, before its checkpoint was complete; "
+        super().__init__(f"{name} while stopping: ended at once, before its checkpoint was complete; "
                          "the last complete checkpoint stays")
         self.signum = signum

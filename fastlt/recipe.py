@@ -109,6 +109,10 @@ class MethodConfig:
                                     "encoder's own (plain: joint; self-damaging: one view per branch)",
                                 one_of("", "joint", "separate"))
     pruning_ratio: float = setting(0.9, "self-damaging: fraction of convolution weights pruned each epoch", FRACTION)
+    sdclr_forwards: int = setting(2, "self-damaging: forwards per step, 2 (one per branch, one backward) or 3 (the "
+                                     "reference's: the pruned branch twice, two backwards; same gradients, the "
+                                     "pruned batch norms' running statistics updated twice)",
+                                  _rule(lambda v: v in (2, 3), "2 or 3"))
     boost_momentum: float = setting(0.97, "BCL: beta of the per-sample momentum loss", FRACTION)
     contrast_mode: str = setting("all", "anchors: all (every embedding of both views or exits) or one (the first "
                                         "view's only, SupCon's contrast_mode; SelfCon: the sub-network exit's)",
@@ -154,7 +158,9 @@ class TrainConfig:
     drop_last: bool = setting(False, "drop the partial last batch (the reference loaders keep it; FlatNCE drops it)")
     precision: str = setting("auto", "autocast: auto (bf16 where native, fp16 + loss scaling on other GPUs, "
                                      "else fp32), bf16, fp16 or fp32", one_of("auto", "bf16", "fp16", "fp32"))
-    compile: str = setting("auto", "torch.compile the step: auto (on for CUDA), on or off", one_of("auto", "on", "off"))
+    compile: str = setting("auto", "torch.compile the step: auto (on for CUDA), on, off or max (CUDA: autotuned "
+                                   "kernels replayed as CUDA graphs, a longer cold compile; on a CPU as on)",
+                           one_of("auto", "on", "off", "max"))
     compile_views: str = setting("auto", "torch.compile the view pipeline: auto (on for CUDA, and on a CPU for "
                                          "runs of at least 1M training images, which repay the compile), on or off",
                                  one_of("auto", "on", "off"))
@@ -164,7 +170,11 @@ class TrainConfig:
     out_dir: str = setting("runs", "folder for run folders, relative to the current folder")
     name: str = setting("", "run folder name; empty = the recipe's stem and a timestamp")
     log_every: int = setting(50, "steps between reads of the device-side loss", AT_LEAST_1)
-    checkpoint_every: int = setting(1, "epochs between checkpoints; the last epoch is always saved", AT_LEAST_1)
+    checkpoint_every: int = setting(0, "epochs between checkpoints (at the epochs divisible by it), as well as "
+                                       "those of train.checkpoint_minutes; 0 = off", NON_NEGATIVE)
+    checkpoint_minutes: float = setting(5.0, "minutes between checkpoints: one at the first epoch end this long "
+                                             "after the last; 0 = off. The last epoch, milestones and a stop are "
+                                             "always saved", NON_NEGATIVE)
     sync_bn: bool = setting(False, "several CUDA processes: batch-norm statistics over the global batch "
                                    "(torch.nn.SyncBatchNorm); off = each process normalises its own share, as DDP "
                                    "does by default")

@@ -1,10 +1,12 @@
 """The CUDA-only paths, run where a GPU is present (skipped with the reason elsewhere), each compared by value.
 
 What a CPU cannot show: ``auto`` choosing bf16, channels_last and torch.compile on CUDA and
-the run still learning; a training step under those choices (and under fp16) giving the CPU's
-fp32 loss and gradients; an fp16 run with a live GradScaler resuming to the uninterrupted run;
-the batched augmentation kernels giving the CPU's numbers on the GPU; the compiled views with
-RandAugment in their graph; linear evaluation of a CUDA run giving the CPU's features and
+the run still learning; a training step under those choices (and under fp16, and compiled with
+CUDA graphs, ``train.compile = max``) giving the CPU's fp32 loss and gradients; an fp16 run with
+a live GradScaler resuming to the uninterrupted run, and its fused SGD step never waiting on the
+host; the batched augmentation kernels giving the CPU's numbers on the GPU; the compiled views
+with RandAugment in their graph; the FFCV and DALI loaders delivering to the GPU, also while the
+loop runs far ahead of it; linear evaluation of a CUDA run giving the CPU's features and
 accuracy. Where a comparison can run on the CPU too, the test is parametrised over the device
 and its ``cpu`` case runs everywhere, so the comparison itself (the reference half, the
 tolerances' bookkeeping) is exercised on every machine; the ``cuda`` cases are marked ``cuda``.
@@ -25,6 +27,7 @@ from fastlt.methods import build_method
 from fastlt.methods.base import StepContext
 from fastlt.recipe import recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint
+from fastlt.train.device import compile_mode
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
@@ -74,19 +77,23 @@ def test_auto_on_cuda_is_compiled_bf16_channels_last_and_learns(digits_store, tm
     expected_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     assert (hardware["device"], hardware["precision"], hardware["memory_format"], hardware["compile"],
             hardware["compile_views"]) == ("cuda", expected_precision, "channels_last", True, True)
+    assert hardware["reasons"]["cudnn_benchmark"].startswith("on") and torch.backends.cudnn.benchmark
     losses = epoch_losses(run)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
 
 
-# (device, autocast dtype, compiled, loss tolerance, gradient tolerance): relative errors against the CPU in fp32,
-# contiguous and eager. The CPU case changes only the memory format (other kernels, float rounding); bf16 keeps
-# 8 bits of mantissa (a relative step of 2^-8 = 0.4% per rounding), fp16 11, and the errors of a whole forward and
-# backward add up to a few of those steps (a wrong kernel or layout is off by the order of the values).
+# (device, autocast dtype, compiled: no, the default mode or max, loss tolerance, gradient tolerance): relative
+# errors against the CPU in fp32, contiguous and eager. The CPU case changes only the memory format (other kernels,
+# float rounding); bf16 keeps 8 bits of mantissa (a relative step of 2^-8 = 0.4% per rounding), fp16 11, and the
+# errors of a whole forward and backward add up to a few of those steps (a wrong kernel or layout is off by the
+# order of the values). Under max the step's last call replays CUDA graphs (recorded at the second).
 STEP_CASES = [
-    pytest.param("cpu", None, False, 1e-5, 1e-4, id="cpu-fp32-channels_last"),
-    pytest.param("cuda", torch.bfloat16, True, 3e-2, 1e-1, id="cuda-bf16-channels_last-compiled",
+    pytest.param("cpu", None, "off", 1e-5, 1e-4, id="cpu-fp32-channels_last"),
+    pytest.param("cuda", torch.bfloat16, "on", 3e-2, 1e-1, id="cuda-bf16-channels_last-compiled",
                  marks=pytest.mark.cuda),
-    pytest.param("cuda", torch.float16, False, 5e-3, 2e-2, id="cuda-fp16-channels_last", marks=pytest.mark.cuda),
+    pytest.param("cuda", torch.bfloat16, "max", 3e-2, 1e-1, id="cuda-bf16-channels_last-max",
+                 marks=pytest.mark.cuda),
+    pytest.param("cuda", torch.float16, "off", 5e-3, 2e-2, id="cuda-fp16-channels_last", marks=pytest.mark.cuda),
 ]
 
 
@@ -103,8 +110,8 @@ def test_a_step_under_the_devices_choices_gives_the_cpu_fp32_loss_and_gradients(
     reference.set_memory_format("contiguous")
     tested = copy.deepcopy(reference).to(device)
     tested.set_memory_format("channels_last")
-    if compiled:
-        tested.enable_compile()
+    if compiled != "off":
+        tested.enable_compile(compile_mode(compiled, torch.device(device)))
     generator = torch.Generator().manual_seed(1)
     views = tuple(torch.rand(16, 3, 16, 16, generator=generator) for _ in range(reference.num_views))
     labels = torch.arange(16) % 5
@@ -119,7 +126,9 @@ def test_a_step_under_the_devices_choices_gives_the_cpu_fp32_loss_and_gradients(
         return output.loss, {name: p.grad for name, p in method.named_parameters() if p.grad is not None}
 
     want_loss, want_grads = step(reference, "cpu", None)
-    got_loss, got_grads = step(tested, device, dtype)
+    for _ in range(3):  # CUDA graphs (max) record at the second call and replay from the third: the last counts
+        tested.zero_grad(set_to_none=True)
+        got_loss, got_grads = step(tested, device, dtype)
     assert got_loss.device.type == device and got_grads.keys() == want_grads.keys() and want_grads
     assert relative_error(got_loss, want_loss) <= loss_tolerance, (float(got_loss), float(want_loss))
     flat = [torch.cat([grads[name].flatten() for name in sorted(want_grads)]) for grads in (got_grads, want_grads)]
@@ -229,9 +238,12 @@ def test_resized_crop_gives_the_cpu_result_on_the_device(device):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("backend", ["ffcv", "dali"])
-def test_ffcv_and_dali_loaders_deliver_to_cuda_in_the_native_order(digits_store, tmp_path, backend):
-    """FFCV's ToDevice and DALI's mixed (nvJPEG) decoder on the GPU: the native order, pixels within JPEG loss."""
+@pytest.mark.parametrize("backend, image_format", [("ffcv", "raw"), ("ffcv", "jpg"), ("dali", "jpg")])
+def test_ffcv_and_dali_loaders_deliver_to_cuda_in_the_native_order_while_the_loop_runs_ahead(
+        digits_store, tmp_path, backend, image_format):
+    """FFCV's pinned batches copied by fastlt and DALI's mixed (nvJPEG) decoder on the GPU: the native order, the
+    pixels (raw: exact; JPEG: within its loss). The GPU is kept ~10 ms a batch behind the loop and every batch
+    is kept to the end, so a buffer refilled before its copy ran (FFCV reuses 5) would show as wrong pixels."""
     import numpy as np
 
     from fastlt.data.backends import make_loader
@@ -242,12 +254,49 @@ def test_ffcv_and_dali_loaders_deliver_to_cuda_in_the_native_order(digits_store,
     native = Store.open(digits_store)
     parts = {name: native.part(name) for name in native.parts}
     store = Store.open(write_native_store(tmp_path / backend, "digits", native.class_names, parts, {},
-                                          backend=backend, encode={"image_format": "jpg", "quality": 95,
+                                          backend=backend, encode={"image_format": image_format, "quality": 95,
                                                                    "workers": 2}))
     split = np.arange(0, len(parts["train"].labels), 3)
-    expected = NativeLoader(parts["train"], split, 100, "cpu", torch.Generator().manual_seed(4))
-    loader = make_loader(store, "train", split, 100, torch.device("cuda"), torch.Generator("cpu").manual_seed(4))
-    for want, got in zip(expected, loader, strict=True):
-        assert got.images.is_cuda and got.indices.is_cuda
+    expected = NativeLoader(parts["train"], split, 25, "cpu", torch.Generator().manual_seed(4))
+    loader = make_loader(store, "train", split, 25, torch.device("cuda"), torch.Generator("cpu").manual_seed(4))
+    kept = []
+    for batch in loader:
+        torch.cuda._sleep(20_000_000)  # about 10 ms of GPU time queued before each next batch is asked for
+        kept.append(batch)
+    assert len(kept) == len(expected) > 5
+    for want, got in zip(expected, kept, strict=True):
+        assert got.images.is_cuda and got.labels.is_cuda and got.indices.is_cuda
         assert torch.equal(got.indices.cpu(), want.indices) and torch.equal(got.labels.cpu(), want.labels)
-        assert (got.images.cpu().float() - want.images.float()).abs().mean() < 4.0
+        error = (got.images.cpu().float() - want.images.float()).abs().mean()
+        assert error == 0 if image_format == "raw" else error < 4.0
+
+
+@pytest.mark.cuda
+def test_fused_sgd_under_an_fp16_loss_scaler_never_waits_on_the_host():
+    """build_optimizer's fused SGD takes GradScaler's scale and inf flag on the device; the foreach kernel, for
+    contrast, reads the flag every step (torch's sync detector raises on it)."""
+    from fastlt.recipe import OptimConfig
+    from fastlt.train.trainer import build_optimizer
+
+    def steps(kernel_of: str) -> None:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                    torch.nn.Linear(8 * 14 * 14, 4)).cuda()
+        optimizer = build_optimizer(model, OptimConfig(exclude_bn_bias=True), torch.device(kernel_of))
+        scaler = torch.amp.GradScaler("cuda")
+        images = torch.rand(16, 3, 16, 16, device="cuda")
+        for _ in range(3):
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = model(images).float().square().mean()
+            scaler.scale(loss).backward()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                scaler.step(optimizer)
+                scaler.update()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            optimizer.zero_grad(set_to_none=True)
+
+    steps("cuda")  # fused: no error
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        steps("cpu")  # the foreach kernel the CPU gets, here on CUDA tensors

@@ -92,15 +92,25 @@ def encoded_images(backend: str, folder: Path, part: str, labels: np.ndarray, he
     return EncodedImages(decode, len(labels), height, width)
 
 
+def decode_threads() -> int:
+    """This process's share of the usable cores for decoding: torchrun starts LOCAL_WORLD_SIZE processes on a node,
+    and 8 of them on 16 cores each starting 16 threads would oversubscribe the cores 8 times."""
+    try:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        raise FastltError(f"LOCAL_WORLD_SIZE {os.environ['LOCAL_WORLD_SIZE']!r}: not an integer") from None
+    return max(1, len(os.sched_getaffinity(0)) // max(1, processes))
+
+
 def make_loader(store: Any, part: str, indices: np.ndarray | None, batch_size: int, device: torch.device,
                 generator: torch.Generator, shuffle: bool = True, drop_last: bool = False,
                 workers: int | None = None, shard: tuple[int, int] = (0, 1)) -> Any:
     """The loader of the store's backend over ``indices`` of ``part``; every one takes the NativeLoader's order.
-    FFCV and DALI decode with ``workers`` threads (default: the usable cores). ``shard`` = (rank, processes):
+    FFCV and DALI decode with ``workers`` threads (default: ``decode_threads``). ``shard`` = (rank, processes):
     each global batch's share of this rank (native: the split resident on every device; FFCV and DALI
     decode the share only)."""
     backend = store.backend
-    workers = workers or len(os.sched_getaffinity(0))
+    workers = workers or decode_threads()
     if backend == "native":
         return NativeLoader(store.part(part), indices, batch_size, device, generator, shuffle, drop_last, shard)
     labels = store.labels(part)

@@ -16,9 +16,10 @@ from PIL's by the JPEG decoders' rounding (a level or two), not by more.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ from fastlt.data.workers import ordered_map
 from fastlt.errors import FastltError
 
 READ_BATCH = 512  # rows decoded per DALI batch when a part is read as an array
+PREFETCH = 2  # batches DALI decodes ahead of the one handed out
 ENCODE_CHUNK = 256  # rows per task when a part is encoded in worker processes
 
 
@@ -68,7 +70,12 @@ def write_jpeg_part(folder: Path, part: str, images: np.ndarray, quality: int, w
 
 
 class _Decoder:
-    """A DALI pipeline that decodes a fed batch of encoded images to uint8 HWC, on the CPU or (mixed) the GPU."""
+    """A DALI pipeline that decodes batches of encoded images to uint8 HWC, on the CPU or (mixed) the GPU.
+
+    The pipeline pulls the encoded batches itself (``external_source`` with a source) and keeps
+    ``PREFETCH`` of them scheduled: DALI's threads decode the next batches while the caller trains
+    on this one, instead of decoding only when asked.
+    """
 
     def __init__(self, max_batch: int, device: torch.device, threads: int, where: str):
         require_dali()
@@ -77,34 +84,63 @@ class _Decoder:
 
         self.on_gpu = device.type == "cuda"
         self.device = device
+        self._pending: Iterator[list[np.ndarray]] = iter(())
+        self._running: Iterator[torch.Tensor] | None = None
 
         @pipeline_def
         def decode():
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            encoded = fn.external_source(source=self._next_encoded, dtype=types.UINT8, ndim=1)
             return fn.decoders.image(encoded, device="mixed" if self.on_gpu else "cpu", output_type=types.RGB)
 
         device_id = (device.index or 0) if self.on_gpu else None
         self.pipeline = decode(batch_size=max_batch, num_threads=max(1, threads), device_id=device_id,
-                               prefetch_queue_depth=1)
+                               prefetch_queue_depth=PREFETCH)
         self.pipeline.build()
 
-    def __call__(self, encoded: list[np.ndarray]) -> torch.Tensor:
-        """[B, H, W, 3] uint8 on the loader's device."""
-        self.pipeline.feed_input("encoded", encoded)
+    def _next_encoded(self) -> list[np.ndarray]:
+        """DALI's source: the next batch of encoded images; StopIteration ends DALI's epoch."""
+        return next(self._pending)
+
+    def decode(self, encoded: Iterator[list[np.ndarray]]) -> Iterator[torch.Tensor]:
+        """[B, H, W, 3] uint8 on the loader's device per batch of ``encoded``, each a tensor of its own. On CUDA
+        the outputs come on torch's current stream and are copied there: no wait on the host. A pass left
+        unfinished is closed first: the pipeline serves one pass at a time."""
+        if self._running is not None:
+            self._running.close()
+        self._running = self._decoded(encoded)
+        return self._running
+
+    def _decoded(self, encoded: Iterator[list[np.ndarray]]) -> Iterator[torch.Tensor]:
+        self._pending = encoded
+        stream = torch.cuda.current_stream(self.device) if self.on_gpu else None
         try:
-            (images,) = self.pipeline.run()
-        except RuntimeError as error:  # DALI's report of an image it cannot decode, a long trace
-            # DALI 2.4 on a CPU raises here, or crashes the process (SIGSEGV) in about half the runs that
-            # meet a damaged image: the framing check before it and `--verify` are the dependable guards.
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise FastltError(f"{self.where}: DALI cannot decode an image of this batch ({first}); "
-                              "convert the data again (`fastlt convert ... --format dali --verify`)") from None
+            while True:
+                try:
+                    (images,) = self.pipeline.run(stream)
+                except StopIteration:
+                    return
+                except RuntimeError as error:  # DALI's report of an image it cannot decode, a long trace
+                    # DALI 2.4 on a CPU raises here, or crashes the process (SIGSEGV) in about half the runs that
+                    # meet a damaged image: the framing check before it and `--verify` are the dependable guards.
+                    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    raise FastltError(f"{self.where}: DALI cannot decode an image of this batch ({first}); "
+                                      "convert the data again (`fastlt convert ... --format dali --verify`)") from None
+                yield self._to_torch(images, stream)
+        finally:
+            self._pending = iter(())
+            with contextlib.suppress(StopIteration, RuntimeError):  # a pass left early: drop what is scheduled
+                while True:
+                    self.pipeline.run(stream)
+            self.pipeline.reset()
+
+    def _to_torch(self, images: Any, stream: torch.cuda.Stream | None) -> torch.Tensor:
+        """DALI's output batch as a torch tensor that outlives DALI's buffer."""
         if self.on_gpu:
             from nvidia.dali.plugin.pytorch import feed_ndarray
 
             tensor = images.as_tensor()
             out = torch.empty(tensor.shape(), dtype=torch.uint8, device=self.device)
-            feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device))
+            feed_ndarray(tensor, out, cuda_stream=stream)
             return out
         return torch.from_numpy(images.as_array())
 
@@ -140,14 +176,16 @@ class DALILoader:
                  device: torch.device, generator: torch.Generator, shuffle: bool = True, drop_last: bool = False,
                  workers: int = 2, shard: tuple[int, int] = (0, 1)):
         self._jpegs = _JpegPart(folder, part)
-        self._labels = np.asarray(labels, dtype=np.int64)
-        self._rows = np.arange(len(self._labels), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self._rows = np.arange(len(labels), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self._device, self._generator = torch.device(device), generator
+        # The split's labels and store indices live on the device, gathered there by each batch's positions.
+        self._labels = torch.from_numpy(np.asarray(labels, dtype=np.int64)[self._rows]).to(self._device)
+        self._indices = torch.from_numpy(self._rows).to(self._device)
         self._shuffle = shuffle
         self._bounds = batch_bounds(len(self._rows), batch_size, drop_last, shard[1])
         self._shard = shard
-        self._decode = _Decoder(max(end - start for start, end in self._bounds), self._device, workers,
-                                str(self._jpegs.path))
+        self._decoder = _Decoder(max(end - start for start, end in self._bounds), self._device, workers,
+                                 str(self._jpegs.path))
 
     @property
     def num_samples(self) -> int:
@@ -157,21 +195,22 @@ class DALILoader:
         return len(self._bounds)
 
     def __iter__(self) -> Iterator[Batch]:
-        order = self._rows[epoch_order(self.num_samples, self._generator, self._shuffle).cpu().numpy()]
-        for start, end in self._bounds:
-            rows, sizes = shard_of(order[start:end], self._shard)  # this rank decodes its share only
-            images = self._decode(self._jpegs.encoded(rows))
-            yield Batch(images=images.permute(0, 3, 1, 2),
-                        labels=torch.from_numpy(self._labels[rows]).to(self._device),
-                        indices=torch.from_numpy(rows).to(self._device), shard_sizes=sizes)
+        positions = epoch_order(self.num_samples, self._generator, self._shuffle)
+        on_host, on_device = positions.cpu().numpy(), positions.to(self._device)  # one copy an epoch
+        encoded = (self._jpegs.encoded(self._rows[shard_of(on_host[start:end], self._shard)[0]])
+                   for start, end in self._bounds)  # this rank decodes its share only, DALI pulls ahead
+        for images, (start, end) in zip(self._decoder.decode(encoded), self._bounds):
+            chosen, sizes = shard_of(on_device[start:end], self._shard)
+            yield Batch(images=images.permute(0, 3, 1, 2), labels=self._labels[chosen],
+                        indices=self._indices[chosen], shard_sizes=sizes)
 
 
 def read_jpeg_rows(folder: Path, part: str, rows: np.ndarray, workers: int = 2) -> np.ndarray:
     """The images of ``rows`` of a DALI part, decoded on the CPU in the order given: [len(rows), H, W, 3] uint8."""
     jpegs = _JpegPart(folder, part)
-    decode = _Decoder(min(len(rows), READ_BATCH), torch.device("cpu"), workers, str(jpegs.path))
-    return np.concatenate([decode(jpegs.encoded(rows[start:start + READ_BATCH])).numpy()
-                           for start in range(0, len(rows), READ_BATCH)])
+    decoder = _Decoder(min(len(rows), READ_BATCH), torch.device("cpu"), workers, str(jpegs.path))
+    encoded = (jpegs.encoded(rows[start:start + READ_BATCH]) for start in range(0, len(rows), READ_BATCH))
+    return np.concatenate([images.numpy() for images in decoder.decode(encoded)])
 
 
 def check_dali_part(folder: Path, part: str, count: int) -> None:

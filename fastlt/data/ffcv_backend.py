@@ -4,8 +4,8 @@ The loader hands FFCV the epoch's order itself: the permutation is drawn from th
 torch generator exactly as ``NativeLoader`` draws it, so an FFCV run visits the same batches
 as a native run of the same seed, resumes exactly (the generator state is checkpointed), and
 every index of the split comes once per epoch. FFCV decodes on its threads into uint8 NHWC,
-which goes to the device as it is; fastlt's view pipeline does the rest. (FFCV's fused
-decode + random-resized-crop draws from its own generator and would bypass fastlt's views,
+which goes to the device as it is (``_Handover``); fastlt's view pipeline does the rest. (FFCV's
+fused decode + random-resized-crop draws from its own generator and would bypass fastlt's views,
 so it is not used.)
 """
 from __future__ import annotations
@@ -75,21 +75,17 @@ def write_beton(path: Path, images: np.ndarray, labels: np.ndarray, write_mode: 
         DatasetWriter(str(path), fields, num_workers=max(1, workers)).from_indexed_dataset(_Rows(images, labels))
 
 
-def _ffcv_loader(path: Path, batch_size: int, workers: int, rows: np.ndarray | None, device: torch.device,
-                 drop_last: bool = False):
+def _ffcv_loader(path: Path, batch_size: int, workers: int, rows: np.ndarray | None, drop_last: bool = False):
     """FFCV's Loader over the ``rows`` of ``path`` (all when None), in file order until its traversal
-    order is replaced, yielding (images NHWC uint8, labels, indices) on ``device``."""
+    order is replaced, yielding (images NHWC uint8, labels, indices) on the CPU, in buffers FFCV reuses."""
     from ffcv.fields.basics import IntDecoder
     from ffcv.fields.rgb_image import SimpleRGBImageDecoder
     from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import ToDevice, ToTensor
+    from ffcv.transforms import ToTensor
 
-    def to_device() -> list:
-        return [ToTensor(), ToDevice(device, non_blocking=True)]
-
-    pipelines = {"image": [SimpleRGBImageDecoder(), *to_device()],
-                 "label": [IntDecoder(), *to_device()],  # [B, 1]
-                 "index": [IntDecoder(), *to_device()]}
+    pipelines = {"image": [SimpleRGBImageDecoder(), ToTensor()],
+                 "label": [IntDecoder(), ToTensor()],  # [B, 1]
+                 "index": [IntDecoder(), ToTensor()]}
     try:
         with keeping_torch_threads():
             return Loader(str(path), batch_size=batch_size, num_workers=workers, order=OrderOption.SEQUENTIAL,
@@ -97,6 +93,41 @@ def _ffcv_loader(path: Path, batch_size: int, workers: int, rows: np.ndarray | N
     except (OSError, ValueError, IndexError, KeyError) as error:  # what FFCV's reader raises on a damaged file
         raise FastltError(f"{path}: not a readable FFCV file ({type(error).__name__}: {error}); "
                           "convert the data again (`fastlt convert ... --format ffcv --verify`)") from None
+
+
+class _Handover:
+    """Takes each batch out of FFCV's buffers, which FFCV refills once the batch after it is requested.
+
+    On the CPU a copy of its own. On CUDA FFCV's buffers are pinned and the copy to the device is
+    asynchronous: it runs on a side stream, which waits for nothing the training step queued, and
+    FFCV is asked for its next batch only once that copy has run (a CUDA event), so however far
+    the loop runs ahead of the GPU, no buffer is refilled before it was read. The wait is the
+    copy's own time, not the GPU's backlog; the training stream waits for the copy on the device.
+    """
+
+    def __init__(self, device: torch.device):
+        self._device = device
+        self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self._copied: torch.cuda.Event | None = None
+
+    def __call__(self, tensors: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self._stream is None:
+            return tuple(tensor.clone() for tensor in tensors)
+        consumer = torch.cuda.current_stream(self._device)
+        with torch.cuda.stream(self._stream):
+            copies = tuple(tensor.to(self._device, non_blocking=True) for tensor in tensors)
+        self._copied = self._stream.record_event()
+        consumer.wait_event(self._copied)
+        for copy in copies:
+            copy.record_stream(consumer)  # allocated on the side stream, used on the consumer's
+        return copies
+
+    def pulled(self, batches: Iterator[tuple[torch.Tensor, ...]]) -> Iterator[tuple[torch.Tensor, ...]]:
+        """FFCV's batches, the next one requested only once the copy out of the last has run."""
+        for batch in batches:
+            yield batch
+            if self._copied is not None:
+                self._copied.synchronize()
 
 
 class _GivenOrder:
@@ -127,7 +158,8 @@ class FFCVLoader:
         self._bounds = batch_bounds(len(self._rows), batch_size, drop_last, shard[1])
         self._generator, self._shuffle, self._shard = generator, shuffle, shard
         first_share = len(shard_of(np.arange(batch_size), shard)[0])
-        self._loader = _ffcv_loader(path, first_share, workers, self._rows, torch.device(device))
+        self._loader = _ffcv_loader(path, first_share, workers, self._rows)
+        self._handover = _Handover(torch.device(device))
         self._order = _GivenOrder()
         self._loader.traversal_order = self._order
 
@@ -143,10 +175,10 @@ class FFCVLoader:
         shares = [shard_of(order[start:end], self._shard) for start, end in self._bounds]
         self._order.order = np.concatenate([rows for rows, _ in shares])  # this rank's rows, epoch order
         with keeping_torch_threads():
-            stream = iter(self._loader)
+            stream = self._handover.pulled(iter(self._loader))
         pending: list[tuple[torch.Tensor, ...]] = []
         for rows, sizes in shares:
-            images, labels, indices = _take(stream, pending, len(rows))
+            images, labels, indices = self._handover(_take(stream, pending, len(rows)))
             yield Batch(images=images.permute(0, 3, 1, 2), labels=labels.view(-1).long(),
                         indices=indices.view(-1).long(), shard_sizes=sizes)
 
@@ -174,8 +206,7 @@ def _take(stream: Iterator, pending: list[tuple[torch.Tensor, ...]], count: int)
 def read_beton_rows(path: Path, rows: np.ndarray, workers: int = 2) -> np.ndarray:
     """The images of ``rows`` of a .beton, decoded on the CPU in the order given: [len(rows), H, W, 3] uint8."""
     require_ffcv()
-    loader = _ffcv_loader(path, min(len(rows), READ_BATCH), workers, np.asarray(rows, dtype=np.int64),
-                          torch.device("cpu"))
+    loader = _ffcv_loader(path, min(len(rows), READ_BATCH), workers, np.asarray(rows, dtype=np.int64))
     with keeping_torch_threads():
         epoch = iter(loader)
     return np.concatenate([images.numpy().copy() for images, _, _ in epoch])  # FFCV reuses its buffers

@@ -164,4 +164,4 @@ def build_method(recipe: Recipe, num_samples: int, sample_groups: Tensor | None 
         backbone.feature_dim, m.projector_hidden, m.projector_out, m.projector_layers,
         norm=dual_norm_factory(nn.BatchNorm1d, switch),
     )
-    return SDCLR(views, backbone, head, switch, contrast, c.pruning_ratio, boost)
+    return SDCLR(views, backbone, head, switch, contrast, c.pruning_ratio, boost, c.sdclr_forwards)

@@ -46,7 +46,7 @@ class ContrastiveMethod(nn.Module):
 
     backbone: nn.Module
     num_views: int = 2  # augmented views per image: two for the two-view methods, one for multi-exit
-    has_unused_parameters: bool = False  # a forward that leaves some parameters out (SDCLR's two BN copies)
+    has_unused_parameters: bool = False  # a backward that leaves some parameters out (SDCLR's reference iteration)
 
     def __init__(self, views: SimCLRViews, contrast: ContrastiveLoss, boost: MemorisationBoost | None = None):
         super().__init__()
@@ -62,22 +62,28 @@ class ContrastiveMethod(nn.Module):
         self.memory_format = torch.channels_last if name == "channels_last" else torch.contiguous_format
         self.to(memory_format=self.memory_format)
 
-    def enable_compile(self) -> None:
+    def enable_compile(self, mode: str | None = None) -> None:
         """Route the step's forward through torch.compile, one static graph per batch shape.
 
         An epoch has at most two shapes (full batches and the last one), so each graph is
         compiled at most twice and both stay cached; static graphs are the fastest kind.
+        ``mode``: torch.compile's (None: the default; "max-autotune" adds CUDA graphs).
         """
         quiet_cuda_home_probe()
-        object.__setattr__(self, "_forward", torch.compile(self._forward, dynamic=False))  # may be DDP: no cycle
+        object.__setattr__(self, "_forward", torch.compile(self._forward, dynamic=False, mode=mode))  # may be DDP
 
     def enable_distributed(self, device: torch.device) -> None:
         """Run the forwards through DistributedDataParallel (call before ``enable_compile``), so backward
-        passes average the gradients over the processes of the joined group."""
+        passes average the gradients over the processes of the joined group.
+
+        Buffers are not broadcast before each forward: the masks, BCL's memory and the temperature are
+        equal on every rank by construction (same weights, gathered per-sample losses, same schedule),
+        and each rank's batch-norm statistics are its own share's, rank 0's being the ones it saves.
+        """
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(self, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=self.has_unused_parameters)
+                                      find_unused_parameters=self.has_unused_parameters, broadcast_buffers=False)
         object.__setattr__(self, "_ddp", ddp)  # plain attributes: registering them would make a module cycle
         object.__setattr__(self, "_forward", ddp)
 

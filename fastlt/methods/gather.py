@@ -1,8 +1,10 @@
-"""The embeddings of every process of a run before the loss, so each computes the loss of the global batch.
+"""The embeddings of every process of a run before the loss, so each contrasts its anchors with the global batch.
 
-Each rank's gradient of that (identical) loss is summed over the ranks in the backward,
-and DistributedDataParallel then averages the parameter gradients: the result is the
-gradient one process would compute on the whole batch (fastlt.train.distributed).
+Rank r's loss is N times its own anchors' part P_r of the global batch's loss L = sum_r P_r
+(fastlt.methods.contrast). The backward sums the ranks' gradients with respect to the gathered
+rows, N dL/dz, and hands each rank its own rows; DistributedDataParallel then averages the
+parameter gradients over the N ranks: the result is the gradient one process would compute on
+the whole batch (fastlt.train.distributed).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import Tensor
 
 
 class _GatherRows(torch.autograd.Function):
-    """All ranks' rows in rank order; the backward sums the gradient over the ranks and keeps this rank's rows."""
+    """All ranks' rows in rank order; the backward sums the ranks' gradients and keeps this rank's rows."""
 
     @staticmethod
     def forward(ctx, rows: Tensor, sizes: tuple[int, ...]) -> Tensor:
@@ -22,7 +24,7 @@ class _GatherRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
         grad = grad.contiguous()
-        dist.all_reduce(grad)  # every rank computed the same global loss: its gradient reaches every rank's rows
+        dist.all_reduce(grad)  # every rank's anchors met every rank's rows: each row's gradient is the sum
         start = sum(ctx.sizes[: ctx.rank])
         return grad[start:start + ctx.sizes[ctx.rank]], None
 

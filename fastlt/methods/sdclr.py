@@ -32,20 +32,23 @@ class DenseBranch(nn.Module):
 
 
 class SDCLR(ContrastiveMethod):
-    """View 1 through the dense branch, view 2 through the pruned branch, two backward passes.
+    """View 1 through the dense branch, view 2 through the pruned branch (docs/sdclr.md).
 
-    One iteration, in this order:
-      1. pruned branch on view 2 without grad -> z2 (its BN copy updates its statistics);
+    One iteration (``forwards = 2``, the default): the pruned branch on view 2 -> z2, the dense
+    branch on view 1 -> z1, L = loss(z1, z2), one backward. The dense branch gets dL/dz1 and the
+    pruned branch dL/dz2: the gradients of the reference's two passes, L1 = loss(z1, sg(z2)) and
+    L2 = loss(sg(z1), z2), whose values both equal L. L is the logged loss.
+    ``forwards = 3`` runs the reference's iteration as it is written:
+      1. pruned branch on view 2 without grad -> z2;
       2. dense branch on view 1 -> z1; L1 = loss(z1, z2); backward (L1 is the logged loss);
-      3. pruned branch on view 2 with grad -> z2'; L2 = loss(z1.detach(), z2'); backward;
-    then the trainer takes one optimiser step. Summing L1 and L2 with both branches live
-    would give different gradients (the dense branch would also receive L2's gradient).
-    The pruning mask is recomputed from the current weights at the start of every epoch.
-    In several processes the first backward keeps its gradients local and the second averages
-    both (each pass leaves one BN copy unused, hence ``has_unused_parameters``).
+      3. pruned branch on view 2 with grad -> z2'; L2 = loss(z1.detach(), z2'); backward.
+    Same gradients and dense statistics; the pruned branch's batch norms update their running
+    statistics twice a step, as the reference's do, instead of once (nothing evaluates them).
+    Either way the trainer then takes one optimiser step, and the pruning mask is recomputed from
+    the current weights at the start of every epoch. In several processes the reference's first
+    backward keeps its gradients local and the second averages both, each pass leaving one BN
+    copy unused; the single backward uses every parameter.
     """
-
-    has_unused_parameters = True
 
     def __init__(
         self,
@@ -56,13 +59,21 @@ class SDCLR(ContrastiveMethod):
         contrast: ContrastiveLoss,
         pruning_ratio: float,
         boost: MemorisationBoost | None = None,
+        forwards: int = 2,
     ):
         super().__init__(views, contrast, boost)
+        if forwards not in (2, 3):
+            raise ValueError(f"SDCLR: 2 or 3 forwards per step, got {forwards}")
         self.backbone = backbone
         self.head = head
         self.switch = switch
         self.pruning_ratio = pruning_ratio
+        self.forwards = forwards
         self.sparsity = 0.0
+
+    @property
+    def has_unused_parameters(self) -> bool:
+        return self.forwards == 3
 
     def forward(self, x: Tensor) -> Tensor:
         """Embeddings of x on whichever branch the switch selects."""
@@ -80,22 +91,36 @@ class SDCLR(ContrastiveMethod):
         return {**super().on_epoch_end(epoch), "sparsity": round(self.sparsity, 6)}
 
     def step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
+        if self.forwards == 3:
+            return self._reference_step(views, labels, context)
+        view1, view2 = views
+        with context.autocast():
+            z2 = self._branch(PRUNED, view2)
+            z1 = self._branch(DENSE, view1)
+            loss, per_sample = self.contrast(z1, z2, labels)
+        context.backward(loss)
+        return StepOutput(loss.detach(), per_sample.detach())
+
+    def _reference_step(self, views: tuple[Tensor, ...], labels: Tensor, context: StepContext) -> StepOutput:
+        """The reference's three forwards and two backward passes (``forwards = 3``)."""
         view1, view2 = views
         with self.sync_later():
             with context.autocast():
-                self.switch.active = PRUNED
                 with torch.no_grad():
-                    z2 = self._forward(view2)
-                self.switch.active = DENSE
-                z1 = self._forward(view1)
+                    z2 = self._branch(PRUNED, view2)
+                z1 = self._branch(DENSE, view1)
                 dense_loss, per_sample = self.contrast(z1, z2, labels)
             context.backward(dense_loss)
         with context.autocast():
-            self.switch.active = PRUNED
-            pruned_loss, _ = self.contrast(z1.detach(), self._forward(view2), labels)
+            pruned_loss, _ = self.contrast(z1.detach(), self._branch(PRUNED, view2), labels)
         context.backward(pruned_loss)
         self.switch.active = DENSE
         return StepOutput(dense_loss.detach(), per_sample.detach())
+
+    def _branch(self, branch: int, x: Tensor) -> Tensor:
+        """Embeddings of x on ``branch`` (compiled, one graph per branch, when enabled)."""
+        self.switch.active = branch
+        return self._forward(x)
 
     def feature_extractor(self, exit: str = "backbone") -> nn.Module:
         check_single_exit(exit)

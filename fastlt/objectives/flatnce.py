@@ -8,8 +8,9 @@ from torch import Tensor
 from fastlt.objectives.infonce import pair_logits
 
 
-def flat_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None) -> Tensor:
-    """FlatNCE of each of the 2B anchors [z1; z2], float32 [2B] (labels are not used).
+def flat_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None,
+                        anchors: Tensor | None = None) -> Tensor:
+    """FlatNCE of each of the 2B anchors [z1; z2] (or of ``anchors`` only), float32 (labels are not used).
 
     Per anchor i with positive p: l_ij = (s_ij - s_ip) / tau over its negatives j,
     v_i = logsumexp_j l_ij, and the loss is exp(v_i - sg(v_i)) - 1 + sg(InfoNCE_i). Its value
@@ -17,9 +18,8 @@ def flat_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, lab
     sum_j softmax_j(l_i) * grad (s_ij - s_ip) / tau, free of InfoNCE's 1 / (1 + exp(-v_i)) factor.
     """
     with torch.autocast(z1.device.type, enabled=False):
-        logits, positives = pair_logits(z1, z2, temperature)
+        logits, _, positives = pair_logits(z1, z2, temperature, anchors)
         relative = logits - logits.gather(1, positives.unsqueeze(1))
-        batch = logits.shape[0] // 2  # anchor i's positive is i + B (mod 2B): the identity rolled by B
-        is_positive = torch.eye(2 * batch, dtype=torch.bool, device=logits.device).roll(batch, dims=1)
-        v = torch.logsumexp(relative.masked_fill(is_positive, float("-inf")), dim=1)
+        columns = torch.arange(logits.shape[1], device=logits.device)
+        v = torch.logsumexp(relative.masked_fill(positives[:, None] == columns[None, :], float("-inf")), dim=1)
         return torch.exp(v - v.detach()) - 1 + F.softplus(v).detach()

@@ -6,30 +6,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def pair_logits(z1: Tensor, z2: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
-    """Cosine similarities / tau of the 2B embeddings [z1; z2], self-similarity masked to -inf, in float32.
+def pair_logits(z1: Tensor, z2: Tensor, temperature: float | Tensor,
+                anchors: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Cosine similarities / tau of the anchors against all 2B embeddings [z1; z2], self-similarity -inf, float32.
 
-    Returns (logits [2B, 2B], index of each anchor's positive [2B]). Call it with autocast
-    disabled: under bf16 autocast the matmul would round every logit to about 0.004 / tau,
-    and BCL ranks samples by the losses built from them.
+    ``anchors`` are row indices into [z1; z2] (all 2B rows when None): a process of a several-process run
+    computes only its own anchors' rows against the gathered batch. Returns (logits [A, 2B], the anchors'
+    indices [A], each anchor's positive [A]). Call it with autocast disabled: under bf16 autocast the
+    matmul would round every logit to about 0.004 / tau, and BCL ranks samples by the losses built from them.
     """
     batch = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
-    logits = z @ z.T / temperature
-    logits = logits.masked_fill(torch.eye(2 * batch, dtype=torch.bool, device=z.device), float("-inf"))
-    positives = torch.arange(2 * batch, device=z.device).roll(batch)
-    return logits, positives
+    columns = torch.arange(2 * batch, device=z.device)
+    rows, anchors = (z, columns) if anchors is None else (z[anchors], anchors)
+    logits = rows @ z.T / temperature
+    logits = logits.masked_fill(anchors[:, None] == columns[None, :], float("-inf"))
+    return logits, anchors, (anchors + batch) % (2 * batch)
 
 
-def info_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None) -> Tensor:
-    """NT-Xent (docs/simclr.md) of each of the 2B anchors [z1; z2], float32 [2B].
+def info_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None,
+                        anchors: Tensor | None = None) -> Tensor:
+    """NT-Xent (docs/simclr.md) of each of the 2B anchors [z1; z2] (or of ``anchors`` only), float32.
 
     An anchor's positive is the other view of its image; its negatives are the other 2B - 2
     embeddings (labels are not used). temperature may be a 0-d tensor, so a schedule does
     not recompile.
     """
     with torch.autocast(z1.device.type, enabled=False):
-        logits, positives = pair_logits(z1, z2, temperature)
+        logits, _, positives = pair_logits(z1, z2, temperature, anchors)
         return F.cross_entropy(logits, positives, reduction="none")
 
 

@@ -17,30 +17,28 @@ from fastlt.objectives.infonce import pair_logits
 BASE_TEMPERATURE = 0.07  # SupCon's base_temperature: the loss is scaled by tau / 0.07
 
 
-def supcon_from_positives(z1: Tensor, z2: Tensor, temperature: float | Tensor, same: Tensor) -> Tensor:
-    """SupCon per anchor [2B] of embeddings [z1; z2] given ``same`` [2B, 2B]: True where j is a positive of i.
-
-    The diagonal of ``same`` is ignored (an anchor is never its own positive).
-    """
+def supcon_from_positives(z1: Tensor, z2: Tensor, temperature: float | Tensor, groups: Tensor,
+                          anchors: Tensor | None = None) -> Tensor:
+    """SupCon of each of the 2B anchors [z1; z2] (or of ``anchors`` only), float32, given ``groups`` [2B]: an
+    anchor's positives are the other embeddings of its group."""
     with torch.autocast(z1.device.type, enabled=False):
-        logits, _ = pair_logits(z1, z2, temperature)  # self-similarity is -inf, so it leaves the denominator
+        logits, anchors, _ = pair_logits(z1, z2, temperature, anchors)  # self is -inf: out of the denominator
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-        eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
-        positive = same & ~eye
+        columns = torch.arange(logits.shape[1], device=logits.device)
+        positive = (groups[anchors][:, None] == groups[None, :]) & (anchors[:, None] != columns[None, :])
         mean_log_prob = torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1)
         return -(temperature / BASE_TEMPERATURE) * mean_log_prob
 
 
-def supcon_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None) -> Tensor:
+def supcon_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None,
+                      anchors: Tensor | None = None) -> Tensor:
     """Supervised SupCon: an anchor's positives are every other embedding of its class, both views."""
     if labels is None:
         raise FastltError("objective supcon: needs the batch's labels (use supcon-unsupervised without labels)")
-    both = labels.repeat(2)
-    return supcon_from_positives(z1, z2, temperature, both[:, None] == both[None, :])
+    return supcon_from_positives(z1, z2, temperature, labels.repeat(2), anchors)
 
 
 def unsupervised_supcon_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor,
-                                   labels: Tensor | None = None) -> Tensor:
+                                   labels: Tensor | None = None, anchors: Tensor | None = None) -> Tensor:
     """SupCon without labels: an anchor's one positive is its image's other embedding (labels unused)."""
-    image = torch.arange(z1.shape[0], device=z1.device).repeat(2)
-    return supcon_from_positives(z1, z2, temperature, image[:, None] == image[None, :])
+    return supcon_from_positives(z1, z2, temperature, torch.arange(z1.shape[0], device=z1.device).repeat(2), anchors)

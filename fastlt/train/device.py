@@ -1,4 +1,4 @@
-"""Hardware choices (device, precision, memory format, compile), each by capability, each with a reason.
+"""Hardware choices (device, precision, memory format, compile, kernels), each by capability, each with a reason.
 
 What is fast depends on the machine, not on the device type: bf16 autocast runs 10-15x
 slower than fp32 on a CPU without bf16 instructions (oneDNN emulates it), and oneDNN's
@@ -25,6 +25,7 @@ from fastlt.notices import warn_once
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MEMORY_FORMATS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 COMPILE_CHOICES = ("auto", "on", "off")
+STEP_COMPILE_CHOICES = (*COMPILE_CHOICES, "max")  # train.compile; max: autotuned kernels replayed as CUDA graphs
 
 
 def resolve_device(name: str, typed: str | None = None) -> torch.device:
@@ -234,12 +235,42 @@ def resolve_view_compile(name: str, device: torch.device, images_per_run: int) -
 
 
 def resolve_compile(name: str, device: torch.device) -> tuple[bool, str]:
-    """(compile the step, why): 'auto' compiles on CUDA only; a CPU model step gains nothing for ~40 s a compile."""
-    if name not in COMPILE_CHOICES:
-        raise FastltError(f"train.compile: unknown value {name!r} (expected auto, on or off)")
+    """(compile the step, why): 'auto' compiles on CUDA only; a CPU model step gains nothing for ~40 s a compile.
+    'max' compiles as 'on' does, in ``compile_mode``'s mode."""
+    if name not in STEP_COMPILE_CHOICES:
+        raise FastltError(f"train.compile: unknown value {name!r} (expected auto, on, off or max)")
     if name == "auto":
         if device.type != "cuda":
             return False, "auto: off on CPU (no speed-up for a model step, ~40 s per cold compile)"
         usable, why = compile_usable()
         return usable, f"auto: {'on' if usable else 'off'} for CUDA ({why})"
+    if name == "max":
+        if device.type == "cuda":
+            return True, "set explicitly: max (max-autotune: autotuned kernels replayed as CUDA graphs)"
+        return True, "max on a CPU: compiled in the default mode (CUDA graphs need CUDA)"
     return name == "on", "set explicitly"
+
+
+def compile_mode(name: str, device: torch.device) -> str | None:
+    """torch.compile's mode for the step under ``train.compile = name``: "max-autotune" for max on CUDA, whose
+    CUDA graphs replay a step's kernels with one launch (the step's shapes are static: one graph per batch
+    shape, two a run), else inductor's default (None)."""
+    return "max-autotune" if name == "max" and device.type == "cuda" else None
+
+
+def use_cudnn_benchmark(device: torch.device) -> str:
+    """On CUDA let cuDNN time its convolution algorithms once per input shape and keep the fastest (a step
+    has static shapes, at most two a run: the full and the last batch); returns why, for the run's record.
+    Process-wide, and nothing to do on a CPU."""
+    if device.type != "cuda":
+        return "off: cuDNN runs on CUDA only"
+    torch.backends.cudnn.benchmark = True
+    return "on for CUDA: each static input shape's fastest convolution algorithm, timed once"
+
+
+def sgd_kernel(device: torch.device) -> dict[str, bool]:
+    """torch SGD's implementation for parameters on ``device``. CUDA: the fused kernel, which takes the fp16 loss
+    scale and the inf check on the device, so GradScaler.step reads no scalar per step (with the multi-tensor
+    one it reads the inf flag, a host sync, every step). Elsewhere the multi-tensor (foreach) one: on a CPU the
+    bits of the per-tensor loop, torch's default there (the fused kernel agrees to float rounding; tested)."""
+    return {"fused": True, "foreach": False} if device.type == "cuda" else {"fused": False, "foreach": True}

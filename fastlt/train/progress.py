@@ -133,7 +133,8 @@ class Progress:
         return f"held-out {self.monitor_label} {number('monitor_knn')} ({groups})"
 
     def end_epoch(self, record: dict[str, Any]) -> None:
-        """The epoch's summary line; the time since ``start_epoch`` (less the monitor's) feeds the ETA."""
+        """The epoch's summary line; the time since ``start_epoch`` (less the monitor's) feeds the ETA, so the time
+        the trainer spends handing the epoch's checkpoint to its writer, before this call, counts."""
         monitor_seconds = record.get("monitor_seconds")
         if monitor_seconds is not None:
             self._monitor_seconds = float(monitor_seconds)

@@ -14,7 +14,8 @@ from fastlt.errors import FastltError
 
 # Settings a resume may change because they leave the computation as it is (README, "Resume").
 CHANGEABLE_ON_RESUME = {
-    "train.progress", "train.log_every", "train.checkpoint_every", "train.keep_every", "train.out_dir", "train.name",
+    "train.progress", "train.log_every", "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_every",
+    "train.out_dir", "train.name",
     "train.monitor_every", "train.tensorboard",  # watching: the held-out kNN and TensorBoard read, never write
     "train.device",  # another device of the recorded type (cuda:1 for cuda:0); the type itself is checked
     "train.compile", "train.compile_views", "train.memory_format",  # the same maths, other kernels (float rounding may differ)

@@ -4,17 +4,21 @@ that records where in the epoch the run stopped is written, and the process exit
 The handlers only set a flag, which the training loop reads after every step, so a step,
 a BCL memory update or a checkpoint write is never cut in half. A second signal while
 stopping raises SecondSignal (a KeyboardInterrupt) at once (checkpoint writes are atomic, so
-even that leaves the last complete checkpoint in place).
+even that leaves the last complete checkpoint in place), unless it repeats the first within
+``REPEAT_SECONDS``: launchers deliver one request more than once (torchrun forwards its SIGTERM
+to workers that Slurm or the terminal signalled too), and that must not cost the checkpoint.
 """
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType
 
 from fastlt.errors import SecondSignal
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REPEAT_SECONDS = 5.0  # the same signal again within this time is the same request
 
 
 class StopRequest:
@@ -23,6 +27,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal: int | None = None
+        self._at = 0.0  # when the signal came (time.monotonic)
         self._previous: dict[int, object] = {}
 
     @property
@@ -35,8 +40,10 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.signal is not None:
+            if signum == self.signal and time.monotonic() - self._at < REPEAT_SECONDS:
+                return
             raise SecondSignal(signal.Signals(signum).name, signum)
-        self.signal = signum
+        self.signal, self._at = signum, time.monotonic()
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():

@@ -3,8 +3,9 @@
 One run = one folder: config.json (the resolved recipe), run.json (seed, commit, versions,
 device, the hardware choices and why, every resume), metrics.jsonl (one line per epoch)
 and checkpoints/last.pt (with previous.pt and milestones, fastlt.train.checkpoint), written
-atomically every ``train.checkpoint_every`` epochs, at the last, and when SIGINT or SIGTERM
-stops the run mid-epoch (fastlt.train.stopping). An epoch's metrics line is written before
+atomically in the background at the epoch ends ``train.checkpoint_minutes`` or
+``train.checkpoint_every`` call for, at milestones, at the last epoch, and when SIGINT or SIGTERM
+stops the run (fastlt.train.stopping). An epoch's metrics line is written before
 its checkpoint, and a resume drops the lines after the checkpoint's epoch, so the two never
 disagree whenever the process dies. ``resume_run`` continues a run exactly, also from the
 middle of an epoch: model, optimiser, loss scaler, method state (e.g. BCL memory), every RNG
@@ -19,7 +20,7 @@ import shutil
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,15 +34,33 @@ from fastlt.data.loader import Loader
 from fastlt.data.splits import class_counts, class_groups, empty_classes, name_classes, split_checksum, split_or_all
 from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError, RunStopped
-from fastlt.files import write_json_atomic, write_text_atomic
+from fastlt.files import remove_temporaries, write_json_atomic, write_text_atomic
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import GROUP_NAMES
 from fastlt.recipe import OptimConfig, Override, Recipe, recipe_from_dict, recipe_with_overrides, with_store_lists
-from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_model_state, load_run_checkpoint, save_run_checkpoint
-from fastlt.train.distributed import Ranks, any_rank, backend_name, join, launched_ranks, leave, share_from_main
+from fastlt.train.checkpoint import (
+    CHECKPOINTS,
+    LAST,
+    PREVIOUS,
+    CheckpointSchedule,
+    CheckpointWriter,
+    load_model_state,
+    load_run_checkpoint,
+)
+from fastlt.train.distributed import (
+    Ranks,
+    StopVote,
+    backend_name,
+    decided_by_main,
+    gather_to_all,
+    join,
+    launched_ranks,
+    leave,
+)
 from fastlt.train.device import (
     PRECISION_TYPES,
     Precision,
+    compile_mode,
     compile_usable,
     memory_format_hazard,
     resolve_compile,
@@ -49,8 +68,10 @@ from fastlt.train.device import (
     resolve_memory_format,
     resolve_precision,
     resolve_view_compile,
+    sgd_kernel,
+    use_cudnn_benchmark,
 )
-from fastlt.train.monitor import Monitor, TensorBoardLog, require_tensorboard
+from fastlt.train.monitor import TENSORBOARD_FOLDER, Monitor, TensorBoardLog, require_tensorboard
 from fastlt.train.progress import Progress, say
 from fastlt.train.resume import check_recipe_change
 from fastlt.train.runinfo import run_record
@@ -100,6 +121,8 @@ class RunState:
     step: int = 0  # optimiser steps taken
     partial: PartialEpoch | None = None  # the epoch a signal stopped, until it is finished
     ranks: Ranks = Ranks()  # this process's place among the run's processes
+    rank_rng: list[dict[str, torch.Tensor]] = field(default_factory=list)  # every rank's, at the last gather
+    vote: StopVote = field(default_factory=StopVote)  # the ranks' agreement on a stop
 
 
 def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool,
@@ -116,12 +139,22 @@ def parameter_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: boo
 
 
 def build_optimizer(model: nn.Module, o: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
-    """SGD, or fastlt's LARS (LoTaR's and FlatCLR's; excluded batch norm and biases take no trust ratio)."""
+    """SGD in the device's kernel (``sgd_kernel``, also after loading a checkpoint), or fastlt's LARS (LoTaR's and
+    FlatCLR's; excluded batch norm and biases take no trust ratio)."""
     if o.name == "lars":
         groups = parameter_groups(model, o.weight_decay, o.exclude_bn_bias, {"adapt": False})
         return Lars(groups, lr=o.lr, momentum=o.momentum, eta=o.lars_trust, denominator=o.lars_denominator)
     groups = parameter_groups(model, o.weight_decay, o.exclude_bn_bias)
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, foreach=device.type == "cuda" or None)
+    kernel = sgd_kernel(device)
+    optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, **kernel)
+
+    def keep_kernel(loaded: torch.optim.Optimizer) -> None:
+        """A checkpoint's groups carry the kernel they were saved with; this device's is the one to run."""
+        for group in loaded.param_groups:
+            group.update(kernel)
+
+    optimizer.register_load_state_dict_post_hook(keep_kernel)
+    return optimizer
 
 
 @dataclass(frozen=True)
@@ -172,13 +205,58 @@ def load_training_data(recipe: Recipe, device: torch.device, generator: torch.Ge
                         monitor)
 
 
-def new_run_dir(recipe: Recipe, recipe_path: str) -> Path:
-    """runs/<name>, by default the recipe's stem and a timestamp; never an existing folder."""
+def new_run_dir(recipe: Recipe, recipe_path: str, restart_unstarted: bool = False) -> Path:
+    """runs/<name>, by default the recipe's stem and a timestamp; never an existing folder, except, with
+    ``restart_unstarted``, one a killed start left before its first checkpoint (its files are fastlt's own)."""
     name = recipe.train.name or f"{Path(recipe_path).stem}-{datetime.now():%Y%m%d-%H%M%S}"
     run_dir = Path(recipe.train.out_dir) / name
+    if run_dir.exists() and restart_unstarted:
+        remove_unstarted_run(run_dir)
     if run_dir.exists():
         raise FastltError(f"{run_dir}: run folder exists already (use --resume to continue it, or another name)")
     return run_dir
+
+
+RUN_FILES = ("config.json", "run.json", "metrics.jsonl", CHECKPOINTS, TENSORBOARD_FOLDER)  # all a run writes
+
+
+def run_started(run_dir: Path) -> bool:
+    """Whether the run folder holds a checkpoint to resume from (last.pt, or previous.pt after a failed rename)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    return (folder / LAST).is_file() or (folder / PREVIOUS).is_file()
+
+
+def remove_unstarted_run(run_dir: Path) -> None:
+    """Delete a run folder that has no checkpoint, if it holds nothing but what fastlt writes in a run (else a
+    one-line refusal: nothing a user put there is deleted)."""
+    if not run_dir.is_dir():
+        return
+    foreign = [path.name for path in run_dir.iterdir() if path.name not in RUN_FILES]
+    checkpoints = run_dir / CHECKPOINTS
+    if checkpoints.is_dir():
+        remove_temporaries(checkpoints)
+        foreign += [f"{CHECKPOINTS}/{path.name}" for path in checkpoints.iterdir()]
+    if foreign:
+        raise FastltError(f"{run_dir}: has no checkpoint to resume, and holds {foreign[0]}, which a run does not "
+                          "write; move it away or choose another train.name")
+    say(f"{run_dir}: no checkpoint yet (stopped before its first); starting the run again")
+    shutil.rmtree(run_dir)
+
+
+def pretrain_or_resume(recipe: Recipe, recipe_path: str, overrides: Sequence[str | Override] = (),
+                       until_epoch: int | None = None) -> Path:
+    """Resume the recipe's named run if it has a checkpoint, else start it: one command line that a launcher
+    may run again after a failure (torchrun --max-restarts, a Slurm requeue), however far the last try got.
+
+    Every process decides before any of them joins the group, so before any can create the folder.
+    """
+    if not recipe.train.name:
+        raise FastltError("--resume-if-exists: the run needs a fixed name to be found again; add "
+                          "--set train.name=NAME")
+    run_dir = Path(recipe.train.out_dir) / recipe.train.name
+    if run_started(run_dir):
+        return resume_run(run_dir, overrides, until_epoch)
+    return pretrain(recipe, recipe_path, until_epoch, restart_unstarted=True)
 
 
 def checkpoint_bytes(state: RunState) -> int:
@@ -201,6 +279,10 @@ def make_run_dir(run_dir: Path, checkpoint_size: int) -> None:
                           f"{needed / 2**20:.0f} MiB for its checkpoints (train.out_dir elsewhere?)")
 
 
+SYNC_BN_UNCOMPILED = ("off: train.sync_bn's SyncBatchNorm runs collectives inside the step, and fastlt has not "
+                      "verified them under torch.compile (SyncBatchNorm needs CUDA)")
+
+
 def choose_hardware(recipe: Recipe, method: nn.Module, split_size: int) -> HardwareChoices:
     """Resolve device, precision, memory format and compile for a new run on this machine
     (``split_size`` training images an epoch, which tells whether compiling the views repays itself)."""
@@ -209,16 +291,22 @@ def choose_hardware(recipe: Recipe, method: nn.Module, split_size: int) -> Hardw
     precision = resolve_precision(t.precision, device)
     memory_format, format_why = resolve_memory_format(t.memory_format, device, method)
     compiled, compile_why = resolve_compile(t.compile, device)
+    if compiled and t.compile == "auto" and t.sync_bn and launched_ranks().active:
+        compiled, compile_why = False, SYNC_BN_UNCOMPILED
     compile_views, views_why = resolve_view_compile(t.compile_views, device, t.epochs * split_size)
     reasons = {"precision": precision.reason, "memory_format": format_why, "compile": compile_why,
-               "compile_views": views_why}
+               "compile_views": views_why, "cudnn_benchmark": use_cudnn_benchmark(device)}
     return HardwareChoices(device.type, precision.name, memory_format, compiled, compile_views, t.batch_size, reasons,
                            launched_ranks().world)
 
 
 def process_device(device: torch.device, ranks: Ranks) -> torch.device:
-    """One GPU per process: cuda (auto or without an index) becomes cuda:LOCAL_RANK under torchrun."""
-    if ranks.active and device.type == "cuda" and device.index is None:
+    """One GPU per process: cuda (auto or without an index) becomes cuda:LOCAL_RANK under torchrun; a named
+    index is refused there (every rank would take the same GPU)."""
+    if ranks.active and device.type == "cuda":
+        if device.index is not None:
+            raise FastltError(f"train.device {device}: under torchrun each process takes cuda:LOCAL_RANK; set "
+                              "train.device to cuda or auto, and choose the GPUs with CUDA_VISIBLE_DEVICES")
         return torch.device("cuda", ranks.local_rank)
     return device
 
@@ -239,7 +327,7 @@ def resume_device(recipe: Recipe, recorded: dict[str, Any], where: str) -> torch
 def recorded_hardware(recipe: Recipe, recorded: dict[str, Any], device: torch.device, method: nn.Module,
                       where: str) -> HardwareChoices:
     """The checkpoint's hardware choices, where this machine can honour them; else a one-line refusal."""
-    reasons = {"precision": "recorded at the start of the run"}
+    reasons = {"precision": "recorded at the start of the run", "cudnn_benchmark": use_cudnn_benchmark(device)}
     memory_format, hazard = recorded["memory_format"], memory_format_hazard(method, device)
     if recipe.train.memory_format != "auto":
         memory_format, reasons["memory_format"] = resolve_memory_format(recipe.train.memory_format, device, method)
@@ -288,6 +376,8 @@ def build_run_state(recipe: Recipe, data: TrainingData, choices: HardwareChoices
     if ranks.active and recipe.train.sync_bn:
         if device.type != "cuda":
             raise FastltError("train.sync_bn: torch's SyncBatchNorm runs on CUDA only")
+        if choices.compile:
+            raise FastltError(f"train.sync_bn with train.compile: {SYNC_BN_UNCOMPILED}; set train.compile=off")
         nn.SyncBatchNorm.convert_sync_batchnorm(method)  # in place, the same parameters and statistics
     optimizer = build_optimizer(method, recipe.optim, device)
     scaler = torch.amp.GradScaler(device.type, enabled=PRECISION_TYPES[choices.precision][1])
@@ -309,11 +399,13 @@ def check_watchers(recipe: Recipe, data: TrainingData, method: ContrastiveMethod
         require_tensorboard()
 
 
-def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | None = None) -> Path:
+def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | None = None,
+             restart_unstarted: bool = False) -> Path:
     """Start a new run of the recipe's method; returns the run folder.
 
     until_epoch stops early after that epoch (the schedule still spans train.epochs), for
-    time-limited jobs: ``resume_run`` later continues exactly where it stopped.
+    time-limited jobs: ``resume_run`` later continues exactly where it stopped. ``restart_unstarted``: a folder
+    of the same name without a checkpoint is a start that died early, replaced (``pretrain_or_resume``).
     """
     ranks = launched_ranks()
     device = process_device(resolve_device(recipe.train.device), ranks)
@@ -324,7 +416,7 @@ def pretrain(recipe: Recipe, recipe_path: str = "<recipe>", until_epoch: int | N
         check_watchers(recipe, data, method)
         choices = choose_hardware(recipe, method, data.loader.num_samples)
         state = build_run_state(recipe, data, choices, method, ranks)
-        run_dir = Path(share_from_main(str(new_run_dir(recipe, recipe_path))))  # rank 0's timestamp
+        run_dir = Path(decided_by_main(lambda: str(new_run_dir(recipe, recipe_path, restart_unstarted))))  # rank 0's name
         if ranks.main:
             warn_all_warmup(recipe)
             make_run_dir(run_dir, checkpoint_bytes(state))
@@ -423,7 +515,7 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
     if state.ranks.active:
         state.method.enable_distributed(device)
     if choices.compile:
-        state.method.enable_compile()
+        state.method.enable_compile(compile_mode(recipe.train.compile, device))
     if choices.compile_views:
         state.method.views.enable_compile()
     scaler = state.scaler
@@ -436,27 +528,38 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
                         monitor.label if monitor else "kNN")
     tensorboard = TensorBoardLog(run_dir, state.epoch) if recipe.train.tensorboard and main else None
     keep_every = recipe.train.keep_every
+    # Every rank keeps the schedule (its saved_epoch is what a non-finite loss reports); rank 0 writes.
+    schedule = CheckpointSchedule(recipe.train.checkpoint_every, recipe.train.checkpoint_minutes, state.epoch)
+    held = 0.0  # seconds the last checkpoint's hand-over held the loop: the next epoch's time counts them
     try:
-        with StopRequest() as stop:
+        with StopRequest() as stop, CheckpointWriter(say) as writer:
             for epoch in range(state.epoch + 1, last_epoch + 1):
-                record = train_one_epoch(state, data.loader, context, recipe, epoch, progress, stop)
+                record = train_one_epoch(state, data.loader, context, recipe, epoch, progress, stop,
+                                         saved_epoch=schedule.saved_epoch, held_seconds=held)
+                state.rank_rng = gather_to_all(own_generator_states(state))  # what a checkpoint now would hold
                 if record is None:  # a signal stopped the epoch: keep where it stopped
                     if main:
-                        save_run_checkpoint(run_dir, checkpoint_payload(state, recipe, choices, data.identity))
+                        writer.submit(run_dir, checkpoint_payload(state, recipe, choices, data.identity))
+                        writer.wait()
                     raise stopped(run_dir, stop.signal or signal.SIGTERM,
                                   f"epoch {epoch}, after batch {state.partial.batches}")
                 if monitor is not None and monitor.due(epoch):
                     record |= monitor.measure(state.method, precision_of(choices).dtype)
-                stopping = any_rank(stop.requested, device)  # every rank stops after the same epoch
+                stopping = state.vote.settle(stop.requested)  # every rank stops after the same epoch
                 if main:
                     append_metrics(run_dir / "metrics.jsonl", record)  # before the checkpoint: the module's text
-                    if epoch % recipe.train.checkpoint_every == 0 or epoch == last_epoch or stopping:
-                        save_run_checkpoint(run_dir, checkpoint_payload(state, recipe, choices, data.identity),
-                                            milestone=keep_every > 0 and epoch % keep_every == 0)
+                milestone = keep_every > 0 and epoch % keep_every == 0
+                held = 0.0
+                if schedule.due(epoch) or milestone or epoch == last_epoch or stopping:
+                    if main:
+                        held = writer.submit(run_dir, checkpoint_payload(state, recipe, choices, data.identity),
+                                             milestone)
+                    schedule.saved(epoch)
                 if tensorboard is not None:
                     tensorboard.write(record)
                 progress.end_epoch(record)
                 if stopping and epoch < last_epoch:
+                    writer.wait()
                     raise stopped(run_dir, stop.signal or signal.SIGTERM, f"the end of epoch {epoch}")
     finally:
         if tensorboard is not None:
@@ -502,12 +605,16 @@ class NonFiniteLoss:
 
 
 def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recipe: Recipe, epoch: int,
-                    progress: Progress, stop: StopRequest | None = None) -> dict[str, Any] | None:
+                    progress: Progress, stop: StopRequest | None = None, *, saved_epoch: int,
+                    held_seconds: float) -> dict[str, Any] | None:
     """One pass over the loader (the rest of it, for an epoch a signal stopped); returns the epoch's
     metrics record, or None when ``stop`` rose before the last step (``state.partial`` says where).
 
     The loss accumulates on the device and is read every ``train.log_every`` steps and once
-    at the end (with the non-finite check), so steps do not wait on the host.
+    at the end (with the non-finite check), so steps do not wait on the host. ``saved_epoch``: the
+    newest checkpoint's epoch, for the non-finite loss's message. ``held_seconds``: how long handing
+    the previous epoch's checkpoint to the writer held the loop, counted in this epoch's time, so
+    ``epoch_seconds`` and ``images_per_second`` include checkpointing.
     """
     method, optimizer, o = state.method, state.optimizer, recipe.optim
     steps = len(loader)
@@ -515,13 +622,12 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
     warmup_steps = round(o.warmup_epochs * steps)
     peak = peak_lr(o.lr, recipe.train.batch_size, o.lr_scaling)
     images_per_epoch = steps * recipe.train.batch_size if recipe.train.drop_last else loader.num_samples
-    checkpoint_epoch = (epoch - 1) // recipe.train.checkpoint_every * recipe.train.checkpoint_every
     device = state.data_generator.device
     resumed, state.partial = state.partial, None
     method.train()
     if resumed is None:
         epoch_rng = state.data_generator.get_state()
-        done, loss_sum, earlier = 0, torch.zeros((), device=device), 0.0
+        done, loss_sum, earlier = 0, torch.zeros((), device=device), held_seconds
         method.on_epoch_start(epoch)
     else:  # the generator is back at the epoch's start (restore), so the loader draws the same order
         epoch_rng = resumed.data_rng
@@ -546,16 +652,16 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
         state.step += 1
         progress.step()
         if (batch_index + 1) % recipe.train.log_every == 0:
-            nonfinite.check(epoch, steps, checkpoint_epoch)
+            nonfinite.check(epoch, steps, saved_epoch)
             elapsed = time.perf_counter() - started
             progress.reading(batch_index + 1, loss_sum.item() / (batch_index + 1),
                              (batch_index + 1) * recipe.train.batch_size / elapsed)
-        if stop is not None and batch_index + 1 < steps and stop_now(stop, state, batch_index, recipe):
-            nonfinite.check(epoch, steps, checkpoint_epoch)
+        if stop is not None and batch_index + 1 < steps and stop_now(stop, state):
+            nonfinite.check(epoch, steps, saved_epoch)
             state.partial = PartialEpoch(epoch, batch_index + 1, loss_sum.item(), time.perf_counter() - started,
                                          epoch_rng)
             return None
-    nonfinite.check(epoch, steps, checkpoint_epoch)
+    nonfinite.check(epoch, steps, saved_epoch)
     elapsed = time.perf_counter() - started
     state.epoch = epoch
     return {
@@ -569,27 +675,26 @@ def train_one_epoch(state: RunState, loader: Loader, context: StepContext, recip
     }
 
 
-def stop_now(stop: StopRequest, state: RunState, batch_index: int, recipe: Recipe) -> bool:
-    """Whether to stop after this step: at once in one process; with several, every rank agrees at the
-    next ``train.log_every`` boundary (a signal may reach the processes at different steps)."""
-    if not state.ranks.active:
-        return stop.requested
-    if (batch_index + 1) % recipe.train.log_every:
-        return False
-    return any_rank(stop.requested, state.data_generator.device)
+def stop_now(stop: StopRequest, state: RunState) -> bool:
+    """Whether to stop after this step: at once in one process; with several, every rank stops at the same
+    step, at most one step after a signal reached any of them (a launcher's kill grace is far longer)."""
+    return state.vote.poll(stop.requested) if state.ranks.active else stop.requested
 
 
-def generator_states(state: RunState) -> dict[str, torch.Tensor]:
-    """The RNG states a resume needs: the run's two generators (the data one as it was at the start of a
-    stopped epoch), torch's CPU one and the current CUDA device's."""
-    states = {
-        "data": state.partial.data_rng if state.partial is not None else state.data_generator.get_state(),
-        "views": state.view_generator.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+def own_generator_states(state: RunState) -> dict[str, torch.Tensor]:
+    """This rank's own random streams: the views' generator, torch's CPU one and the current CUDA device's."""
+    states = {"views": state.view_generator.get_state(), "torch": torch.get_rng_state()}
     if state.data_generator.device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(state.data_generator.device)
     return states
+
+
+def generator_states(state: RunState) -> dict[str, Any]:
+    """The RNG states a resume needs: the data generator every rank shares (as it was at the start of a stopped
+    epoch) and each rank's own streams, in rank order (``state.rank_rng``, gathered when the epoch or the stop
+    came; a state never gathered is one process's, its own)."""
+    data = state.partial.data_rng if state.partial is not None else state.data_generator.get_state()
+    return {"data": data, "ranks": state.rank_rng or [own_generator_states(state)]}
 
 
 def checkpoint_payload(state: RunState, recipe: Recipe, choices: HardwareChoices,
@@ -620,13 +725,31 @@ def restore(state: RunState, payload: dict[str, Any], path: Path) -> None:
     state.scaler.load_state_dict(payload["scaler"])
     rng = payload["rng"]
     state.data_generator.set_state(rng["data"])
-    state.view_generator.set_state(rng["views"])
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng:
-        torch.cuda.set_rng_state(rng["cuda"], state.data_generator.device)
+    restore_own_streams(state, rng, payload["recipe"]["train"]["seed"], payload["epoch"])
     state.epoch = payload["epoch"]
     state.step = payload["step"]
     if "position" in payload:
         position = payload["position"]
         state.partial = PartialEpoch(position["epoch"], position["batches"], position["loss_sum"],
                                      position["seconds"], rng["data"])
+
+
+def restore_own_streams(state: RunState, rng: dict[str, Any], seed: int, epoch: int) -> None:
+    """Each rank's own random streams back from the checkpoint. Saved by a different number of processes, they
+    cannot be matched to ranks, so every rank derives fresh ones from (seed, rank, epoch): distinct per rank and
+    the same on every resume, but not the streams an uninterrupted run would have drawn (said in one line)."""
+    ranks = rng.get("ranks") or [{key: rng[key] for key in ("views", "torch", "cuda") if key in rng}]  # version 2
+    device = state.data_generator.device
+    if len(ranks) == state.ranks.world:
+        own = ranks[state.ranks.rank]
+        state.view_generator.set_state(own["views"])
+        torch.set_rng_state(own["torch"])
+        if "cuda" in own and device.type == "cuda":
+            torch.cuda.set_rng_state(own["cuda"], device)
+        return
+    if state.ranks.main:
+        say(f"note: the checkpoint holds the random streams of {len(ranks)} processes and this run has "
+            f"{state.ranks.world}; each process's views continue from new streams seeded by (seed, rank, epoch)")
+    views, others = np.random.SeedSequence([seed, state.ranks.rank, epoch]).generate_state(2, dtype=np.uint64)
+    state.view_generator.manual_seed(int(views))
+    torch.manual_seed(int(others))  # the CPU generator and every CUDA device's

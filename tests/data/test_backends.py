@@ -220,3 +220,63 @@ def test_dali_encoding_in_worker_processes_writes_the_same_bytes(digits_parts, t
         write_jpeg_part(tmp_path / str(workers), "train", images, QUALITY, workers)
     for file in ("train_jpeg.bin", "train_offsets.npy"):
         assert (tmp_path / "1" / file).read_bytes() == (tmp_path / "2" / file).read_bytes()
+
+
+@pytest.mark.parametrize("store_kind", STORES)
+def test_a_batch_handed_out_stays_as_it_was_while_later_ones_come(stores, store_kind):
+    """FFCV refills its output buffers a few batches later and DALI reuses its own: a batch kept for a whole
+    epoch (as a loop running ahead of the GPU keeps it) still holds its pixels, labels and indices."""
+    backend, image_format = store_kind
+    store = Store.open(stores(backend, image_format))
+
+    def epoch():
+        return make_loader(store, "train", None, 32, torch.device("cpu"), torch.Generator().manual_seed(5))
+
+    at_once = [tuple(tensor.clone() for tensor in batch[:3]) for batch in epoch()]
+    kept = list(epoch())
+    assert len(kept) > 8  # more batches than FFCV has buffers (batches_ahead + 2)
+    for (images, labels, indices), batch in zip(at_once, kept, strict=True):
+        assert torch.equal(batch.images, images) and torch.equal(batch.labels, labels)
+        assert torch.equal(batch.indices, indices)
+
+
+@NEEDS["dali"]
+def test_dali_decodes_ahead_and_gathers_labels_on_the_device(stores, monkeypatch):
+    """DALI holds PREFETCH batches scheduled: the first batch handed out has the next one's images already
+    requested. Labels and indices come from the split's, put on the device once: per batch, only the decoded
+    images are made from host memory. A pass left early leaves the next one whole."""
+    from fastlt.data import dali_backend
+
+    native, store = Store.open(stores.native), Store.open(stores("dali"))
+    split = np.load(DIGITS_SPLIT)
+    requested = []
+    encoded = dali_backend._JpegPart.encoded
+    monkeypatch.setattr(dali_backend._JpegPart, "encoded",
+                        lambda part, rows: requested.append(rows) or encoded(part, rows))
+    loader = make_loader(store, "train", split, 50, torch.device("cpu"), torch.Generator().manual_seed(2))
+    expected = NativeLoader(native.part("train"), split, 50, "cpu", torch.Generator().manual_seed(2))
+    batches = iter(loader)
+    next(batches)
+    assert len(requested) == dali_backend.PREFETCH >= 2
+    del batches  # left after one batch
+    next(iter(expected))  # the native loader's generator one epoch on, as the DALI loader's is
+    made = []
+    from_numpy = torch.from_numpy
+    monkeypatch.setattr(torch, "from_numpy", lambda array: made.append(array.shape) or from_numpy(array))
+    for want, got in zip(expected, loader, strict=True):
+        assert torch.equal(got.indices, want.indices) and torch.equal(got.labels, want.labels)
+    assert [shape[1:] for shape in made] == [(32, 32, 3)] * len(loader)  # the images, nothing else
+
+
+def test_decoders_share_the_cores_among_a_nodes_processes(monkeypatch):
+    from fastlt.data import backends
+
+    monkeypatch.setattr(backends.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert backends.decode_threads() == 16
+    for processes, threads in (("1", 16), ("8", 2), ("3", 5), ("32", 1)):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+        assert backends.decode_threads() == threads
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "eight")
+    with pytest.raises(FastltError, match="LOCAL_WORLD_SIZE 'eight': not an integer"):
+        backends.decode_threads()

@@ -1,7 +1,7 @@
 """One rank of tests/train/test_distributed.py, started by torchrun: its share of a global batch through the
 DDP-wrapped method, and what it computed, saved for the test to compare with one process.
 
-    torchrun --nproc_per_node 2 ddp_ranks.py METHOD SIZE0,SIZE1 OUT_FOLDER [compiled]
+    torchrun --nproc_per_node 2 ddp_ranks.py METHOD[:KEY=VALUE...] SIZE0,SIZE1 OUT_FOLDER [compiled]
 """
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ WIDTH = 16  # width 4 compiled under the AVX2-restricted kernels corrupted the h
 STEP = StepContext(autocast=lambda: torch.autocast("cpu", enabled=False), backward=lambda loss: loss.backward())
 
 
-def tiny_method(name: str):
-    """``name`` is a preset, or PRESET:VIEW_FORWARD (lotar:separate)."""
-    name, _, view_forward = name.partition(":")
+def tiny_method(spec: str):
+    """``spec`` is a preset, or PRESET:KEY=VALUE:... with method keys (lotar:view_forward=separate)."""
+    name, *settings = spec.split(":")
+    method = {"name": name, "pruning_ratio": 0.5}
+    for setting in settings:
+        key, _, value = setting.partition("=")
+        method[key] = int(value) if value.isdigit() else value
     recipe = recipe_from_dict({"model": {"width": WIDTH, "projector_hidden": 16, "projector_out": 8},
-                               "views": {"size": 8}, "method": {"name": name, "pruning_ratio": 0.5,
-                                                                "view_forward": view_forward}}, "test")
+                               "views": {"size": 8}, "method": method}, "test")
     torch.manual_seed(0)
     return build_method(recipe, num_samples=64)
 

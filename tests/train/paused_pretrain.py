@@ -5,9 +5,10 @@ real process at exactly those points on a machine of any speed (a timer could fi
 
 POINT:N is ``step:N`` (after this process's N-th training step), ``metrics:N`` (right after its N-th epoch
 line reached metrics.jsonl, before that epoch's checkpoint) or ``write:N`` (inside its N-th checkpoint write:
-the bytes are in the hidden temporary file, which is neither synced nor renamed yet). At each point the process
-appends a line to MARKER and waits for a signal (SIGKILL ends it there; after a handled one, the run goes on);
-everything else runs as in `fastlt pretrain`.
+the bytes are in the hidden temporary file, which is neither synced nor renamed yet; the write runs in the
+checkpoint writer's thread, so training goes on until the next checkpoint waits for it). At each point the
+process appends a line to MARKER and waits for a signal (SIGKILL ends it there; after a handled one, the run goes
+on); everything else runs as in `fastlt pretrain`.
 """
 from __future__ import annotations
 

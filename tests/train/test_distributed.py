@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from fastlt.data.loader import NativeLoader, batch_bounds, resident_copy, shard_bounds
 from fastlt.data.store import StorePart
@@ -41,20 +42,33 @@ def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+class Recorder(nn.Module):
+    """Stands in for a method's loss module: keeps the embeddings the method hands it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, z1, z2, labels):
+        self.seen.append((z1, z2))
+        return z1.sum(), z1.new_zeros(len(z1))
+
+
 def one_process_reference(method_name: str, sizes: tuple[int, int]) -> dict:
     """What DDP without sync-BN computes, in one process: each rank's share normalised on its own, the loss
-    of the global batch over all embeddings, one backward (twice for SDCLR, as its step does)."""
+    of the global batch over all embeddings, one backward (SDCLR: the reference's three forwards and two
+    backward passes, whichever form the method runs)."""
     method = tiny_method(method_name)
     method.on_epoch_start(1)
     view1, view2, labels, indices = inputs(sum(sizes))
     shares = [(0, sizes[0]), (sizes[0], sum(sizes))]
-    if not hasattr(method, "switch"):  # one encoder: both views as one batch, or one forward per view
-        def embed(a, b):
-            if method.separate_views:
-                return method.head(method.backbone(view1[a:b])), method.head(method.backbone(view2[a:b]))
-            return method.head(method.backbone(torch.cat([view1[a:b], view2[a:b]]))).chunk(2)
-        z = [embed(a, b) for a, b in shares]
-        loss, per_sample = method.contrast(torch.cat([p[0] for p in z]), torch.cat([p[1] for p in z]), labels)
+    if not hasattr(method, "switch"):  # the method's own forward on each share, its loss over them all
+        loss_module, recorder = method.contrast, Recorder()
+        method.contrast = recorder
+        for a, b in shares:
+            method.forward(view1[a:b], view2[a:b], labels[a:b])
+        method.contrast = loss_module
+        loss, per_sample = loss_module(*(torch.cat(parts) for parts in zip(*recorder.seen)), labels)
         loss.backward()
     else:  # sdclr / bcl-d: pruned without grad, dense, backward; pruned with grad against the detached dense
         from fastlt.models.self_damaging import DENSE, PRUNED
@@ -79,7 +93,10 @@ def one_process_reference(method_name: str, sizes: tuple[int, int]) -> dict:
 
 @pytest.mark.parametrize("method_name, sizes, compiled", [
     ("simclr", (4, 4), False), ("simclr", (5, 3), False), ("bcl-d", (4, 4), False), ("bcl-d", (4, 3), False),
-    ("lotar:separate", (5, 3), False),  # LoTaR's per-view forwards, its weights over the gathered embeddings
+    ("bcl-d:sdclr_forwards=3", (4, 3), False),  # the reference's two backward passes: no_sync, unused parameters
+    ("lotar:view_forward=separate", (5, 3), False),  # per-view forwards, the weights over the gathered embeddings
+    ("selfcon-m", (4, 3), False),  # [B, V, D] embeddings, supervised: the labels gathered
+    ("flatclr:contrast_mode=one", (5, 3), False),  # the first view's anchors only
     ("simclr", (4, 4), True),  # DDP under torch.compile, as the trainer runs it on CUDA (about 25 s to compile)
 ])
 def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(method_name, sizes, compiled, tmp_path):
@@ -88,6 +105,7 @@ def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(me
     assert launched.returncode == 0, launched.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     reference = one_process_reference(method_name, sizes)
+    assert torch.equal(ranks[0]["loss"], ranks[1]["loss"])  # the global loss, reported alike by every rank
     for result in ranks:
         torch.testing.assert_close(result["loss"], reference["loss"], rtol=1e-4, atol=1e-6)  # compiled: fused sums
         torch.testing.assert_close(result["per_sample"], reference["per_sample"], rtol=1e-4, atol=1e-6)
@@ -96,9 +114,13 @@ def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(me
             # float32 sums in another order: equal to 5e-5 of the gradient's norm (1e-5 for the zero gradient of a
             # bias before batch norm), element by element
             assert (result["grads"][name] - grad).abs().max() <= 5e-5 * grad.norm() + 1e-5, name
-    if method_name == "bcl-d":  # the memory, updated from every rank's samples, equal everywhere
+    # DDP does not broadcast buffers: all but the batch-norm statistics (each rank's share's) stay equal by
+    # construction, masks, temperature and BCL's memory included
+    for name, buffer in ranks[0]["buffers"].items():
+        if not name.endswith(("running_mean", "running_var")):
+            assert torch.equal(buffer, ranks[1]["buffers"][name]), name
+    if method_name.startswith("bcl-d"):  # the memory, updated from every rank's samples, as one process updates it
         for name in ("boost.momentum_loss", "boost.seen"):
-            assert torch.equal(ranks[0]["buffers"][name], ranks[1]["buffers"][name])
             torch.testing.assert_close(ranks[0]["buffers"][name], reference["buffers"][name])
 
 
@@ -141,9 +163,7 @@ def test_torchrun_trains_with_one_writer_and_the_checkpoint_resumes_in_one_proce
 
 
 def test_each_process_gets_its_own_gpu_and_its_own_view_randomness(digits_store, tmp_path):
-    assert process_device(torch.device("cuda"), Ranks(1, 2, 1)) == torch.device("cuda", 1)  # auto: cuda:LOCAL_RANK
-    assert process_device(torch.device("cuda", 3), Ranks(1, 2, 1)) == torch.device("cuda", 3)  # named: kept
-    assert process_device(torch.device("cpu"), Ranks(1, 2, 1)) == torch.device("cpu")
+    assert process_device(torch.device("cpu"), Ranks(1, 2, 1)) == torch.device("cpu")  # cuda: test_distributed_runs
     np.save(tmp_path / "split.npy", np.arange(600))
     recipe = recipe_from_dict({"data": {"store": str(digits_store), "split": str(tmp_path / "split.npy")},
                                "model": {"width": 4}, "train": {"batch_size": 64, "device": "cpu",

@@ -11,28 +11,31 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
 
 import fastlt.train.checkpoint as checkpoint_module
-from fastlt.errors import FastltError, RunStopped
+import fastlt.train.stopping as stopping
+from fastlt.errors import FastltError, RunStopped, SecondSignal
 from fastlt.recipe import Recipe, recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint
 from fastlt.train.progress import Progress
+from fastlt.train.stopping import StopRequest
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
 
 def recipe(store: Path, out_dir: Path, name: str, method: str = "bcl-d", **train) -> Recipe:
     """BCL-D: pruning masks made at an epoch's start and a memory updated every step, both of which a
-    resume from the middle of an epoch must carry over."""
+    resume from the middle of an epoch must carry over. A checkpoint every epoch unless the test says."""
     return recipe_from_dict({
         "data": {"store": str(store)},
         "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
         "method": {"name": method},
         "optim": {"lr": 0.1, "warmup_epochs": 1},
         "train": {"epochs": 3, "batch_size": 128, "out_dir": str(out_dir), "progress": False, "name": name,
-                  "precision": "fp32", "device": "cpu", "log_every": 3, **train},
+                  "precision": "fp32", "device": "cpu", "log_every": 3, "checkpoint_every": 1, **train},
     }, "test")
 
 
@@ -172,17 +175,24 @@ def test_an_unwritable_run_folder_or_a_small_disk_is_refused_before_training(dig
 PAUSED_PRETRAIN = Path(__file__).with_name("paused_pretrain.py")  # `fastlt pretrain` frozen at a chosen point
 
 
-def wait_for_lines(marker: Path, count: int, process: subprocess.Popen) -> None:
-    """Until ``marker`` has ``count`` lines (the paused process reached its count-th point); fails if it ended."""
-    def reached() -> bool:
-        return marker.exists() and len(marker.read_text().splitlines()) >= count
-
+def wait_until(reached: Callable[[], bool], process: subprocess.Popen, what: str) -> None:
+    """Until ``reached()`` while ``process`` runs; fails if it ended first."""
     deadline = time.monotonic() + 180
     while not reached() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     if not reached() or process.poll() is not None:
         process.kill()
-        pytest.fail(f"the process did not pause at point {count}: {process.communicate()[1]}")
+        pytest.fail(f"the process did not reach {what}: {process.communicate()[1]}")
+
+
+def wait_for_lines(marker: Path, count: int, process: subprocess.Popen) -> None:
+    """Until ``marker`` has ``count`` lines (the paused process reached its count-th point); fails if it ended."""
+    wait_until(lambda: marker.exists() and len(marker.read_text().splitlines()) >= count, process,
+               f"pause point {count}")
+
+
+def lines_in(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def test_sigkill_five_times_even_inside_a_checkpoint_write_then_resume_equals_one_run(
@@ -190,8 +200,9 @@ def test_sigkill_five_times_even_inside_a_checkpoint_write_then_resume_equals_on
     """A real `fastlt pretrain` process (3 epochs of 10 steps) SIGKILLed five times, each while it runs, and
     resumed each time, ends with the reference run's weights and metrics lines. The kills come at points the
     process reaches on any machine (it freezes there until killed): inside epoch 2's checkpoint write (the
-    temporary file exists), between an epoch's metrics line and its checkpoint, and after three steps drawn
-    at random from the steps a start has left."""
+    temporary file exists; the write runs in the background, so epoch 3 trains meanwhile and its metrics line
+    comes two epochs ahead of last.pt), between an epoch's metrics line and its checkpoint, and after three
+    steps drawn at random from the steps a start has left."""
     new_run = pretrain_command(recipe(digits_store, tmp_path, "killed"), tmp_path)
     run, folder = tmp_path / "killed", tmp_path / "killed" / "checkpoints"
     rng = random.Random(0)
@@ -210,6 +221,8 @@ def test_sigkill_five_times_even_inside_a_checkpoint_write_then_resume_equals_on
         process = subprocess.Popen([sys.executable, str(PAUSED_PRETRAIN), point, str(marker), "pretrain", *args],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         wait_for_lines(marker, 1, process)
+        if point == "write:2":  # the training thread goes on to the next checkpoint, which waits for this one
+            wait_until(lambda: lines_in(run / "metrics.jsonl") == 3, process, "epoch 3's metrics line")
         seen = {"part": bool(list(folder.glob(".last.pt.*.part"))),
                 "checkpoint": load_checkpoint(folder / "last.pt")["epoch"] if (folder / "last.pt").exists() else 0,
                 "metrics": len((run / "metrics.jsonl").read_text().splitlines())}
@@ -218,35 +231,54 @@ def test_sigkill_five_times_even_inside_a_checkpoint_write_then_resume_equals_on
         assert process.returncode == -signal.SIGKILL  # it was running when the kill came
         kills.append((point, seen))
     assert len(kills) == 5, kills
-    assert kills[0] == ("write:2", {"part": True, "checkpoint": 1, "metrics": 2})  # killed mid-write
+    assert kills[0] == ("write:2", {"part": True, "checkpoint": 1, "metrics": 3})  # killed mid-write
     assert kills[1] == ("metrics:1", {"part": False, "checkpoint": 1, "metrics": 2})  # ahead of its checkpoint
     assert not list(folder.glob(".*.part"))
     assert_same_run(run, reference)
 
 
 def test_a_second_signal_while_stopping_ends_the_process_at_once(digits_store, tmp_path, reference):
-    """SIGINT after epoch 2's second step stops the run, which writes its checkpoint; a second SIGINT inside that
-    write ends the process there: status 130, one line, the write's temporary file gone, epoch 1's checkpoint
+    """SIGINT after epoch 2's second step stops the run, which writes its checkpoint; a SIGTERM inside that
+    write ends the process there: status 143, one line, the write's temporary file gone, epoch 1's checkpoint
     untouched, and the run resumes from it to the reference run."""
     new_run = pretrain_command(recipe(digits_store, tmp_path, "twice"), tmp_path)
     folder, marker = tmp_path / "twice" / "checkpoints", tmp_path / "paused"
     process = subprocess.Popen([sys.executable, str(PAUSED_PRETRAIN), "step:12,write:2", str(marker), "pretrain",
                                 *new_run], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_lines(marker, 1, process)  # after epoch 2's second step
+    wait_until(lambda: (folder / "last.pt").exists() and not list(folder.glob(".*.part")), process,
+               "the end of epoch 1's background write")
     epoch1 = (folder / "last.pt").read_bytes()
     process.send_signal(signal.SIGINT)
     wait_for_lines(marker, 2, process)  # inside the checkpoint write the first signal asked for
     assert list(folder.glob(".last.pt.*.part"))
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)  # another signal: the same one again within seconds would be a repeat
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGINT, err
+    assert process.returncode == 128 + signal.SIGTERM, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        "SIGINT again while stopping: ended at once, before its checkpoint was complete; the last complete "
+        "SIGTERM while stopping: ended at once, before its checkpoint was complete; the last complete "
         "checkpoint stays"), err
     assert (folder / "last.pt").read_bytes() == epoch1 and not list(folder.glob(".*.part"))
     assert load_checkpoint(folder / "last.pt")["epoch"] == 1
     resume_run(tmp_path / "twice")
     assert_same_run(tmp_path / "twice", reference)
+
+
+def test_the_same_signal_again_within_seconds_is_the_same_request(monkeypatch):
+    """torchrun forwards the SIGTERM Slurm (or a terminal's Ctrl-C) also sent its workers: a repeat of the first
+    signal within REPEAT_SECONDS keeps the stop (and its checkpoint); another signal, or a late repeat, ends it."""
+    with StopRequest() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.signal == signal.SIGTERM
+        with pytest.raises(SecondSignal, match="^SIGINT while stopping: ended at once"):
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(stopping, "REPEAT_SECONDS", 0.0)
+    with StopRequest():
+        signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(SecondSignal, match="^SIGTERM while stopping"):
+            signal.raise_signal(signal.SIGTERM)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_sigterm_to_a_real_process_exits_cleanly_with_its_checkpoint(digits_store, tmp_path):

@@ -144,18 +144,52 @@ def test_compiled_views_are_a_recorded_choice_that_a_resume_keeps(digits_store, 
     assert len(compiled) == 2
 
 
-def test_checkpoint_every_saves_on_schedule_and_at_the_last_epoch(digits_store, tmp_path, monkeypatch):
-    import fastlt.train.trainer as trainer
+def test_checkpoints_come_on_the_epoch_and_minute_schedules_at_milestones_and_the_last_epoch(
+        digits_store, tmp_path, monkeypatch):
+    from fastlt.train.checkpoint import CheckpointWriter
 
     saved = []
-    real_save = trainer.save_run_checkpoint
-    monkeypatch.setattr(trainer, "save_run_checkpoint", lambda run, payload, milestone=False: (
-        saved.append(payload["epoch"]), real_save(run, payload, milestone)))
-    pretrain(tiny_recipe(digits_store, tmp_path, name="a", epochs=5, checkpoint_every=2))
+    real_submit = CheckpointWriter.submit
+    monkeypatch.setattr(CheckpointWriter, "submit", lambda writer, run, payload, milestone=False: (
+        saved.append(payload["epoch"]), real_submit(writer, run, payload, milestone))[1])
+    pretrain(tiny_recipe(digits_store, tmp_path, name="a", epochs=5, checkpoint_every=2))  # 5 minutes never pass
     assert saved == [2, 4, 5]
     saved.clear()
     pretrain(tiny_recipe(digits_store, tmp_path, name="b", epochs=5, checkpoint_every=2), until_epoch=3)
     assert saved == [2, 3]
+    saved.clear()
+    pretrain(tiny_recipe(digits_store, tmp_path, name="c", epochs=5, keep_every=3))  # neither rule: only these
+    assert saved == [3, 5]
+    saved.clear()
+    pretrain(tiny_recipe(digits_store, tmp_path, name="d", epochs=3, checkpoint_minutes=1e-6))  # epochs take longer
+    assert saved == [1, 2, 3]
+
+
+def test_the_time_a_checkpoint_held_the_loop_counts_in_the_next_epochs_speed(digits_store, tmp_path, monkeypatch):
+    from fastlt.train.checkpoint import CheckpointWriter
+
+    real_submit = CheckpointWriter.submit
+    monkeypatch.setattr(CheckpointWriter, "submit", lambda writer, run, payload, milestone=False: 1000 + real_submit(
+        writer, run, payload, milestone))  # as if each hand-over had held the loop 1000 s
+    run = pretrain(tiny_recipe(digits_store, tmp_path, name="held", epochs=3, checkpoint_every=2))
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch_seconds"] > 1000 for line in lines] == [False, False, True]  # epoch 2's checkpoint: in 3's
+    assert lines[2]["images_per_second"] < 2  # some 1,200 images in over 1000 s
+
+
+def test_a_non_finite_loss_names_the_newest_checkpoint_whatever_the_schedule(digits_store, tmp_path, monkeypatch):
+    from fastlt.methods.contrast import ContrastiveLoss
+
+    calls, real_loss = [], ContrastiveLoss.forward
+
+    def poisoned(self, z1, z2, labels=None):  # epoch 2's first step (19 steps an epoch) gives NaN
+        calls.append(1)
+        loss, per_sample = real_loss(self, z1, z2, labels)
+        return (loss * float("nan"), per_sample) if len(calls) == 20 else (loss, per_sample)
+
+    monkeypatch.setattr(ContrastiveLoss, "forward", poisoned)
+    with pytest.raises(FastltError, match=r"epoch 2, step 1 of 19: .*\(last checkpoint: none yet\)"):
+        pretrain(tiny_recipe(digits_store, tmp_path, name="nan", epochs=3))  # epoch 1 was not due
 
 
 def test_a_non_finite_loss_stops_the_run_before_memory_and_checkpoint(digits_store, tmp_path, monkeypatch):
