@@ -73,6 +73,7 @@ class SDCLR(ContrastiveMethod):
 
     @property
     def has_unused_parameters(self) -> bool:
+        """DDP's find_unused_parameters: each of the reference's two backward passes leaves a BN copy out."""
         return self.forwards == 3
 
     def forward(self, x: Tensor) -> Tensor:

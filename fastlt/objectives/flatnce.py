@@ -18,7 +18,7 @@ def flat_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, lab
     sum_j softmax_j(l_i) * grad (s_ij - s_ip) / tau, free of InfoNCE's 1 / (1 + exp(-v_i)) factor.
     """
     with torch.autocast(z1.device.type, enabled=False):
-        logits, _, positives = pair_logits(z1, z2, temperature, anchors)
+        logits, positives = pair_logits(z1, z2, temperature, anchors)
         relative = logits - logits.gather(1, positives.unsqueeze(1))
         columns = torch.arange(logits.shape[1], device=logits.device)
         v = torch.logsumexp(relative.masked_fill(positives[:, None] == columns[None, :], float("-inf")), dim=1)

@@ -7,21 +7,20 @@ from torch import Tensor
 
 
 def pair_logits(z1: Tensor, z2: Tensor, temperature: float | Tensor,
-                anchors: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                anchors: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Cosine similarities / tau of the anchors against all 2B embeddings [z1; z2], self-similarity -inf, float32.
 
     ``anchors`` are row indices into [z1; z2] (all 2B rows when None): a process of a several-process run
-    computes only its own anchors' rows against the gathered batch. Returns (logits [A, 2B], the anchors'
-    indices [A], each anchor's positive [A]). Call it with autocast disabled: under bf16 autocast the
-    matmul would round every logit to about 0.004 / tau, and BCL ranks samples by the losses built from them.
+    computes only its own anchors' rows against the gathered batch. Returns (logits [A, 2B], index of each
+    anchor's positive [A]). Call it with autocast disabled: under bf16 autocast the matmul would round
+    every logit to about 0.004 / tau, and BCL ranks samples by the losses built from them.
     """
     batch = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
     columns = torch.arange(2 * batch, device=z.device)
     rows, anchors = (z, columns) if anchors is None else (z[anchors], anchors)
-    logits = rows @ z.T / temperature
-    logits = logits.masked_fill(anchors[:, None] == columns[None, :], float("-inf"))
-    return logits, anchors, (anchors + batch) % (2 * batch)
+    logits = (rows @ z.T / temperature).masked_fill(anchors[:, None] == columns[None, :], float("-inf"))
+    return logits, (anchors + batch) % (2 * batch)
 
 
 def info_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, labels: Tensor | None = None,
@@ -33,7 +32,7 @@ def info_nce_per_anchor(z1: Tensor, z2: Tensor, temperature: float | Tensor, lab
     not recompile.
     """
     with torch.autocast(z1.device.type, enabled=False):
-        logits, _, positives = pair_logits(z1, z2, temperature, anchors)
+        logits, positives = pair_logits(z1, z2, temperature, anchors)
         return F.cross_entropy(logits, positives, reduction="none")
 
 

@@ -22,9 +22,10 @@ def supcon_from_positives(z1: Tensor, z2: Tensor, temperature: float | Tensor, g
     """SupCon of each of the 2B anchors [z1; z2] (or of ``anchors`` only), float32, given ``groups`` [2B]: an
     anchor's positives are the other embeddings of its group."""
     with torch.autocast(z1.device.type, enabled=False):
-        logits, anchors, _ = pair_logits(z1, z2, temperature, anchors)  # self is -inf: out of the denominator
+        logits, _ = pair_logits(z1, z2, temperature, anchors)  # self-similarity is -inf: out of the denominator
         log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
         columns = torch.arange(logits.shape[1], device=logits.device)
+        anchors = columns if anchors is None else anchors
         positive = (groups[anchors][:, None] == groups[None, :]) & (anchors[:, None] != columns[None, :])
         mean_log_prob = torch.where(positive, log_prob, 0.0).sum(1) / positive.sum(1)
         return -(temperature / BASE_TEMPERATURE) * mean_log_prob

@@ -86,9 +86,9 @@ def test_each_rank_computes_its_own_anchors_and_the_ranks_together_give_the_one_
         logits_shapes = []
 
         def recorded_pair_logits(*args):
-            logits, anchors, positives = pair_logits(*args)
+            logits, positives = pair_logits(*args)
             logits_shapes.append(logits.shape)
-            return logits, anchors, positives
+            return logits, positives
 
         for module in (infonce, flatnce, supcon):
             monkeypatch.setattr(module, "pair_logits", recorded_pair_logits)

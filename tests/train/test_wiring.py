@@ -30,7 +30,7 @@ def bcl_d_recipe(store: Path, out: Path):
     return recipe_from_dict({
         "data": {"store": str(store), "split": str(SPLIT)},
         "model": {"width": 8, "projector_hidden": 16, "projector_out": 8},
-        "method": {"name": "bcl-d", "pruning_ratio": 0.5},
+        "method": {"name": "bcl-d", "pruning_ratio": 0.5, "sdclr_forwards": 3},
         "optim": {"lr": 0.1, "warmup_epochs": 1},
         "train": {"epochs": 2, "batch_size": 100, "out_dir": str(out), "progress": False, "precision": "fp32",
                   "device": "cpu", "name": "wiring"},
@@ -39,7 +39,11 @@ def bcl_d_recipe(store: Path, out: Path):
 
 @pytest.fixture(scope="module")
 def spied_bcl_d_run(digits_store, tmp_path_factory):
-    """A 2-epoch BCL-D run with the memory's inputs, SDCLR's losses and the boost stage's inputs recorded."""
+    """A 2-epoch BCL-D run with the memory's inputs, SDCLR's losses and the boost stage's inputs recorded.
+
+    It runs the reference's iteration (``sdclr_forwards = 3``: two losses a step) so that which loss
+    reaches the memory can be told; the default two-forward step has one loss, L, whose gradients are
+    the two losses' (tests/methods/test_sdclr.py)."""
     observed, losses, strengths = [], [], []
     original_observe, original_loss, original_stage = MemorisationBoost.observe, ContrastiveLoss.forward, BoostStage.apply
 
