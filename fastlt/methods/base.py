@@ -87,6 +87,29 @@ class ContrastiveMethod(nn.Module):
         object.__setattr__(self, "_ddp", ddp)  # plain attributes: registering them would make a module cycle
         object.__setattr__(self, "_forward", ddp)
 
+    def settle_gradient_buckets(self, shard_sizes: tuple[int, ...], rank: int, context: StepContext) -> None:
+        """One throwaway step on blank views before a several-process run's first real step; it leaves
+        the weights, buffers and gradients as they were.
+
+        DDP all-reduces the first backward after it starts in one bucket and every later one in buckets
+        laid out in the order the gradients became ready. With three processes or more the sums depend on
+        that layout (float addition is not associative), so a resumed run, whose first step is a first
+        again, would leave the run it continues after one step. After this step every real step is a
+        later one, in a fresh run and a resumed one alike. ``shard_sizes``: every rank's share of a
+        global batch (the real first step's shapes, so a compiled forward compiles once).
+        """
+        if self._ddp is None:
+            return
+        kept = {name: value.clone() for name, value in self.state_dict().items()}
+        parameter = next(self.parameters())
+        size = self.views.config.size
+        views = tuple(torch.zeros(shard_sizes[rank], 3, size, size, device=parameter.device,
+                                  ).contiguous(memory_format=self.memory_format) for _ in range(self.num_views))
+        self.contrast.shard_sizes = shard_sizes
+        self.step(views, torch.zeros(shard_sizes[rank], dtype=torch.long, device=parameter.device), context)
+        self.zero_grad(set_to_none=True)
+        self.load_state_dict(kept)
+
     def sync_later(self) -> AbstractContextManager:
         """Backward passes in this context keep their gradients local, to be averaged with the next synced
         one (DDP's no_sync); a no-op in one process."""

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from fastlt.data.backends import make_loader
-from fastlt.data.loader import Loader
+from fastlt.data.loader import Loader, batch_bounds, shard_bounds
 from fastlt.data.splits import class_counts, class_groups, empty_classes, name_classes, split_checksum, split_or_all
 from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError, RunStopped
@@ -521,6 +521,11 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
     scaler = state.scaler
     context = StepContext(autocast=precision_of(choices).autocast(device),
                           backward=lambda loss: scaler.scale(loss).backward())
+    if state.ranks.active:
+        start, end = batch_bounds(data.loader.num_samples, recipe.train.batch_size, recipe.train.drop_last,
+                                  state.ranks.world)[0]
+        shards = tuple(last - first for first, last in shard_bounds(end - start, state.ranks.world))
+        state.method.settle_gradient_buckets(shards, state.ranks.rank, context)
     last_epoch = min(recipe.train.epochs, until_epoch or recipe.train.epochs)
     monitor = data.monitor
     progress = Progress(recipe.train.progress and main, recipe.train.epochs, last_epoch,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,19 +25,6 @@ _spec = importlib.util.spec_from_file_location("ddp_ranks", WORKER)
 ddp_ranks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ddp_ranks)
 inputs, tiny_method = ddp_ranks.inputs, ddp_ranks.tiny_method
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def torchrun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2`` on the CPU, one thread per process."""
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 class Recorder(nn.Module):
@@ -99,8 +84,9 @@ def one_process_reference(method_name: str, sizes: tuple[int, int]) -> dict:
     ("flatclr:contrast_mode=one", (5, 3), False),  # the first view's anchors only
     ("simclr", (4, 4), True),  # DDP under torch.compile, as the trainer runs it on CUDA (about 25 s to compile)
 ])
-def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(method_name, sizes, compiled, tmp_path):
-    launched = torchrun(str(WORKER), method_name, f"{sizes[0]},{sizes[1]}", str(tmp_path),
+def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(method_name, sizes, compiled, tmp_path,
+                                                                                      launch):
+    launched = launch.torchrun(str(WORKER), method_name, f"{sizes[0]},{sizes[1]}", str(tmp_path),
                         *(["compiled"] if compiled else []))
     assert launched.returncode == 0, launched.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -124,6 +110,27 @@ def test_two_ranks_compute_the_global_batch_loss_and_gradients_of_one_process(me
             torch.testing.assert_close(ranks[0]["buffers"][name], reference["buffers"][name])
 
 
+@pytest.mark.parametrize("method_name", ["sdclr", "selfcon-m"])
+def test_settling_the_gradient_buckets_leaves_weights_buffers_and_gradients_as_they_were(method_name, tmp_path):
+    """The throwaway step a several-process run takes first (here in a one-process gloo group, DDP live):
+    afterwards nothing it could have touched differs, and DDP's buckets are rebuilt."""
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        method = tiny_method(method_name)
+        method.on_epoch_start(1)
+        method.enable_distributed(torch.device("cpu"))
+        before = {name: value.clone() for name, value in method.state_dict().items()}
+        method.settle_gradient_buckets((6,), 0, ddp_ranks.STEP)
+        after = method.state_dict()
+        assert before.keys() == after.keys() and all(torch.equal(before[key], after[key]) for key in before)
+        assert all(parameter.grad is None for parameter in method.parameters())
+        view1, view2, labels, indices = inputs(6)
+        method.step((view1, view2), labels, ddp_ranks.STEP)  # the first real step's forward rebuilds them
+        assert method._ddp._has_rebuilt_buckets
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def test_ranks_take_disjoint_shares_of_every_global_batch_and_never_repeat_a_sample():
     part = StorePart(np.zeros((23, 2, 2, 3), np.uint8), np.arange(23) % 4)
     shares = [[(batch.indices.tolist(), batch.shard_sizes) for batch in
@@ -140,12 +147,12 @@ def test_ranks_take_disjoint_shares_of_every_global_batch_and_never_repeat_a_sam
     assert batch_bounds(21, 6, drop_last=False, world=2)[-1] == (12, 21)  # 3 left over < 2 x 2: folded in
 
 
-def test_torchrun_trains_with_one_writer_and_the_checkpoint_resumes_in_one_process(tmp_path, digits_store):
+def test_torchrun_trains_with_one_writer_and_the_checkpoint_resumes_in_one_process(tmp_path, digits_store, launch):
     common = ["--set", f"data.store={json.dumps(str(digits_store))}", "--set", f"train.out_dir={json.dumps(str(tmp_path))}",
               "--set", "train.name=\"ddp\"", "--set", "model.width=4", "--set", "model.projector_hidden=16",
               "--set", "model.projector_out=8", "--set", "train.batch_size=64", "--set", "train.progress=false",
               "--set", "train.precision=\"fp32\"", "--set", "train.device=\"cpu\"", "--set", "train.epochs=3"]
-    launched = torchrun("-m", "fastlt", "pretrain", "digits_lt/bcl-i", *common, "--until-epoch", "2")
+    launched = launch.torchrun("-m", "fastlt", "pretrain", "digits_lt/bcl-i", *common, "--until-epoch", "2")
     assert launched.returncode == 0, launched.stderr[-3000:]
     run = tmp_path / "ddp"
     assert launched.stdout.strip().splitlines() == [str(run)]  # rank 0 alone prints the run folder

@@ -1,10 +1,11 @@
-"""Whole runs under torchrun (2 gloo processes): every rank's own random streams across a resume, a worker killed
-and restarted by torchrun --max-restarts with --resume-if-exists, a stop signal sent to the launcher and its workers
-at once; and the one-process rules of launching (device per rank, a named run started or resumed)."""
+"""Whole runs under torchrun (gloo processes): every rank's own random streams across a resume (3 processes), a
+worker killed and restarted by torchrun --max-restarts with --resume-if-exists (2), a stop signal sent to the
+launcher and its workers at once (3); and the one-process rules of launching (device per rank, a named run started
+or resumed)."""
 from __future__ import annotations
 
-import importlib.util
 import json
+from collections.abc import Callable
 import os
 import signal
 import subprocess
@@ -21,14 +22,6 @@ from fastlt.train.distributed import Ranks, launched_ranks, restart_hazard
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain_or_resume, process_device
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-launch = _load("launch")
 HOOKED_WORKER = Path(__file__).with_name("hooked_worker.py")  # `fastlt` with a crash or a mark after a step
 
 
@@ -58,44 +51,54 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def whole(digits_store, tmp_path_factory) -> Path:
-    """The uninterrupted 2-process run every interrupted one must end equal to, bit for bit."""
-    out = tmp_path_factory.mktemp("whole")
-    done = launch.torchrun("-m", "fastlt", "pretrain", *run_args(digits_store, out, "whole"))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return out / "whole"
+def whole(digits_store, tmp_path_factory, launch) -> Callable[[int], Path]:
+    """The uninterrupted run of N processes every interrupted one of N must end equal to, bit for bit (each N run
+    once, when first asked for)."""
+    runs: dict[int, Path] = {}
+
+    def run(processes: int) -> Path:
+        if processes not in runs:
+            out = tmp_path_factory.mktemp(f"whole{processes}")
+            done = launch.torchrun("-m", "fastlt", "pretrain", *run_args(digits_store, out, "whole"),
+                                   processes=processes)
+            assert done.returncode == 0, done.stderr[-3000:]
+            runs[processes] = out / "whole"
+        return runs[processes]
+    return run
 
 
-def test_each_rank_keeps_its_own_random_streams_across_a_resume(digits_store, tmp_path, whole):
-    first = launch.torchrun("-m", "fastlt", "pretrain", *run_args(digits_store, tmp_path, "split"), "--until-epoch", "1")
+def test_each_rank_keeps_its_own_random_streams_across_a_resume(digits_store, tmp_path, whole, launch):
+    first = launch.torchrun("-m", "fastlt", "pretrain", *run_args(digits_store, tmp_path, "split"), "--until-epoch", "1",
+                            processes=3)
     assert first.returncode == 0, first.stderr[-3000:]
-    streams = load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)["rng"]["ranks"]
-    assert len(streams) == 2 and not torch.equal(streams[0]["views"], streams[1]["views"])
-    second = launch.torchrun("-m", "fastlt", "pretrain", "--resume", str(tmp_path / "split"))
+    streams = [rank["views"] for rank in load_checkpoint(tmp_path / "split" / CHECKPOINT_NAME)["rng"]["ranks"]]
+    assert len(streams) == 3 and all(not torch.equal(streams[a], streams[b]) for a, b in ((0, 1), (0, 2), (1, 2)))
+    second = launch.torchrun("-m", "fastlt", "pretrain", "--resume", str(tmp_path / "split"), processes=3)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert_same_run(tmp_path / "split", whole)  # had rank 1 drawn rank 0's crops and U, the weights would differ
+    assert_same_run(tmp_path / "split", whole(3))  # had a rank drawn rank 0's crops and U, the weights would differ
 
 
-def test_torchrun_restarts_a_killed_worker_and_the_run_resumes_to_the_same_end(digits_store, tmp_path, whole):
+def test_torchrun_restarts_a_killed_worker_and_the_run_resumes_to_the_same_end(digits_store, tmp_path, whole, launch):
     command = [str(HOOKED_WORKER), "crash:12", "pretrain", *run_args(digits_store, tmp_path, "restarted"),
                "--resume-if-exists"]  # rank 1 dies in epoch 2, after epoch 1's checkpoint
     done = launch.torchrun(*command, max_restarts=1, env={"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming at epoch 2 of 3" in done.stderr  # the second attempt found the first's checkpoint
     assert done.stdout.strip().splitlines() == [str(tmp_path / "restarted")]
-    assert_same_run(tmp_path / "restarted", whole)
+    assert_same_run(tmp_path / "restarted", whole(2))
     again = launch.torchrun("-m", "fastlt", "pretrain", *run_args(digits_store, tmp_path, "restarted"))
     assert again.returncode == 1 and again.stderr.count("run folder exists already") == 2  # both ranks, no hang
 
 
-def test_sigterm_to_torchrun_and_its_workers_at_once_stops_both_ranks_mid_epoch(digits_store, tmp_path):
+def test_sigterm_to_torchrun_and_its_workers_at_once_stops_every_rank_mid_epoch(digits_store, tmp_path, launch):
     """Slurm signals every process of a step, and torchrun forwards its own SIGTERM: each worker gets it twice.
-    One stop follows, agreed by both ranks at the same step within moments (not at an epoch's end 150 steps
+    One stop follows, agreed by the three ranks at the same step within moments (not at an epoch's end 150 steps
     away), with its checkpoint; rank 0 alone says so."""
     args = run_args(digits_store, tmp_path, "signalled", batch_size=8, epochs=20, log_every=10_000, monitor_every=0)
     args += ["--set", "data.split=\"\""]  # the whole train part: 149 steps an epoch
     marker = tmp_path / "training"
-    process = subprocess.Popen(launch.torchrun_command(str(HOOKED_WORKER), f"mark:3:{marker}", "pretrain", *args),
+    process = subprocess.Popen(launch.torchrun_command(str(HOOKED_WORKER), f"mark:3:{marker}", "pretrain", *args,
+                                                        processes=3),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=launch.one_thread(),
                                start_new_session=True)
     run = tmp_path / "signalled"
@@ -103,13 +106,13 @@ def test_sigterm_to_torchrun_and_its_workers_at_once_stops_both_ranks_mid_epoch(
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert process.poll() is None, process.communicate()[1][-3000:]
-    os.killpg(process.pid, signal.SIGTERM)  # torchrun and both workers; torchrun then forwards its own
+    os.killpg(process.pid, signal.SIGTERM)  # torchrun and its workers; torchrun then forwards its own
     signalled = time.monotonic()
     _, err = process.communicate(timeout=120)
     assert time.monotonic() - signalled < 20, err[-3000:]  # well inside torchrun's (and Slurm's) 30 s grace
     payload = load_checkpoint(run / CHECKPOINT_NAME)
     assert "position" in payload and 0 < payload["position"]["batches"] < 149, err[-3000:]
-    assert len(payload["rng"]["ranks"]) == 2
+    assert len(payload["rng"]["ranks"]) == 3
     assert [line for line in err.splitlines() if line.startswith("SIGTERM: stopped at")] == [
         f"SIGTERM: stopped at epoch {payload['position']['epoch']}, after batch {payload['position']['batches']}; "
         f"checkpoint saved; continue with `fastlt pretrain --resume {run}`"]
