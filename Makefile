@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.fastlt-installed
 DEMO   ?= demo
 
-.PHONY: install test demo bench reproduce-cifar100 reproduce-cifar10 reproduce-imagenet100 reproduce-digits
+.PHONY: install test test-quick docs demo bench reproduce-cifar100 reproduce-cifar10 reproduce-imagenet100 reproduce-digits
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest tests -q -rs
+
+# The fast part of the suite while developing (no whole trainings, compiles or started processes);
+# CI runs `make test`.
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest tests -q -rs -m "not slow"
+
+# The manual (docs/) as a site in site/, in strict mode: a broken link or anchor fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict
 
 # convert digits -> SimCLR on digits-LT -> linear probe + kNN vs a random-init backbone.
 demo: $(STAMP)

@@ -30,9 +30,10 @@ setup(
         "bench": ["kornia>=0.8", "nvidia-dali-cuda130==2.4.0"],  # fastlt bench views: the other pipelines
         "ffcv": ["ffcv==1.0.2"],
         # kornia, DALI and tensorboard too, so the suite runs fastlt bench's contenders and the TensorBoard
-        # log rather than skipping them.
-        "test": ["pytest>=7", "pillow>=9", "scipy>=1.10", "kornia>=0.8", "nvidia-dali-cuda130==2.4.0",
-                 "tensorboard>=2.14"],
+        # log rather than skipping them; mkdocs, so tests/test_docs.py builds the manual in strict mode.
+        "test": ["pytest>=7", "pillow>=9", "scipy>=1.10", "kornia>=0.8",
+                 "nvidia-dali-cuda130==2.4.0", "tensorboard>=2.14", "mkdocs==1.6.1", "mkdocs-material==9.8.2"],
+        "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.2"],  # make docs: the manual as a site
         "tensorboard": ["tensorboard>=2.14"],  # train.tensorboard: the run's metrics as TensorBoard scalars
     },
     entry_points={"console_scripts": ["fastlt=fastlt.cli:main"]},

@@ -336,7 +336,7 @@ def recipe_keys(recipe: Recipe | None = None) -> list[RecipeKey]:
 
 
 def keys_markdown() -> str:
-    """The README's table of recipe keys (tests/test_recipe.py checks the README holds exactly this)."""
+    """The table of recipe keys in docs/recipes.md (tests/test_recipe.py checks the page holds exactly this)."""
     rows = [f"| `{k.key}` | `{json.dumps(k.default)}` | {k.meaning} |" for k in recipe_keys()]
     return "\n".join(["| key | default | meaning |", "|---|---|---|", *rows])
 

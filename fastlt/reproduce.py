@@ -21,10 +21,10 @@ from fastlt.evaluate.plots import PlotResult, plot_runs
 from fastlt.evaluate.protocol import linear_eval
 from fastlt.evaluate.report import PER_CLASS_PNG
 from fastlt.files import write_text_atomic
+from fastlt.progress import say
 from fastlt.recipe import Recipe, find_recipe, load_recipe
 from fastlt.train.checkpoint import CHECKPOINTS, LAST, PREVIOUS, load_run_checkpoint
 from fastlt.train.device import resolve_device, resolve_precision
-from fastlt.train.progress import say
 from fastlt.train.trainer import pretrain, resume_run
 
 
@@ -124,7 +124,7 @@ def train_row(recipe_path: Path, run_dir: Path, overrides: list[str], epochs: in
 
 
 def report_folders(recipe: Recipe, row: Row, shots: tuple[str, ...]) -> dict[str, str]:
-    """Column group -> the report folder name ``fastlt linear-eval`` gives it (docs: README, Linear evaluation)."""
+    """Column group -> the report folder name ``fastlt linear-eval`` gives it (docs/evaluating-runs.md)."""
     if row.protocol == "ts":
         return {"ts": f"ts-{split_name(recipe.data.split)}"}
     full = split_name(recipe.eval.train_split)

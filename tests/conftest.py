@@ -32,6 +32,8 @@ from fastlt.data.store import write_native_store
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA device; every other test is pinned to the CPU")
+    config.addinivalue_line("markers", "slow: whole trainings, compiles and started processes (make test-quick "
+                                       "leaves them out; conftest.SLOW_FILES)")
     # Inductor's on-disk cache is keyed without the oneDNN / ATen ISA limits, and kernels built under one
     # setting gave NaNs when reused under another (AVX2 emulated on an AVX-512 CPU): one cache per setting,
     # for every compile of the suite and the fastlt processes it starts, unless the caller chose a cache.
@@ -44,15 +46,33 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _load_beside(name: str) -> ModuleType:
-    """A helper module of tests/ by its path (the suite imports in importlib mode: tests/ is not on sys.path)."""
-    spec = importlib.util.spec_from_file_location(f"fastlt_tests_{name}", Path(__file__).with_name(f"{name}.py"))
+    """A helper module of tests/ by its path below tests/ (the suite imports in importlib mode: tests/ is not on
+    sys.path)."""
+    spec = importlib.util.spec_from_file_location(f"fastlt_tests_{name.replace('/', '_')}",
+                                                  Path(__file__).parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+@pytest.fixture(scope="session")
+def launch() -> ModuleType:
+    """tests/train/launch.py: torchrun on the CPU, for the tests that start several processes. (A conftest.py
+    in tests/train would shadow this one as the module `conftest` that tests import helpers from.)"""
+    return _load_beside("train/launch")
+
+
+# Whole trainings, compiles and processes started: `make test-quick` (pytest -m "not slow") leaves them out.
+SLOW_FILES = {"test_demo.py", "test_reproduce.py", "test_packaging.py", "test_compile.py", "test_faults.py",
+              "test_distributed.py", "test_distributed_runs.py", "test_presets.py"}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """CUDA tests are reported as skipped (with the reason) on machines without a GPU."""
+    """The slow files' tests are marked slow; CUDA tests are reported as skipped (with the reason) on
+    machines without a GPU."""
+    for item in items:
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is false on this machine")

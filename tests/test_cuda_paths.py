@@ -21,7 +21,7 @@ import torch
 from fastlt.augment.functional import resized_crop
 from fastlt.augment.randaugment import OPS, StageDraws, apply_op, augment_stage
 from fastlt.data.store import Store
-from fastlt.evaluate.features import extract_features
+from fastlt.measure.features import extract_features
 from fastlt.evaluate.protocol import linear_eval, pretrained_backbone
 from fastlt.methods import build_method
 from fastlt.methods.base import StepContext

@@ -14,7 +14,7 @@ from conftest import ILSVRC_LT_PER_CLASS
 from fastlt.data.store import Store, StorePart, write_native_store
 from fastlt.errors import FastltError, RunStopped
 from fastlt.reproduce import TABLES, reproduce
-from fastlt.train.progress import Progress
+from fastlt.progress import Progress
 from fastlt.train.trainer import pretrain
 from fastlt.recipe import find_recipe, load_recipe
 

@@ -7,6 +7,9 @@
 - ``splits``: long-tailed index files (SDCLR CIFAR-LT rules, digits-LT), validation of any
   SDCLR-format file, per-class counts and many/medium/few class groups.
 - ``loader``: puts a split on the device once and yields ``Batch(images, labels, indices)``.
+- ``backends``: FFCV and DALI files behind the same part and loader interfaces. Importing it
+  registers their codecs with the store (which does not import them), so it is imported here.
 
 Nothing here knows about models or methods; everything above imports from here.
 """
+from fastlt.data import backends  # noqa: F401 - registers the FFCV and DALI codecs with the store

@@ -5,7 +5,8 @@ Every store has meta.json and ``{part}_labels.npy``; the images are ``{part}_ima
 Whatever the backend, ``make_loader`` yields ``Batch(images, labels, indices)`` on the device
 in the order NativeLoader would, and a part's images read as an array (``EncodedImages``
 decodes the rows asked for), so methods, views, the BCL memory, the monitor and linear
-evaluation never see the difference.
+evaluation never see the difference. Importing this module (``fastlt.data`` does) registers the
+FFCV and DALI codecs with the store, which names their files but does not import them.
 """
 from __future__ import annotations
 
@@ -16,37 +17,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from fastlt.data.dali_backend import DALILoader, check_dali_part, read_jpeg_rows, require_dali, write_jpeg_part
+from fastlt.data.ffcv_backend import FFCVLoader, read_beton_rows, write_beton
 from fastlt.data.loader import NativeLoader, check_batching
+from fastlt.data.store import Codec, register_codec
 from fastlt.errors import FastltError
-
-BACKENDS = ("native", "ffcv", "dali")
-
-
-def image_files(backend: str, part: str) -> dict[str, str]:
-    """The files holding a part's images, by the name their checksum has in meta.json."""
-    if backend == "ffcv":
-        return {"images": f"{part}.beton"}
-    if backend == "dali":
-        return {"images": f"{part}_jpeg.bin", "offsets": f"{part}_offsets.npy"}
-    return {"images": f"{part}_images.npy"}
-
-
-def write_images(backend: str, folder: Path, part: str, images: np.ndarray, labels: np.ndarray,
-                 options: dict[str, Any]) -> None:
-    """Encode a part's uint8 images into the backend's files in ``folder`` (native parts are written by the
-    store writer itself)."""
-    if backend == "ffcv":
-        from fastlt.data.ffcv_backend import write_beton
-
-        write_beton(folder / f"{part}.beton", images, labels, options["image_format"], options["quality"],
-                    options["workers"])
-    elif backend == "dali":
-        from fastlt.data.dali_backend import require_dali, write_jpeg_part
-
-        require_dali()
-        write_jpeg_part(folder, part, images, options["quality"], options["workers"])
-    else:
-        raise FastltError(f"--format {backend!r}: expected one of {BACKENDS}")
 
 
 class EncodedImages:
@@ -76,20 +51,34 @@ class EncodedImages:
         return images if dtype is None else images.astype(dtype)
 
 
-def encoded_images(backend: str, folder: Path, part: str, labels: np.ndarray, height: int,
-                   width: int) -> EncodedImages:
-    """The images of an FFCV or DALI part, decoded on the CPU when indexed."""
-    if backend == "ffcv":
-        from fastlt.data.ffcv_backend import read_beton_rows
+def _write_ffcv(folder: Path, part: str, images: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> None:
+    write_beton(folder / f"{part}.beton", images, labels, options["image_format"], options["quality"],
+                options["workers"])
 
-        def decode(rows: np.ndarray) -> np.ndarray:
-            return read_beton_rows(folder / f"{part}.beton", rows)
-    else:
-        from fastlt.data.dali_backend import read_jpeg_rows
 
-        def decode(rows: np.ndarray) -> np.ndarray:
-            return read_jpeg_rows(folder, part, rows)
-    return EncodedImages(decode, len(labels), height, width)
+def _read_ffcv(folder: Path, part: str, count: int, height: int, width: int) -> EncodedImages:
+    def decode(rows: np.ndarray) -> np.ndarray:
+        return read_beton_rows(folder / f"{part}.beton", rows)
+
+    return EncodedImages(decode, count, height, width)
+
+
+def _write_dali(folder: Path, part: str, images: np.ndarray, labels: np.ndarray, options: dict[str, Any]) -> None:
+    require_dali()
+    write_jpeg_part(folder, part, images, options["quality"], options["workers"])
+
+
+def _read_dali(folder: Path, part: str, count: int, height: int, width: int) -> EncodedImages:
+    check_dali_part(folder, part, count)  # a truncated copy fails when opened, not at the first batch
+
+    def decode(rows: np.ndarray) -> np.ndarray:
+        return read_jpeg_rows(folder, part, rows)
+
+    return EncodedImages(decode, count, height, width)
+
+
+register_codec("ffcv", Codec(write=_write_ffcv, read=_read_ffcv))
+register_codec("dali", Codec(write=_write_dali, read=_read_dali))
 
 
 def decode_threads() -> int:
@@ -117,11 +106,7 @@ def make_loader(store: Any, part: str, indices: np.ndarray | None, batch_size: i
     rows = np.arange(len(labels), dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
     check_batching(len(rows), batch_size, drop_last)
     if backend == "ffcv":
-        from fastlt.data.ffcv_backend import FFCVLoader
-
         return FFCVLoader(store.path / f"{part}.beton", len(labels), rows, batch_size, device, generator, shuffle,
                           drop_last, workers, shard)
-    from fastlt.data.dali_backend import DALILoader
-
     return DALILoader(store.path, part, labels, rows, batch_size, device, generator, shuffle, drop_last, workers,
                       shard)

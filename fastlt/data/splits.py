@@ -384,6 +384,7 @@ def check_every_class(indices: np.ndarray, labels: np.ndarray, class_names: list
                           "every class needs at least one")
 
 
+GROUP_NAMES = ("many", "medium", "few")  # the class groups of class_groups, in report order
 MANY_ABOVE = 100  # ImageNet-100-LT thresholds: many > 100, medium 20..100, few < 20 training images
 FEW_BELOW = 20
 

@@ -13,8 +13,10 @@ Layout (``version`` 1)::
                             parts: {part: {count, class_counts, sha256: {images, labels, ...}}},
                             lists: {name: {part, count, class_counts, sha256, ...}}, source
 
-All backends hold the same fixed-size uint8 images (``fastlt.data.backends``); a store
-without a ``backend`` key is native.
+All backends hold the same fixed-size uint8 images; a store without a ``backend`` key is
+native. The store names each backend's files; how FFCV and DALI files are written and read is
+theirs: ``fastlt.data.backends`` registers a ``Codec`` for each, so the store reaches them
+without importing them (they stand on the store, through the loader).
 
 A store is built in a hidden sibling folder and renamed into place only when every file
 is written and synced, so a folder at ``out`` is always a complete store; an existing
@@ -29,6 +31,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,6 +43,7 @@ STORE_VERSION = 1
 META_FILE = "meta.json"
 LISTS_FOLDER = "lists"
 STORE_LIST = "store:"  # how recipes name a kept list: "store:lt" is lists/lt.npy of the run's store
+BACKENDS = ("native", "ffcv", "dali")
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,43 @@ class StorePart:
 
     images: np.ndarray  # [N, H, W, 3] uint8
     labels: np.ndarray  # [N] int64
+
+
+def image_files(backend: str, part: str) -> dict[str, str]:
+    """The files holding a part's images, by the name their checksum has in meta.json."""
+    if backend == "ffcv":
+        return {"images": f"{part}.beton"}
+    if backend == "dali":
+        return {"images": f"{part}_jpeg.bin", "offsets": f"{part}_offsets.npy"}
+    return {"images": f"{part}_images.npy"}
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How a backend other than native writes a part's images into its files and reads them back."""
+
+    # (folder, part, images, labels, options) -> None: encode uint8 [N, H, W, 3] images into the part's files
+    write: Callable[[Path, str, np.ndarray, np.ndarray, dict[str, Any]], None]
+    # (folder, part, count, height, width) -> a [count, H, W, 3] uint8 array-like decoding the rows indexed
+    read: Callable[[Path, str, int, int, int], Any]
+
+
+_CODECS: dict[str, Codec] = {}
+
+
+def register_codec(backend: str, codec: Codec) -> None:
+    """Make ``backend``'s files writable and readable by the store (``fastlt.data.backends`` calls this)."""
+    if backend not in BACKENDS or backend == "native":
+        raise ValueError(f"register_codec: {backend!r} is not one of the encoded backends {BACKENDS[1:]}")
+    _CODECS[backend] = codec
+
+
+def _codec(backend: str) -> Codec:
+    """The registered codec of ``backend``; importing ``fastlt.data`` registers them all."""
+    try:
+        return _CODECS[backend]
+    except KeyError:
+        raise FastltError(f"store backend {backend!r}: no codec registered (import fastlt.data.backends)") from None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -110,8 +151,6 @@ class StoreWriter:
 
     def __init__(self, out: Path, name: str, class_names: list[str], source: dict, overwrite: bool = False,
                  backend: str = "native", encode: dict | None = None):
-        from fastlt.data.backends import BACKENDS
-
         if backend not in BACKENDS:
             raise FastltError(f"--format {backend!r}: expected one of {', '.join(BACKENDS)}")
         self.out, self.name, self.class_names, self.source = Path(out), name, list(class_names), source
@@ -195,13 +234,11 @@ class StoreWriter:
         """Sync every file, write meta.json, and swap the staging folder in (the old store out, if any)."""
         height, width = _check_parts(self.name, self.class_names,
                                      {name: StorePart(*arrays) for name, arrays in self._parts.items()})
-        from fastlt.data.backends import image_files, write_images
-
         meta_parts = {}
         for part_name, (images, labels) in self._parts.items():
             staged = self.staging / f"{part_name}_images.npy"
             if self.backend != "native":
-                write_images(self.backend, self.staging, part_name, images, labels, self.encode)
+                _codec(self.backend).write(self.staging, part_name, images, labels, self.encode)
                 del images
                 staged.unlink(missing_ok=True)  # the pixels now live in the backend's files
             elif isinstance(images, np.memmap):
@@ -262,7 +299,7 @@ def write_native_store(
     encode: dict | None = None,
 ) -> Path:
     """Write a store of in-memory parts atomically and return its path (``encode``: the FFCV / DALI
-    options of ``fastlt.data.backends.write_images``).
+    options their ``Codec.write`` takes, see ``fastlt.data.backends``).
 
     Refuses an existing ``out`` unless ``overwrite``; with ``overwrite`` it still refuses a
     non-empty folder that is not a fastlt store (a user's folder is never deleted), and
@@ -376,8 +413,6 @@ class Store:
         verify=True re-hashes every file of the part against meta.json first, to catch a damaged
         copy before days of training on it.
         """
-        from fastlt.data.backends import encoded_images, image_files
-
         entry = self._entry(name)
         files = {**image_files(self.backend, name), "labels": f"{name}_labels.npy"}
         for kind, file in files.items():
@@ -388,12 +423,8 @@ class Store:
                 raise FastltError(f"{path}: checksum does not match meta.json (the file is damaged)")
         labels = self.labels(name)
         height, width, _ = self._meta["image_shape"]
-        if self.backend == "dali":
-            from fastlt.data.dali_backend import check_dali_part
-
-            check_dali_part(self._path, name, entry["count"])
         if self.backend != "native":
-            return StorePart(images=encoded_images(self.backend, self._path, name, labels, height, width),
+            return StorePart(images=_codec(self.backend).read(self._path, name, len(labels), height, width),
                              labels=labels)
         images_file = self._path / files["images"]
         try:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from fastlt.errors import FastltError
 from fastlt.evaluate.linear import seeded_linear
 from fastlt.evaluate.probe_views import plain_pixels
-from fastlt.train.progress import Advance, unwatched
+from fastlt.progress import Advance, unwatched
 
 BATCH_NORM_MODES = ("train", "eval")
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
-from fastlt.train.progress import Advance, unwatched
+from fastlt.progress import Advance, unwatched
 
 if TYPE_CHECKING:
     from sklearn.svm import LinearSVC

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import extract_features
 from fastlt.evaluate.linear import predict_linear, seeded_linear
 from fastlt.evaluate.probe_views import frozen_features_epoch, plain_pixels
-from fastlt.train.progress import Advance, unwatched
+from fastlt.measure.features import extract_features
+from fastlt.progress import Advance, unwatched
 
 STEMS = ("unpadded", "as-trained")
 REFERENCE_DATASET = "cifar10"  # the one data set train_lincls.py runs: its CIFAR-100 branch (:78-81) cannot run

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from fastlt.augment.functional import resized_crop, to_float
 from fastlt.augment.views import sample_resized_crop_boxes
-from fastlt.evaluate.features import center_square
+from fastlt.measure.features import center_square
 
 DEFAULT_RATIO = (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop default
 

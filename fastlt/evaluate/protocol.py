@@ -30,8 +30,6 @@ from fastlt.data.splits import (
 )
 from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import PaddedCropViews, extract_features
-from fastlt.evaluate.knn import knn_predict
 from fastlt.evaluate.plots import per_class_accuracy_plot
 from fastlt.evaluate.linear import (
     TS_SEED,
@@ -47,19 +45,21 @@ from fastlt.evaluate.finetune import FinetuneConfig, finetune
 from fastlt.evaluate.lotar_probe import LoTaRProbeConfig, lotar_groups, lotar_scope, train_lotar_fc
 from fastlt.evaluate.supcon_probe import CROP_SCALE, SupConProbeConfig, train_linear_classifiers
 from fastlt.evaluate.report import (
-    accuracy_report,
     check_report_free,
     markdown_table,
     summarise_subsets,
     write_report,
 )
 from fastlt.files import file_digest
+from fastlt.measure.accuracy import accuracy_report
+from fastlt.measure.features import PaddedCropViews, extract_features
+from fastlt.measure.knn import knn_predict
 from fastlt.methods import build_method
 from fastlt.models.multi_exit import BackboneExit, EnsembleExit
 from fastlt.recipe import EvalConfig, Recipe, recipe_from_dict, with_store_lists
 from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_checkpoint, load_model_state, load_run_checkpoint
+from fastlt.progress import Stages, say
 from fastlt.train.device import PRECISION_TYPES
-from fastlt.train.progress import Stages, say
 
 FULL = "full"
 

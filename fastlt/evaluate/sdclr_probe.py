@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from fastlt.augment.functional import to_float
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import PaddedCropViews, evaluation_mode
 from fastlt.evaluate.probe_views import frozen_features_epoch, resized_crop_views
-from fastlt.train.progress import Advance, unwatched
+from fastlt.measure.features import PaddedCropViews, evaluation_mode
+from fastlt.progress import Advance, unwatched
 
 PROBE_CROPS = ("padded", "resized")
 RESIZED_SCALE, RESIZED_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # torchvision's RandomResizedCrop defaults

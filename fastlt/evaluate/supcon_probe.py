@@ -26,9 +26,9 @@ from torch import Tensor, nn
 
 from fastlt.errors import FastltError
 from fastlt.evaluate.linear import seeded_linear
-from fastlt.evaluate.features import evaluation_mode
 from fastlt.evaluate.probe_views import frozen_features_epoch, resized_crop_views
-from fastlt.train.progress import Advance, unwatched
+from fastlt.measure.features import evaluation_mode
+from fastlt.progress import Advance, unwatched
 
 CROP_SCALE = (0.2, 1.0)  # main_linear.py's RandomResizedCrop(size, scale=(0.2, 1.))
 

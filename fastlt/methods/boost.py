@@ -18,8 +18,8 @@ from fastlt.augment.randaugment import (
     bcl_i_magnitude,
     runs_grouped,
 )
+from fastlt.data.splits import GROUP_NAMES
 
-GROUP_NAMES = ("many", "medium", "few")
 MAPPINGS = {"bcl-i": 1, "bcl-d": 2}  # magnitude mapping -> number of RandAugment ops per view
 
 

@@ -179,7 +179,7 @@ def resolve_memory_format(name: str, device: torch.device, model: nn.Module) -> 
     """(memory format name, why): 'auto' is channels_last unless ``memory_format_hazard`` applies.
 
     channels_last measured faster than contiguous for a CIFAR ResNet-18 on CPU from width 16
-    up (AVX2 and AVX-512 alike; README) and is what GPU convolutions want.
+    up (AVX2 and AVX-512 alike; docs/recipes.md, "What `auto` chooses") and is what GPU convolutions want.
     """
     if name not in ("auto", *MEMORY_FORMATS):
         raise FastltError(f"train.memory_format: unknown {name!r} (expected auto, channels_last or contiguous)")

@@ -9,11 +9,11 @@ uninterrupted one), for the kNN accuracy of the backbone's features:
 - queries: ``eval.val_split``, or, when it is empty, the training part's samples outside the
   split (never the test part); a held-out list that overlaps the split is refused;
 - features: ``method.feature_extractor(eval.exit)``, eval mode, no augmentation, no gradient,
-  the run's autocast (``fastlt.evaluate.features.extract_features``, which restores every
+  the run's autocast (``fastlt.measure.features.extract_features``, which restores every
   module's train flag); one pass over the memory and the queries together;
 - k: the first ``eval.knn`` value (1 if the list is empty), voting as ``linear-eval`` does
-  (``fastlt.evaluate.knn.knn_predict``, ties settled by ``eval.knn_ties``);
-- numbers: ``fastlt.evaluate.report.accuracy_report`` with the split's class groups
+  (``fastlt.measure.knn.knn_predict``, ties settled by ``eval.knn_ties``);
+- numbers: ``fastlt.measure.accuracy.accuracy_report`` with the split's class groups
   (``eval.groups``). ``monitor_knn`` is the mean per-class accuracy: on a class-balanced
   held-out list (the CIFAR val lists) it equals the fraction of queries right, and on an
   imbalanced one (the digits' samples outside the split hold more tail than head images) it
@@ -35,12 +35,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastlt.data.splits import held_out_indices
+from fastlt.data.splits import GROUP_NAMES, held_out_indices
 from fastlt.data.store import StorePart
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import center_square, extract_features
-from fastlt.evaluate.knn import knn_predict
-from fastlt.evaluate.report import GROUP_NAMES, accuracy_report
+from fastlt.measure.accuracy import accuracy_report
+from fastlt.measure.features import center_square, extract_features
+from fastlt.measure.knn import knn_predict
 from fastlt.recipe import Recipe
 
 MONITOR_KEYS = ("monitor_knn", *(f"monitor_knn_{name}" for name in GROUP_NAMES))

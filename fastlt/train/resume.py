@@ -12,7 +12,7 @@ from typing import Any
 
 from fastlt.errors import FastltError
 
-# Settings a resume may change because they leave the computation as it is (README, "Resume").
+# Settings a resume may change because they leave the computation as it is (docs/faults.md, "Resume").
 CHANGEABLE_ON_RESUME = {
     "train.progress", "train.log_every", "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_every",
     "train.out_dir", "train.name",

@@ -31,12 +31,20 @@ from torch import nn
 
 from fastlt.data.backends import make_loader
 from fastlt.data.loader import Loader, batch_bounds, shard_bounds
-from fastlt.data.splits import class_counts, class_groups, empty_classes, name_classes, split_checksum, split_or_all
+from fastlt.data.splits import (
+    GROUP_NAMES,
+    class_counts,
+    class_groups,
+    empty_classes,
+    name_classes,
+    split_checksum,
+    split_or_all,
+)
 from fastlt.data.store import Store, check_same_data
 from fastlt.errors import FastltError, RunStopped
 from fastlt.files import remove_temporaries, write_json_atomic, write_text_atomic
+from fastlt.progress import Progress, say
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
-from fastlt.methods.boost import GROUP_NAMES
 from fastlt.recipe import OptimConfig, Override, Recipe, recipe_from_dict, recipe_with_overrides, with_store_lists
 from fastlt.train.checkpoint import (
     CHECKPOINTS,
@@ -72,7 +80,6 @@ from fastlt.train.device import (
     use_cudnn_benchmark,
 )
 from fastlt.train.monitor import TENSORBOARD_FOLDER, Monitor, TensorBoardLog, require_tensorboard
-from fastlt.train.progress import Progress, say
 from fastlt.train.resume import check_recipe_change
 from fastlt.train.runinfo import run_record
 from fastlt.train.lars import Lars

@@ -23,7 +23,7 @@ from fastlt.train.trainer import pretrain
 
 HAVE = {"ffcv": importlib.util.find_spec("ffcv") is not None,
         "dali": importlib.util.find_spec("nvidia.dali") is not None}
-NEEDS = {name: pytest.mark.skipif(not present, reason=f"{name} is not installed (see the README's install section)")
+NEEDS = {name: pytest.mark.skipif(not present, reason=f"{name} is not installed (see the README's Set up section)")
          for name, present in HAVE.items()}
 # (backend, FFCV image format): JPEG for both, and FFCV's raw pixels, which must equal the native store's.
 STORES = [pytest.param(("ffcv", "jpg"), marks=NEEDS["ffcv"], id="ffcv-jpg"),

@@ -1,4 +1,4 @@
-"""An image set larger than the memory the converting process may allocate still converts (README, "Stores"):
+"""An image set larger than the memory the converting process may allocate still converts (docs/data.md, "Stores"):
 `fastlt convert folder` decodes rows straight into a memory-mapped part, so its own memory does not grow with
 the data.
 

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from fastlt.cli import main
 from fastlt.evaluate.compare import compare_runs
-from fastlt.evaluate.report import accuracy_report, summarise_subsets, write_report
+from fastlt.evaluate.report import summarise_subsets, write_report
+from fastlt.measure.accuracy import accuracy_report
 
 GROUPS = {"many": np.array([0]), "medium": np.array([1]), "few": np.array([2])}
 SPLIT = "/data/splits/digits_lt/ratio10_seed1.npy"

@@ -18,7 +18,7 @@ from fastlt.evaluate.plots import (
     CURVE_PLOTS, DPI, PANEL_INCHES, PER_CLASS_INCHES, UNKNOWN_OBJECTIVE, RunMetrics, curve_figure, legend_names,
     per_class_accuracy_plot, per_class_figure, plot_runs, read_metrics, run_objective,
 )
-from fastlt.evaluate.report import accuracy_report
+from fastlt.measure.accuracy import accuracy_report
 from fastlt.methods.boost import MemorisationBoost
 
 RUN_COLOURS = [(31, 119, 180), (255, 127, 14)]  # matplotlib's C0 and C1: the first and second run's lines

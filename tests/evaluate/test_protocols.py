@@ -14,7 +14,7 @@ from sklearn.svm import LinearSVC
 import fastlt.evaluate.protocol as protocol
 from fastlt.data.store import Store
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import extract_features
+from fastlt.measure.features import extract_features
 from fastlt.recipe import recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint
 

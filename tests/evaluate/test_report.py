@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.report import accuracy_report, markdown_table, summarise_subsets, write_report
+from fastlt.evaluate.report import markdown_table, summarise_subsets, write_report
+from fastlt.measure.accuracy import accuracy_report
 
 # Class 0: 3 of 4 right, class 1: 1 of 2, class 2: 1 of 3, class 3: 1 of 1 -> 6 of 10 overall.
 LABELS = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, 3])

@@ -52,8 +52,8 @@ def broken_site(tmp_path) -> Path:
                    {"broken": "raise ImportError('testlosses needs a newer torch')\n"})
 
 
-def test_the_readme_declares_the_group_fastlt_reads():
-    assert f'[project.entry-points."{PLUGIN_GROUP}"]' in (ROOT / "README.md").read_text()
+def test_the_docs_declare_the_group_fastlt_reads():
+    assert f'[project.entry-points."{PLUGIN_GROUP}"]' in (ROOT / "docs" / "extending.md").read_text()
 
 
 def test_an_installed_distribution_registers_its_objective(plugin_site, monkeypatch):

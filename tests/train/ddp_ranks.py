@@ -14,7 +14,7 @@ from fastlt.methods import StepContext, build_method
 from fastlt.methods.gather import gather_rows
 from fastlt.recipe import recipe_from_dict
 
-WIDTH = 16  # width 4 compiled under the AVX2-restricted kernels corrupted the heap here (see the README's Tests)
+WIDTH = 16  # width 4 compiled under the AVX2-restricted kernels corrupted the heap here (docs/development.md)
 STEP = StepContext(autocast=lambda: torch.autocast("cpu", enabled=False), backward=lambda loss: loss.backward())
 
 

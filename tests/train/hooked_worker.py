@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from fastlt.cli import main
-from fastlt.train.progress import Progress
+from fastlt.progress import Progress
 
 
 def after_step(steps: int, action: Callable[[], None]) -> None:

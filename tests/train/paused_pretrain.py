@@ -21,7 +21,7 @@ import torch
 
 import fastlt.train.trainer as trainer
 from fastlt.cli import main
-from fastlt.train.progress import Progress
+from fastlt.progress import Progress
 
 
 def pausing(real: Callable[..., Any], at: int, marker: Path, only: Callable[..., bool] = lambda *args: True):

@@ -21,7 +21,7 @@ import fastlt.train.stopping as stopping
 from fastlt.errors import FastltError, RunStopped, SecondSignal
 from fastlt.recipe import Recipe, recipe_from_dict
 from fastlt.train.checkpoint import load_checkpoint
-from fastlt.train.progress import Progress
+from fastlt.progress import Progress
 from fastlt.train.stopping import StopRequest
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 

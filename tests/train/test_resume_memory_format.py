@@ -1,5 +1,5 @@
 """A run's recorded channels_last falls back to contiguous on resume only where channels_last is unsafe on the
-resuming machine (README, "Resume"), and says so: on stderr and in run.json's record of the resume.
+resuming machine (docs/faults.md, "Resume"), and says so: on stderr and in run.json's record of the resume.
 
 The run is width 16 (no strided 1x1 convolution narrower than 16 channels: channels_last is safe on every CPU,
 so ``auto`` records it); the resuming machine's probe, fastlt.train.device.memory_format_hazard, is replaced by

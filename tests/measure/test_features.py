@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.features import PaddedCropViews, extract_features
+from fastlt.measure.features import PaddedCropViews, extract_features
 
 
 def tiny_backbone() -> nn.Module:

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from fastlt.augment.functional import padded_crop
 from fastlt.errors import FastltError
-from fastlt.train.progress import Advance, unwatched
+from fastlt.progress import Advance, unwatched
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.knn import knn_predict
+from fastlt.measure.knn import knn_predict
 
 
 def summed_similarity_vote(train, train_labels, test, k, num_classes):

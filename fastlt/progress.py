@@ -5,6 +5,7 @@ Besides the loss and speed, every line carries the expected time to the end of t
 last epoch this command trains), not only to the end of the epoch, and the held-out kNN
 numbers on the epochs the monitor measures them. ``Stages`` does the same for the stages of an
 evaluation (feature extraction, each probe's epochs), under the same switch (``train.progress``).
+It sits at the package root, below train and evaluate, since both report through it.
 """
 from __future__ import annotations
 

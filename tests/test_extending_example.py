@@ -1,4 +1,4 @@
-"""The README's "Add your own method" example runs as printed, registers its objective and trains with it
+"""docs/extending.md's "Add your own method" example runs as printed, registers its objective and trains with it
 (objectives from installed packages, by entry point: tests/objectives/test_plugins.py)."""
 import json
 import re
@@ -14,15 +14,15 @@ from fastlt.objectives import OBJECTIVES, register_objective
 from fastlt.recipe import recipe_from_dict
 from fastlt.train.trainer import pretrain
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
 @pytest.fixture
 def readme_objective():
-    block = re.search(r"<!-- example: a custom objective -->\n```python\n(.*?)```", README.read_text(), re.S)
-    assert block, "README: the custom-objective example block is missing"
+    block = re.search(r"<!-- example: a custom objective -->\n```python\n(.*?)```", PAGE.read_text(), re.S)
+    assert block, "docs/extending.md: the custom-objective example block is missing"
     namespace = {}
-    exec(compile(block.group(1), str(README), "exec"), namespace)
+    exec(compile(block.group(1), str(PAGE), "exec"), namespace)
     yield namespace["decoupled_per_anchor"]
     OBJECTIVES.pop("dcl")
 
