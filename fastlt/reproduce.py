@@ -23,8 +23,8 @@ from fastlt.evaluate.report import PER_CLASS_PNG
 from fastlt.files import write_text_atomic
 from fastlt.progress import say
 from fastlt.recipe import Recipe, find_recipe, load_recipe
-from fastlt.train.checkpoint import CHECKPOINTS, LAST, PREVIOUS, load_run_checkpoint
-from fastlt.train.device import resolve_device, resolve_precision
+from fastlt.checkpoint import CHECKPOINTS, LAST, PREVIOUS, load_run_checkpoint
+from fastlt.hardware import resolve_device, resolve_precision
 from fastlt.train.trainer import pretrain, resume_run
 
 

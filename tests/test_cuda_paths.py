@@ -26,8 +26,8 @@ from fastlt.evaluate.protocol import linear_eval, pretrained_backbone
 from fastlt.methods import build_method
 from fastlt.methods.base import StepContext
 from fastlt.recipe import recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
-from fastlt.train.device import compile_mode
+from fastlt.checkpoint import load_checkpoint
+from fastlt.hardware import compile_mode
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)

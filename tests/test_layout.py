@@ -22,18 +22,10 @@ TIERS: list[set[str]] = [
     {"recipe"},  # methods read their recipe; the recipe names views (augment) and store lists (data)
     {"objectives", "models", "augment"},
     {"data"},
+    {"checkpoint", "hardware"},  # the run's checkpoint format; device, precision, memory format, compile choices
     {"files"},
     {"errors", "notices", "progress", "choices", "shipped", "fastlt"},  # import no fastlt module
 ]
-
-# Sideways imports between train and evaluate still standing, each with why; none may be added.
-SIBLING_EXCEPTIONS = {
-    ("fastlt.evaluate.protocol", "fastlt.train.checkpoint"):
-        "linear-eval reads the run's checkpoint in the format pretraining writes and keeps",
-    ("fastlt.evaluate.protocol", "fastlt.train.device"):
-        "linear-eval runs the probe under the run's precision (PRECISION_TYPES), as pretraining did",
-}
-
 
 def module_names(package: Path) -> dict[str, Path]:
     """Dotted module name -> file, for every module of ``package`` (a package by its __init__)."""
@@ -125,7 +117,7 @@ def test_imports_run_down_the_tiers() -> None:
     for module, targets in sorted(import_graph().items()):
         for target in sorted(targets):
             here, there = unit(module), unit(target)
-            if here != there and tier_of(there) <= tier_of(here) and (module, target) not in SIBLING_EXCEPTIONS:
+            if here != there and tier_of(there) <= tier_of(here):
                 upward.append(f"{module} -> {target}")
     assert not upward, "imports not running down the tiers:\n" + "\n".join(upward)
 
@@ -133,5 +125,4 @@ def test_imports_run_down_the_tiers() -> None:
 def test_train_and_evaluate_stand_apart() -> None:
     sideways = {(module, target) for module, targets in import_graph().items() for target in targets
                 if {unit(module), unit(target)} == {"train", "evaluate"}}
-    assert sideways <= set(SIBLING_EXCEPTIONS), f"train and evaluate import each other: {sorted(sideways)}"
-    assert set(SIBLING_EXCEPTIONS) <= sideways, "an exception no longer needed: remove it from SIBLING_EXCEPTIONS"
+    assert not sideways, f"train and evaluate import each other: {sorted(sideways)}"

@@ -60,7 +60,7 @@ def test_the_digits_recipes_train_and_resume_exactly(digits_store, tmp_path, met
     LoTaR's separate view forwards) through the trainer, stopped after epoch 1 and resumed bit for bit."""
     import torch
 
-    from fastlt.train.checkpoint import load_checkpoint
+    from fastlt.checkpoint import load_checkpoint
     from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
     def shrunk(name):

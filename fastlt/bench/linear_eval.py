@@ -16,8 +16,8 @@ from fastlt.bench.report import say, table
 from fastlt.bench.timing import machine_description, synchronize
 from fastlt.errors import FastltError
 from fastlt.evaluate.protocol import linear_eval
-from fastlt.train.checkpoint import CHECKPOINTS, LAST, PREVIOUS
-from fastlt.train.device import resolve_device, resolve_precision
+from fastlt.checkpoint import CHECKPOINTS, LAST, PREVIOUS
+from fastlt.hardware import resolve_device, resolve_precision
 
 PROTOCOLS = ("bcl", "sdclr")
 

@@ -20,7 +20,7 @@ from fastlt.bench.timing import best_time, machine_description, usable_cores
 from fastlt.data.backends import make_loader
 from fastlt.data.store import Store
 from fastlt.errors import FastltError
-from fastlt.train.device import resolve_device
+from fastlt.hardware import resolve_device
 
 SMALL_IMAGES = 64  # up to this side the CIFAR views apply, above it the ImageNet ones
 

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from fastlt.train.device import cpu_features
+from fastlt.hardware import cpu_features
 from fastlt.train.runinfo import cpu_name, device_description, package_versions
 
 # CPU flags that decide which kernels run: the vector width, and native bf16 (AVX512-BF16, AMX).

@@ -36,7 +36,7 @@ from fastlt.errors import FastltError
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import MAPPINGS
 from fastlt.recipe import Recipe, as_override, find_recipe, load_recipe, option_overrides, with_store_lists
-from fastlt.train.device import PRECISION_TYPES, resolve_device
+from fastlt.hardware import PRECISION_TYPES, resolve_device
 from fastlt.train.trainer import build_optimizer, choose_hardware, precision_of, seeded_method
 
 DEFAULT_RECIPE = "cifar100_lt/simclr"

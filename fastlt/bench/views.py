@@ -37,7 +37,7 @@ from fastlt.errors import FastltError
 from fastlt.methods import build_views, resolve_axes
 from fastlt.methods.boost import MAPPINGS, MemorisationBoost
 from fastlt.recipe import Recipe, find_recipe, load_recipe
-from fastlt.train.device import resolve_device
+from fastlt.hardware import resolve_device
 
 DEFAULT_RECIPE = "cifar100_lt/simclr"
 DEFAULT_BCL = ("cifar100_lt/bcl-i", "cifar100_lt/bcl-d")

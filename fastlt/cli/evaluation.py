@@ -66,7 +66,7 @@ def linear_eval(target: Path, out: Path | None, store_path: Path | None, probe_s
                 device: str, precision: str) -> None:
     """The papers' evaluation protocols on a run folder or checkpoint, with many/medium/few groups."""
     from fastlt.evaluate.protocol import linear_eval as run_linear_eval
-    from fastlt.train.device import resolve_device, resolve_precision
+    from fastlt.hardware import resolve_device, resolve_precision
     from fastlt.train.distributed import launched_ranks
 
     if not launched_ranks().main:  # under torchrun, rank 0 evaluates and the others have nothing to do

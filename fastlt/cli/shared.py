@@ -67,7 +67,7 @@ def positive_ints() -> CommaList:
 
 class DeviceName(click.ParamType):
     """auto, cpu, cuda or cuda:N; anything else is a usage error. Whether CUDA is there is checked where the
-    command resolves the device (fastlt.train.device.resolve_device), as an error naming ``--device``."""
+    command resolves the device (fastlt.hardware.resolve_device), as an error naming ``--device``."""
 
     name = "device"
 

@@ -141,7 +141,7 @@ def info() -> None:
     """Versions, devices, and what `auto` chooses here (precision, memory format, compile, view compile) and why."""
     import torch
 
-    from fastlt.train.device import (
+    from fastlt.hardware import (
         SAFE_1X1_INPUT_CHANNELS, VIEW_COMPILE_MIN_IMAGES, bf16_support, cpu_features, resolve_compile,
         resolve_precision, resolve_view_compile,
     )

@@ -81,7 +81,7 @@ def check_device_option(device: str | None) -> None:
     """Refuse an unavailable ``--device`` in one line naming it, before a command that passes it on as
     train.device does any work."""
     if device is not None:
-        from fastlt.train.device import resolve_device
+        from fastlt.hardware import resolve_device
 
         resolve_device(device, f"--device {device}")
 

@@ -57,9 +57,9 @@ from fastlt.measure.knn import knn_predict
 from fastlt.methods import build_method
 from fastlt.models.multi_exit import BackboneExit, EnsembleExit
 from fastlt.recipe import EvalConfig, Recipe, recipe_from_dict, with_store_lists
-from fastlt.train.checkpoint import CHECKPOINTS, LAST, load_checkpoint, load_model_state, load_run_checkpoint
+from fastlt.checkpoint import CHECKPOINTS, LAST, load_checkpoint, load_model_state, load_run_checkpoint
 from fastlt.progress import Stages, say
-from fastlt.train.device import PRECISION_TYPES
+from fastlt.hardware import PRECISION_TYPES
 
 FULL = "full"
 

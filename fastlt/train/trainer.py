@@ -2,7 +2,7 @@
 
 One run = one folder: config.json (the resolved recipe), run.json (seed, commit, versions,
 device, the hardware choices and why, every resume), metrics.jsonl (one line per epoch)
-and checkpoints/last.pt (with previous.pt and milestones, fastlt.train.checkpoint), written
+and checkpoints/last.pt (with previous.pt and milestones, fastlt.checkpoint), written
 atomically in the background at the epoch ends ``train.checkpoint_minutes`` or
 ``train.checkpoint_every`` call for, at milestones, at the last epoch, and when SIGINT or SIGTERM
 stops the run (fastlt.train.stopping). An epoch's metrics line is written before
@@ -46,7 +46,7 @@ from fastlt.files import remove_temporaries, write_json_atomic, write_text_atomi
 from fastlt.progress import Progress, say
 from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.recipe import OptimConfig, Override, Recipe, recipe_from_dict, recipe_with_overrides, with_store_lists
-from fastlt.train.checkpoint import (
+from fastlt.checkpoint import (
     CHECKPOINTS,
     LAST,
     PREVIOUS,
@@ -65,7 +65,7 @@ from fastlt.train.distributed import (
     launched_ranks,
     leave,
 )
-from fastlt.train.device import (
+from fastlt.hardware import (
     PRECISION_TYPES,
     Precision,
     compile_mode,

@@ -14,7 +14,7 @@ from fastlt.cli import main
 from fastlt.data.splits import split_checksum
 from fastlt.data.store import Store
 from fastlt.errors import FastltError
-from fastlt.train.checkpoint import load_checkpoint, save_checkpoint
+from fastlt.checkpoint import load_checkpoint, save_checkpoint
 
 
 def report(folder: Path) -> dict:

@@ -17,7 +17,7 @@ from fastlt.files import file_digest
 from fastlt.models.resnet import build_resnet
 from fastlt.models.self_damaging import DENSE, PRUNED, DualBatchNorm, prunable_convolutions
 from fastlt.recipe import recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 from fastlt.train.trainer import pretrain
 
 FC_KEYS = {"fc.weight", "fc.bias"}

@@ -16,7 +16,7 @@ from fastlt.data.store import Store
 from fastlt.errors import FastltError
 from fastlt.measure.features import extract_features
 from fastlt.recipe import recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 
 
 def run_inputs(run: Path):

@@ -12,7 +12,7 @@ from fastlt.cli import main
 from fastlt.data.store import Store
 from fastlt.errors import FastltError
 from fastlt.recipe import find_recipe, load_recipe
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 from fastlt.train.trainer import pretrain
 
 

@@ -11,7 +11,7 @@ from fastlt.data.store import Store
 from fastlt.errors import FastltError
 from fastlt.methods import PRESETS, Axes, build_method, resolve_axes
 from fastlt.recipe import recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
 

@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 
 def free_port() -> int:
@@ -33,8 +32,5 @@ def one_thread() -> dict[str, str]:
 def torchrun(*args: str, timeout: int = 600, env: dict[str, str] | None = None, **launch: int
              ) -> subprocess.CompletedProcess:
     """Run torchrun to the end; stdout and stderr captured as text."""
-    r = subprocess.run(torchrun_command(*args, **launch), capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(torchrun_command(*args, **launch), capture_output=True, text=True, timeout=timeout,
                           env={**one_thread(), **(env or {})})
-    if r.returncode:
-        import time; Path(f"/tmp/rep/crash-{time.time()}.txt").write_text(r.stderr)
-    return r

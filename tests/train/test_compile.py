@@ -5,7 +5,7 @@ This is the only file that compiles (a cold compile costs tens of seconds here).
 test uses SDCLR because its branch switch is the part most likely to confuse tracing: the compiled
 forward must keep one graph per branch and per grad mode. Width 16 in channels_last: narrower
 strided 1x1 shortcuts are what oneDNN's channels_last kernels cannot train
-(fastlt.train.device.memory_format_hazard). The second checks, in one compile, that a temperature
+(fastlt.hardware.memory_format_hazard). The second checks, in one compile, that a temperature
 schedule reaches a compiled SimCLR loss without recompiling it and that LoTaR's separate view forwards
 compile. The last compiles BCL-D's view pipeline as `train.compile_views` does, in the CPU's form and
 in CUDA's.

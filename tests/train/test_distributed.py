@@ -16,7 +16,7 @@ from torch import nn
 from fastlt.data.loader import NativeLoader, batch_bounds, resident_copy, shard_bounds
 from fastlt.data.store import StorePart
 from fastlt.recipe import recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 from fastlt.train.distributed import Ranks
 from fastlt.train.trainer import build_run_state, choose_hardware, load_training_data, process_device, seeded_method
 

@@ -17,7 +17,7 @@ import torch
 
 from fastlt.errors import FastltError
 from fastlt.recipe import recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 from fastlt.train.distributed import Ranks, launched_ranks, restart_hazard
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain_or_resume, process_device
 

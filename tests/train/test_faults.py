@@ -16,11 +16,11 @@ from typing import Callable
 import pytest
 import torch
 
-import fastlt.train.checkpoint as checkpoint_module
+import fastlt.checkpoint as checkpoint_module
 import fastlt.train.stopping as stopping
 from fastlt.errors import FastltError, RunStopped, SecondSignal
 from fastlt.recipe import Recipe, recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 from fastlt.progress import Progress
 from fastlt.train.stopping import StopRequest
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run

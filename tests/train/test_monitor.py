@@ -19,7 +19,7 @@ from fastlt.errors import FastltError
 from fastlt.methods import build_method
 from fastlt.recipe import recipe_from_dict
 from fastlt import progress as progress_module
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 from fastlt.train.monitor import MONITOR_KEYS, Monitor
 from fastlt.progress import Progress, format_duration, run_eta
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run

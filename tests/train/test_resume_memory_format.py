@@ -2,7 +2,7 @@
 resuming machine (docs/faults.md, "Resume"), and says so: on stderr and in run.json's record of the resume.
 
 The run is width 16 (no strided 1x1 convolution narrower than 16 channels: channels_last is safe on every CPU,
-so ``auto`` records it); the resuming machine's probe, fastlt.train.device.memory_format_hazard, is replaced by
+so ``auto`` records it); the resuming machine's probe, fastlt.hardware.memory_format_hazard, is replaced by
 one that reports a hazard, as an x86 CPU does for a narrow model recorded on a machine without one.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ import torch
 from fastlt.augment.views import SimCLRViews
 from fastlt.errors import FastltError
 from fastlt.recipe import Recipe, recipe_from_dict
-from fastlt.train.checkpoint import load_checkpoint
+from fastlt.checkpoint import load_checkpoint
 from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
 
 
@@ -146,7 +146,7 @@ def test_compiled_views_are_a_recorded_choice_that_a_resume_keeps(digits_store, 
 
 def test_checkpoints_come_on_the_epoch_and_minute_schedules_at_milestones_and_the_last_epoch(
         digits_store, tmp_path, monkeypatch):
-    from fastlt.train.checkpoint import CheckpointWriter
+    from fastlt.checkpoint import CheckpointWriter
 
     saved = []
     real_submit = CheckpointWriter.submit
@@ -166,7 +166,7 @@ def test_checkpoints_come_on_the_epoch_and_minute_schedules_at_milestones_and_th
 
 
 def test_the_time_a_checkpoint_held_the_loop_counts_in_the_next_epochs_speed(digits_store, tmp_path, monkeypatch):
-    from fastlt.train.checkpoint import CheckpointWriter
+    from fastlt.checkpoint import CheckpointWriter
 
     real_submit = CheckpointWriter.submit
     monkeypatch.setattr(CheckpointWriter, "submit", lambda writer, run, payload, milestone=False: 1000 + real_submit(

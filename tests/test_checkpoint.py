@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-import fastlt.train.checkpoint as checkpoint_module
+import fastlt.checkpoint as checkpoint_module
 from fastlt.errors import FastltError
-from fastlt.train.checkpoint import (
+from fastlt.checkpoint import (
     CHECKPOINTS,
     LAST,
     VERSION,
@@ -195,7 +195,7 @@ import resource, signal, sys
 from pathlib import Path
 import torch
 from fastlt.errors import FastltError
-from fastlt.train.checkpoint import CheckpointWriter
+from fastlt.checkpoint import CheckpointWriter
 
 run, writer = Path(sys.argv[1]), CheckpointWriter(print)
 for epoch in (1, 2):

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import fastlt.notices
-import fastlt.train.device as device_module
+import fastlt.hardware as device_module
 from fastlt.errors import FastltError
 from fastlt.models.resnet import build_resnet
-from fastlt.train.device import (
+from fastlt.hardware import (
     VIEW_COMPILE_MIN_IMAGES,
     CpuFeatures,
     compile_mode,
@@ -26,7 +26,7 @@ from fastlt.train.device import (
 )
 
 CPU = torch.device("cpu")
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def features(aten="AVX512", avx512_bf16=False, amx_bf16=False, onednn_max_isa="", x86=True) -> CpuFeatures:
