@@ -28,7 +28,8 @@ from fastlt.methods.base import StepContext
 from fastlt.recipe import recipe_from_dict
 from fastlt.checkpoint import load_checkpoint
 from fastlt.hardware import compile_mode
-from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
+from fastlt.train.run_folder import CHECKPOINT_NAME
+from fastlt.train.trainer import pretrain, resume_run
 
 CUDA = pytest.param("cuda", marks=pytest.mark.cuda)
 DEVICES = ["cpu", CUDA]
@@ -276,7 +277,7 @@ def test_fused_sgd_under_an_fp16_loss_scaler_never_waits_on_the_host():
     """build_optimizer's fused SGD takes GradScaler's scale and inf flag on the device; the foreach kernel, for
     contrast, reads the flag every step (torch's sync detector raises on it)."""
     from fastlt.recipe import OptimConfig
-    from fastlt.train.trainer import build_optimizer
+    from fastlt.train.run_state import build_optimizer
 
     def steps(kernel_of: str) -> None:
         torch.manual_seed(0)

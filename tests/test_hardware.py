@@ -158,7 +158,7 @@ def small_model() -> torch.nn.Module:
 def test_sgd_is_fused_for_cuda_and_foreach_elsewhere_and_keeps_its_kernel_through_a_checkpoint():
     """Picked by the device's type, so the CUDA choice is built here on CPU tensors (torch has a fused CPU SGD)."""
     from fastlt.recipe import OptimConfig
-    from fastlt.train.trainer import build_optimizer
+    from fastlt.train.run_state import build_optimizer
 
     config = OptimConfig(exclude_bn_bias=True)
     fused = build_optimizer(small_model(), config, torch.device("cuda"))
@@ -202,7 +202,7 @@ def test_fused_sgd_steps_as_foreach_does_and_a_loss_scaler_then_reads_no_scalar(
     rounding, the same skipped step and scale; with the scaler on, only the fused step never reads a scalar.
     foreach gives the bits of the per-tensor loop, the CPU's kernel before, so CPU runs did not change."""
     from fastlt.recipe import OptimConfig
-    from fastlt.train.trainer import build_optimizer, parameter_groups
+    from fastlt.train.run_state import build_optimizer, parameter_groups
 
     config = OptimConfig(exclude_bn_bias=True)
     fused, fused_scale, fused_syncs = sgd_run(lambda m: build_optimizer(m, config, torch.device("cuda")), scaled)

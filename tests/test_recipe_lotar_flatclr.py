@@ -61,7 +61,8 @@ def test_the_digits_recipes_train_and_resume_exactly(digits_store, tmp_path, met
     import torch
 
     from fastlt.checkpoint import load_checkpoint
-    from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
+    from fastlt.train.run_folder import CHECKPOINT_NAME
+    from fastlt.train.trainer import pretrain, resume_run
 
     def shrunk(name):
         return load_recipe(find_recipe(f"digits_lt/{method}"), [

@@ -37,7 +37,7 @@ from fastlt.methods import ContrastiveMethod, StepContext, build_method
 from fastlt.methods.boost import MAPPINGS
 from fastlt.recipe import Recipe, as_override, find_recipe, load_recipe, option_overrides, with_store_lists
 from fastlt.hardware import PRECISION_TYPES, resolve_device
-from fastlt.train.trainer import build_optimizer, choose_hardware, precision_of, seeded_method
+from fastlt.train.run_state import build_optimizer, choose_hardware, precision_of, seeded_method
 
 DEFAULT_RECIPE = "cifar100_lt/simclr"
 DEFAULT_STEPS = 5  # timed steps on the synthetic store (one warm-up step comes first)

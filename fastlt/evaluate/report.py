@@ -17,7 +17,6 @@ from typing import Any, Callable
 import numpy as np
 
 from fastlt.data.splits import GROUP_NAMES
-from fastlt.errors import FastltError
 from fastlt.files import check_free, write_text_atomic
 
 COLUMNS = (("overall", "overall"), ("many", "many"), ("medium", "medium"), ("few", "few"),

@@ -13,9 +13,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
-from fastlt.errors import SecondSignal
+from fastlt.errors import RunStopped, SecondSignal
+from fastlt.train.run_state import RunState
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 REPEAT_SECONDS = 5.0  # the same signal again within this time is the same request
@@ -53,3 +55,16 @@ class StopRequest:
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def stop_now(stop: StopRequest, state: RunState) -> bool:
+    """Whether to stop after this step: at once in one process; with several, every rank stops at the same
+    step, at most one step after a signal reached any of them (a launcher's kill grace is far longer)."""
+    return state.vote.poll(stop.requested) if state.ranks.active else stop.requested
+
+
+def stopped(run_dir: Path, signum: int, where: str) -> RunStopped:
+    """The exception that ends a run a signal stopped, once its checkpoint is written."""
+    name = signal.Signals(signum).name
+    return RunStopped(f"{name}: stopped at {where}; checkpoint saved",
+                      f"continue with `fastlt pretrain --resume {run_dir}`", signum)

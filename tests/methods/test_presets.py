@@ -12,7 +12,8 @@ from fastlt.errors import FastltError
 from fastlt.methods import PRESETS, Axes, build_method, resolve_axes
 from fastlt.recipe import recipe_from_dict
 from fastlt.checkpoint import load_checkpoint
-from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
+from fastlt.train.run_folder import CHECKPOINT_NAME
+from fastlt.train.trainer import pretrain, resume_run
 
 
 def recipe(store, out_dir, name, method=None, **train):

@@ -18,7 +18,7 @@ from fastlt.data.store import StorePart
 from fastlt.recipe import recipe_from_dict
 from fastlt.checkpoint import load_checkpoint
 from fastlt.train.distributed import Ranks
-from fastlt.train.trainer import build_run_state, choose_hardware, load_training_data, process_device, seeded_method
+from fastlt.train.run_state import build_run_state, choose_hardware, load_training_data, process_device, seeded_method
 
 WORKER = Path(__file__).with_name("ddp_ranks.py")  # what each rank runs; its helpers serve the reference too
 _spec = importlib.util.spec_from_file_location("ddp_ranks", WORKER)

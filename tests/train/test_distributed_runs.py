@@ -19,7 +19,9 @@ from fastlt.errors import FastltError
 from fastlt.recipe import recipe_from_dict
 from fastlt.checkpoint import load_checkpoint
 from fastlt.train.distributed import Ranks, launched_ranks, restart_hazard
-from fastlt.train.trainer import CHECKPOINT_NAME, pretrain_or_resume, process_device
+from fastlt.train.run_folder import CHECKPOINT_NAME
+from fastlt.train.run_state import process_device
+from fastlt.train.trainer import pretrain_or_resume
 
 
 HOOKED_WORKER = Path(__file__).with_name("hooked_worker.py")  # `fastlt` with a crash or a mark after a step

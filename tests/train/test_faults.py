@@ -23,7 +23,8 @@ from fastlt.recipe import Recipe, recipe_from_dict
 from fastlt.checkpoint import load_checkpoint
 from fastlt.progress import Progress
 from fastlt.train.stopping import StopRequest
-from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
+from fastlt.train.run_folder import CHECKPOINT_NAME
+from fastlt.train.trainer import pretrain, resume_run
 
 
 def recipe(store: Path, out_dir: Path, name: str, method: str = "bcl-d", **train) -> Recipe:
@@ -164,9 +165,9 @@ def test_an_unwritable_run_folder_or_a_small_disk_is_refused_before_training(dig
     blocker.write_text("")
     with pytest.raises(FastltError, match="a-file/x: cannot create the run folder"):
         pretrain(recipe(digits_store, blocker, "x"))
-    import fastlt.train.trainer as trainer
+    import fastlt.train.run_folder as run_folder
 
-    monkeypatch.setattr(trainer.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(FastltError, match="0 MiB free, and the run needs about [0-9.]+ MiB for its checkpoints"):
         pretrain(recipe(digits_store, tmp_path, "small"))
     assert not (tmp_path / "small").exists()

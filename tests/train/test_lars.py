@@ -13,7 +13,7 @@ from torch import nn
 
 from fastlt.recipe import OptimConfig
 from fastlt.train.lars import Lars
-from fastlt.train.trainer import build_optimizer
+from fastlt.train.run_state import build_optimizer
 
 LRS = [0.0, 0.05, 0.3, 0.5, 0.2]  # a warm-up from 0 and a decay: the lr changes every step
 

@@ -22,7 +22,8 @@ from fastlt import progress as progress_module
 from fastlt.checkpoint import load_checkpoint
 from fastlt.train.monitor import MONITOR_KEYS, Monitor
 from fastlt.progress import Progress, format_duration, run_eta
-from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
+from fastlt.train.run_folder import CHECKPOINT_NAME
+from fastlt.train.trainer import pretrain, resume_run
 
 ROOT = Path(__file__).resolve().parents[2]
 SPLIT = ROOT / "splits" / "digits_lt" / "ratio10_seed1.npy"  # 468 of the 1,198 train images; 730 held out

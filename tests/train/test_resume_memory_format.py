@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import fastlt.train.trainer as trainer
+import fastlt.train.snapshot as snapshot
 from fastlt.methods.base import ContrastiveMethod
 from fastlt.recipe import recipe_from_dict
 from fastlt.train.trainer import pretrain, resume_run
@@ -38,7 +38,7 @@ def test_recorded_channels_last_falls_back_to_contiguous_only_where_unsafe(digit
     resume_run(run, until_epoch=2)  # the real probe: safe here, so the recorded layout
     assert "contiguous memory" not in capsys.readouterr().err
     with monkeypatch.context() as unsafe_here:
-        unsafe_here.setattr(trainer, "memory_format_hazard", lambda model, device: HAZARD)
+        unsafe_here.setattr(snapshot, "memory_format_hazard", lambda model, device: HAZARD)
         resume_run(run)
     warning = f"warning: {run}: resuming in contiguous memory, the recorded channels_last is unsafe here: {HAZARD}"
     assert warning in capsys.readouterr().err.splitlines()

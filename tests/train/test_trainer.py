@@ -9,7 +9,8 @@ from fastlt.augment.views import SimCLRViews
 from fastlt.errors import FastltError
 from fastlt.recipe import Recipe, recipe_from_dict
 from fastlt.checkpoint import load_checkpoint
-from fastlt.train.trainer import CHECKPOINT_NAME, pretrain, resume_run
+from fastlt.train.run_folder import CHECKPOINT_NAME
+from fastlt.train.trainer import pretrain, resume_run
 
 
 def tiny_recipe(store, out_dir, split: str = "", **train) -> Recipe:
@@ -245,7 +246,7 @@ def test_loss_decreases_over_a_short_run(digits_store, tmp_path):
 def test_parameter_groups_exclude_bn_and_bias_on_request():
     from torch import nn
 
-    from fastlt.train.trainer import parameter_groups
+    from fastlt.train.run_state import parameter_groups
 
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(4, 2))
     (single,) = parameter_groups(model, 5e-4, exclude_bn_bias=False)
@@ -259,7 +260,7 @@ def test_lars_scales_decayed_weights_by_the_trust_ratio_and_leaves_bn_and_bias_p
     from torch import nn
 
     from fastlt.recipe import OptimConfig
-    from fastlt.train.trainer import build_optimizer
+    from fastlt.train.run_state import build_optimizer
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 4), nn.BatchNorm1d(4))
