@@ -101,12 +101,10 @@ class ContrastiveMethod(nn.Module):
         if self._ddp is None:
             return
         kept = {name: value.clone() for name, value in self.state_dict().items()}
-        parameter = next(self.parameters())
-        size = self.views.config.size
-        views = tuple(torch.zeros(shard_sizes[rank], 3, size, size, device=parameter.device,
-                                  ).contiguous(memory_format=self.memory_format) for _ in range(self.num_views))
+        share, size, device = shard_sizes[rank], self.views.config.size, next(self.parameters()).device
+        blank = torch.zeros(share, 3, size, size, device=device).contiguous(memory_format=self.memory_format)
         self.contrast.shard_sizes = shard_sizes
-        self.step(views, torch.zeros(shard_sizes[rank], dtype=torch.long, device=parameter.device), context)
+        self.step((blank,) * self.num_views, torch.zeros(share, dtype=torch.long, device=device), context)
         self.zero_grad(set_to_none=True)
         self.load_state_dict(kept)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-
 import os
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -79,7 +78,7 @@ def restart_hazard() -> str:
             os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
         return ("torchrun --max-restarts with the store its agent shares: a restarted worker can read the last "
                 "attempt's addresses and fail to connect; launch with --rdzv-backend c10d and "
-                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs: several GPUs and nodes)")
+                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (docs/distributed.md)")
     return ""
 
 
