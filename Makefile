@@ -16,13 +16,18 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), the cores divided between them (tests/conftest.py);
+# TEST_WORKERS=0 runs it in this process. Tests of uneven length: idle workers take queued ones (worksteal).
+TEST_WORKERS ?= 2
+PYTEST = $(BIN)/python -m pytest tests -q -rs -n $(TEST_WORKERS) $(if $(filter 0,$(TEST_WORKERS)),,--dist worksteal)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest tests -q -rs
+	$(PYTEST)
 
 # The fast part of the suite while developing (no whole trainings, compiles or started processes);
 # CI runs `make test`.
 test-quick: $(STAMP)
-	$(BIN)/python -m pytest tests -q -rs -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The manual (docs/) as a site in site/, in strict mode: a broken link or anchor fails the build.
 docs: $(STAMP)

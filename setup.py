@@ -29,12 +29,16 @@ setup(
         "dali": ["nvidia-dali-cuda130==2.4.0"],
         "bench": ["kornia>=0.8", "nvidia-dali-cuda130==2.4.0"],  # fastlt bench views: the other pipelines
         "ffcv": ["ffcv==1.0.2"],
-        # kornia, DALI and tensorboard too, so the suite runs fastlt bench's contenders and the TensorBoard
-        # log rather than skipping them; mkdocs, so tests/test_docs.py builds the manual in strict mode.
-        "test": ["pytest>=7", "pillow>=9", "scipy>=1.10", "kornia>=0.8",
-                 "nvidia-dali-cuda130==2.4.0", "tensorboard>=2.14", "mkdocs==1.6.1", "mkdocs-material==9.8.2"],
+        # kornia, DALI, tensorboard, wandb and submitit too, so the suite runs fastlt bench's contenders, the
+        # loggers and the Slurm path (submitit's local executor) rather than skipping them; mkdocs, so
+        # tests/test_docs.py builds the manual in strict mode; pytest-xdist, so make test runs two workers.
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "pillow>=9", "scipy>=1.10", "kornia>=0.8",
+                 "nvidia-dali-cuda130==2.4.0", "tensorboard>=2.14", "wandb>=0.17", "submitit>=1.5",
+                 "mkdocs==1.6.1", "mkdocs-material==9.8.2"],
         "docs": ["mkdocs==1.6.1", "mkdocs-material==9.8.2"],  # make docs: the manual as a site
         "tensorboard": ["tensorboard>=2.14"],  # train.tensorboard: the run's metrics as TensorBoard scalars
+        "wandb": ["wandb>=0.17"],  # train.wandb: metrics, config and reports to Weights & Biases (offline by default)
+        "slurm": ["submitit>=1.5"],  # fastlt sweep --slurm: each run a Slurm job
     },
     entry_points={"console_scripts": ["fastlt=fastlt.cli:main"]},
 )

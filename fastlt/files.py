@@ -31,6 +31,17 @@ def check_free(paths: Iterable[Path | None], overwrite: bool) -> None:
             raise FastltError(f"{path}: exists already; pass --overwrite to replace it")
 
 
+def read_text(path: Path, missing: str) -> str:
+    """The UTF-8 text of ``path``, for the files a user hands over (recipes, store metadata): a file that is
+    not there raises ``missing`` as the one-line error, one that cannot be read or decoded says why."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FastltError(missing) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise FastltError(f"{path}: unreadable ({error})") from None
+
+
 def current_umask() -> int:
     """The process's umask. Linux reports it in /proc; elsewhere it is read by setting it, briefly to the
     strictest mask, so a file another thread creates in that instant is never more open than asked."""

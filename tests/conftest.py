@@ -34,6 +34,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cuda: needs a CUDA device; every other test is pinned to the CPU")
     config.addinivalue_line("markers", "slow: whole trainings, compiles and started processes (make test-quick "
                                        "leaves them out; conftest.SLOW_FILES)")
+    # Under pytest-xdist (make test: -n 2) the cores are divided between the workers, and the fastlt processes a
+    # test starts inherit the worker's share: two workers each running torch on every core would halve both.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     # Inductor's on-disk cache is keyed without the oneDNN / ATen ISA limits, and kernels built under one
     # setting gave NaNs when reused under another (AVX2 emulated on an AVX-512 CPU): one cache per setting,
     # for every compile of the suite and the fastlt processes it starts, unless the caller chose a cache.

@@ -36,7 +36,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fastlt.errors import FastltError
-from fastlt.files import check_free, file_digest
+from fastlt.files import check_free, file_digest, read_text
 
 STORE_FORMAT = "fastlt-native"
 STORE_VERSION = 1
@@ -327,11 +327,10 @@ class Store:
         meta_file = path / META_FILE
         if not path.is_dir():
             raise FastltError(f"{path}: no such store folder (create one with `fastlt convert`)")
+        text = read_text(meta_file, missing=f"{path}: not a fastlt store (no {META_FILE})")
         try:
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FastltError(f"{path}: not a fastlt store (no {META_FILE})") from None
-        except (OSError, ValueError) as exc:
+            meta = json.loads(text)
+        except ValueError as exc:
             raise FastltError(f"{meta_file}: unreadable ({exc})") from None
         if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
             raise FastltError(f"{meta_file}: not a fastlt store (format is not {STORE_FORMAT!r})")

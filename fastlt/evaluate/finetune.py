@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.linear import seeded_linear
+from fastlt.evaluate.linear import ClassifierTraining, seeded_linear
 from fastlt.evaluate.probe_views import plain_pixels
 from fastlt.progress import Advance, unwatched
 
@@ -31,23 +32,23 @@ BATCH_NORM_MODES = ("train", "eval")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(ClassifierTraining):
     """train_ft's settings: main.py's fc_* defaults."""
 
-    epochs: int = 100
-    lr: float = 1.6
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 4096
+    protocol: ClassVar[str] = "finetune"
     patience: int = 5  # stop once this many epochs follow the best one; 0 = never stop early
     batch_norm: str = "train"  # "train": batch statistics when scoring too (the reference); "eval": running ones
     center_crop: int = 0  # the view of every image: its centre square of this side (0 = all of it)
-    seed: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 100
+    lr: float = 1.6
+    batch_size: int = 4096
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.patience < 0:
-            raise FastltError(f"finetune: epochs and batch size must be >= 1 and patience >= 0, got "
-                              f"{self.epochs} / {self.batch_size} / {self.patience}")
+        super().__post_init__()
+        if self.patience < 0:
+            raise FastltError(f"finetune: patience must be >= 0, got {self.patience}")
         if self.batch_norm not in BATCH_NORM_MODES:
             raise FastltError(f"finetune: batch_norm must be one of {BATCH_NORM_MODES}, got {self.batch_norm!r}")
 

@@ -14,7 +14,7 @@ subsample drawn by the notebooks' numpy code (``ts_few_shot_subset``) or on a gi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
@@ -31,21 +31,36 @@ TS_SEED = 42  # the TS notebooks' np.random.seed and LinearSVC random_state
 
 
 @dataclass(frozen=True)
-class LinearProbeConfig:
-    """The BCL linear-probe protocol; defaults are the published ones."""
+class ClassifierTraining:
+    """What every protocol's classifier training is set by: its length, learning rate, batch size and seed. Each
+    protocol's config gives them its reference's defaults and adds its own settings."""
 
-    epochs: int = 500
-    lr: float = 1e-2
-    final_lr: float = 1e-6  # reached one scheduler step after the last epoch
-    weight_decay: float = 5e-6
-    batch_size: int = 1000
+    epochs: int
+    lr: float
+    batch_size: int
     seed: int = 0
 
+    protocol: ClassVar[str] = "probe"  # the name an error starts with
+
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise FastltError(f"linear probe epochs: must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise FastltError(f"linear probe batch_size: must be >= 1, got {self.batch_size}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise FastltError(f"{self.protocol}: epochs and batch size must be >= 1, got {self.epochs} / "
+                              f"{self.batch_size}")
+
+
+@dataclass(frozen=True)
+class LinearProbeConfig(ClassifierTraining):
+    """The BCL linear-probe protocol; defaults are the published ones."""
+
+    protocol: ClassVar[str] = "linear probe"
+    final_lr: float = 1e-6  # reached one scheduler step after the last epoch
+    weight_decay: float = 5e-6
+    epochs: int = 500
+    lr: float = 1e-2
+    batch_size: int = 1000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if not (self.lr > 0 and self.final_lr > 0):
             raise FastltError(f"linear probe lr/final_lr: must be > 0, got {self.lr} / {self.final_lr}")
         if self.weight_decay < 0:

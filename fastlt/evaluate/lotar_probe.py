@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.linear import predict_linear, seeded_linear
+from fastlt.evaluate.linear import ClassifierTraining, predict_linear, seeded_linear
 from fastlt.evaluate.probe_views import frozen_features_epoch, plain_pixels
 from fastlt.measure.features import extract_features
 from fastlt.progress import Advance, unwatched
@@ -45,19 +46,18 @@ def lotar_scope(dataset: str) -> str:
 
 
 @dataclass(frozen=True)
-class LoTaRProbeConfig:
+class LoTaRProbeConfig(ClassifierTraining):
     """train_lincls.py as run_lincls.sh runs it."""
 
+    protocol: ClassVar[str] = "lotar probe"
+    stem: str = "unpadded"
+    center_crop: int = 0  # the view of every image: its centre square of this side (0 = all of it)
     epochs: int = 90
     lr: float = 3e-4
     batch_size: int = 256
-    stem: str = "unpadded"
-    center_crop: int = 0  # the view of every image: its centre square of this side (0 = all of it)
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise FastltError(f"lotar probe: epochs and batch size must be >= 1, got {self.epochs} / {self.batch_size}")
+        super().__post_init__()
         if self.stem not in STEMS:
             raise FastltError(f"lotar probe: stem must be one of {STEMS}, got {self.stem!r}")
 

@@ -19,13 +19,14 @@ check is a matrix product; the best epochs and their predictions stay on the dev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.linear import seeded_linear
+from fastlt.evaluate.linear import ClassifierTraining, seeded_linear
 from fastlt.evaluate.probe_views import frozen_features_epoch, resized_crop_views
 from fastlt.measure.features import evaluation_mode
 from fastlt.progress import Advance, unwatched
@@ -34,23 +35,23 @@ CROP_SCALE = (0.2, 1.0)  # main_linear.py's RandomResizedCrop(size, scale=(0.2, 
 
 
 @dataclass(frozen=True)
-class SupConProbeConfig:
+class SupConProbeConfig(ClassifierTraining):
     """The classifiers' training; defaults are SelfCon's CIFAR scripts (scripts/*_represent.sh)."""
 
-    epochs: int = 100
-    lr: float = 3.0
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 512
+    protocol: ClassVar[str] = "supcon probe"
     decay_epochs: tuple[int, ...] = (60, 80)
     decay_rate: float = 0.1
     size: int = 32  # side of the training views (the test views' side)
-    seed: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    epochs: int = 100
+    lr: float = 3.0
+    batch_size: int = 512
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.size < 1:
-            raise FastltError(f"supcon probe: epochs, batch size and view size must be >= 1, got "
-                              f"{self.epochs} / {self.batch_size} / {self.size}")
+        super().__post_init__()
+        if self.size < 1:
+            raise FastltError(f"supcon probe: view size must be >= 1, got {self.size}")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of 1-based ``epoch``: epochs 1..60 at lr, 61..80 at lr x 0.1, 81.. at lr x 0.01 for the

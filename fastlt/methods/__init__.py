@@ -151,7 +151,7 @@ def build_method(recipe: Recipe, num_samples: int, sample_groups: Tensor | None 
     if axes.encoder in ("multi-exit", "multi-exit-multiview"):
         encoder = MultiExitEncoder(build_resnet(m.arch, stem=m.stem, width=m.width), m.exit_after, m.subnetwork)
         return SelfCon(views, encoder, build_head(recipe, encoder.feature_dim), build_head(recipe, encoder.feature_dim),
-                       contrast, boost, num_views=2 if axes.encoder == "multi-exit-multiview" else 1)
+                       contrast, boost, multiview=axes.encoder == "multi-exit-multiview")
     if m.head != "projector":
         raise FastltError("model.head: the self-damaging encoder needs 'projector' (its batch norms are doubled "
                           f"per branch), got {m.head!r}")

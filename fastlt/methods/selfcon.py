@@ -14,7 +14,7 @@ from fastlt.models.multi_exit import BackboneExit, EnsembleExit, MultiExitEncode
 
 
 class SelfCon(ContrastiveMethod):
-    """Each image is augmented ``num_views`` times; the sub-network's and the backbone's embeddings are the
+    """Each image is augmented once, or twice with ``multiview``; the sub-network's and the backbone's embeddings are the
     loss's two "views".
 
     One view (SelfCon, SelfCon-SU): with the supervised SupCon objective an anchor's positives
@@ -34,12 +34,10 @@ class SelfCon(ContrastiveMethod):
         head: nn.Module,
         contrast: ContrastiveLoss,
         boost: MemorisationBoost | None = None,
-        num_views: int = 1,
+        multiview: bool = False,
     ):
         super().__init__(views, contrast, boost)
-        if num_views not in (1, 2):
-            raise FastltError(f"SelfCon: one or two views per image, got {num_views}")
-        self.num_views = num_views
+        self.num_views = 2 if multiview else 1
         self.encoder = encoder
         self.subnetwork_head = subnetwork_head
         self.head = head

@@ -92,5 +92,7 @@ def test_the_early_stop_ends_training_once_patience_epochs_follow_the_best():
 def test_bad_settings_are_one_line():
     with pytest.raises(FastltError, match="batch_norm must be one of"):
         FinetuneConfig(batch_norm="frozen")
-    with pytest.raises(FastltError, match="patience >= 0"):
+    with pytest.raises(FastltError, match="patience must be >= 0, got -1"):
         FinetuneConfig(patience=-1)
+    with pytest.raises(FastltError, match="finetune: epochs and batch size must be >= 1, got 0 / 4096"):
+        FinetuneConfig(epochs=0)

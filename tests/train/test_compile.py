@@ -59,8 +59,10 @@ def test_compiled_sdclr_step_equals_eager_for_full_and_last_batch(tmp_path, monk
     for size in (8, 5, 8, 5):  # the second epoch reuses the cached graphs
         expected = eager.step(batches[size], labels[size], CONTEXT)
         result = compiled.step(batches[size], labels[size], CONTEXT)
-        assert torch.allclose(result.loss, expected.loss, atol=1e-5)
-        assert torch.allclose(result.per_sample, expected.per_sample, atol=1e-5)
+        # Inductor's fused kernels sum in another order (which also depends on the thread count): fp32 agreement
+        # to a few parts in 1e5 of each sample's loss.
+        torch.testing.assert_close(result.loss, expected.loss, rtol=2e-5, atol=1e-5)
+        torch.testing.assert_close(result.per_sample, expected.per_sample, rtol=2e-5, atol=1e-5)
         graphs.append(counters["stats"]["unique_graphs"])
     one_shape = graphs[0] - graphs_before
     assert one_shape >= 1 and graphs[1] - graphs[0] == one_shape  # the last batch: one more graph each
