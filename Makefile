@@ -49,12 +49,16 @@ bench: $(STAMP)
 
 # The published tables (fastlt/reproduce.py): CIFAR=path/to/tarball (else it is downloaded),
 # SPLITS=1,2,3,4,5 for mean and std over the published splits, EPOCHS=N for a short version,
-# SET="section.key=value ..." to override recipe values in every run.
+# SET="section.key=value ..." to override recipe values in every run. The runs are a sweep (docs/sweeps.md):
+# DEVICES=auto (default: every visible GPU, one run each; the CPU without one) or cuda:0,cuda:1, PER_DEVICE=K runs
+# at once per GPU, JOBS=N runs at once on the CPU, SLURM="partition=P,gpus=1,time=600" each run a Slurm job.
 # Stopped and run again, each target continues where it stopped.
 DATA    ?= data
 RESULTS ?= results
 SPLITS  ?= 1
-REPRODUCE = $(BIN)/fastlt reproduce --out $(RESULTS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(foreach s,$(SET),--set $(s))
+REPRODUCE = $(BIN)/fastlt reproduce --out $(RESULTS) $(if $(EPOCHS),--epochs $(EPOCHS)) $(foreach s,$(SET),--set $(s)) \
+            $(if $(DEVICES),--devices $(DEVICES)) $(if $(PER_DEVICE),--per-device $(PER_DEVICE)) \
+            $(if $(JOBS),--jobs $(JOBS)) $(if $(SLURM),--slurm $(SLURM))
 
 $(DATA)/%/meta.json: | $(STAMP)
 	$(BIN)/fastlt convert $* $(if $(CIFAR),--source $(CIFAR),--download) --out $(DATA)/$*

@@ -21,6 +21,7 @@ from fastlt.augment.views import ViewConfig
 from fastlt.choices import EVAL_EXITS, PROTOCOL_CHOICES
 from fastlt.data.store import STORE_LIST
 from fastlt.errors import FastltError
+from fastlt.files import read_text
 from fastlt.shipped import shipped_folder
 
 
@@ -186,6 +187,13 @@ class TrainConfig:
                                     "data.split, queries = eval.val_split); 0 = off", NON_NEGATIVE)
     tensorboard: bool = setting(False, "also write every metrics.jsonl number to RUN/tensorboard "
                                        "(pip install 'fastlt[tensorboard]')")
+    wandb: bool = setting(False, "also log every metrics.jsonl number, the recipe, the hardware choices and "
+                                 "linear-eval's reports to Weights & Biases, files in RUN/wandb "
+                                 "(pip install 'fastlt[wandb]')")
+    wandb_project: str = setting("fastlt", "train.wandb: the W&B project")
+    wandb_mode: str = setting("offline", "train.wandb: offline (nothing leaves the machine until wandb sync), "
+                                         "online or disabled", one_of("offline", "online", "disabled"))
+    wandb_group: str = setting("", "train.wandb: the W&B group (a sweep's name); empty = none")
 
 
 @dataclass
@@ -429,12 +437,9 @@ def read_recipe_tables(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, An
     """
     if path.resolve() in _seen:
         raise FastltError(f"{path}: 'extends' forms a cycle")
+    text = read_text(path, missing=f"{path}: recipe file not found")
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FastltError(f"{path}: recipe file not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise FastltError(f"{path}: cannot read recipe ({error})") from None
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise FastltError(f"{path}: not valid TOML ({error})") from None
     for section, keys in RECIPE_RELATIVE_PATHS.items():

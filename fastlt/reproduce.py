@@ -1,9 +1,10 @@
 """Reproduce a published table: pretrain its presets on its splits, evaluate each with its paper's protocol,
 and write our numbers beside the published ones.
 
-Every stage leaves a result on disk that the next invocation finds: a finished run is not
-trained again, a stopped one resumes from its checkpoint, an existing report is not
-recomputed. So `make reproduce-cifar100` can be stopped at any point and run again.
+The table's runs are a sweep (fastlt.sweep): they run on every GPU at once, or on the CPU, or as Slurm
+jobs, and every stage leaves a result on disk that the next invocation finds: a finished run is not
+trained again, a stopped one resumes from its checkpoint, an existing report is not recomputed. So
+`make reproduce-cifar100` can be stopped at any point and run again.
 """
 from __future__ import annotations
 
@@ -18,14 +19,12 @@ import numpy as np
 from fastlt.data.splits import split_name
 from fastlt.errors import FastltError, RunStopped
 from fastlt.evaluate.plots import PlotResult, plot_runs
-from fastlt.evaluate.protocol import linear_eval
 from fastlt.evaluate.report import PER_CLASS_PNG
-from fastlt.files import write_text_atomic
-from fastlt.progress import say
-from fastlt.recipe import Recipe, find_recipe, load_recipe
-from fastlt.checkpoint import CHECKPOINTS, LAST, PREVIOUS, load_run_checkpoint
-from fastlt.hardware import resolve_device, resolve_precision
-from fastlt.train.trainer import pretrain, resume_run
+from fastlt.files import read_text, write_text_atomic
+from fastlt.recipe import Recipe, as_override, find_recipe
+from fastlt.sweep import Engine, run_plan
+from fastlt.sweep.plan import SweepPlan, SweepPoint
+from fastlt.sweep.state import epochs_logged, run_dir_of
 
 
 @dataclass(frozen=True)
@@ -80,49 +79,6 @@ TABLES: dict[str, Table] = {
 }
 
 
-@dataclass
-class Clock:
-    """Measured epoch times of this invocation, for the expected time of what is left."""
-
-    epoch_seconds: list[float] = field(default_factory=list)
-
-    def remaining(self, epochs_left: int) -> str:
-        if not self.epoch_seconds:
-            return "unknown"
-        seconds = float(np.mean(self.epoch_seconds)) * epochs_left
-        if seconds >= 3600:
-            return f"{seconds / 3600:.1f} h"
-        return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
-
-
-def first_epoch_seconds(run_dir: Path) -> float:
-    """The first epoch's wall time as the trainer logged it."""
-    first = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[0]
-    return float(json.loads(first)["epoch_seconds"])
-
-
-def epochs_done(run_dir: Path) -> int:
-    """Epochs the run's last checkpoint holds (previous.pt where last.pt is unreadable)."""
-    return int(load_run_checkpoint(run_dir, say)[1]["epoch"])
-
-
-def train_row(recipe_path: Path, run_dir: Path, overrides: list[str], epochs: int, clock: Clock,
-              epochs_after: int) -> None:
-    """Pretrain one run to ``epochs``: start it with one epoch to time it and go on, or resume it where it stopped."""
-    started_here = not run_dir.exists()
-    if started_here:
-        recipe = load_recipe(recipe_path, [*overrides, f"train.out_dir={json.dumps(str(run_dir.parent))}",
-                                           f"train.name={json.dumps(run_dir.name)}"])
-        pretrain(recipe, str(recipe_path), until_epoch=1)
-        clock.epoch_seconds.append(first_epoch_seconds(run_dir))
-        say(f"{run_dir.name}: first epoch {clock.epoch_seconds[-1]:.1f} s; expected time for this run and the "
-            f"ones after it on this device: {clock.remaining(epochs - 1 + epochs_after)}")
-    elif not any((run_dir / CHECKPOINTS / name).is_file() for name in (LAST, PREVIOUS)):
-        raise FastltError(f"{run_dir}: run folder without a checkpoint; remove it to start the run again")
-    if epochs_done(run_dir) < epochs:
-        resume_run(run_dir, continuing=started_here)
-
-
 def report_folders(recipe: Recipe, row: Row, shots: tuple[str, ...]) -> dict[str, str]:
     """Column group -> the report folder name ``fastlt linear-eval`` gives it (docs/evaluating-runs.md)."""
     if row.protocol == "ts":
@@ -131,15 +87,11 @@ def report_folders(recipe: Recipe, row: Row, shots: tuple[str, ...]) -> dict[str
     return {shot: f"bcl-linear-{full}" if shot == "full" else f"bcl-linear-{shot}shot" for shot in shots}
 
 
-def evaluate_row(row: Row, recipe: Recipe, run_dir: Path, shots: tuple[str, ...], device: str,
-                 precision: str, random_init: bool = False) -> dict[str, Any]:
-    """Our numbers for a row's columns from its reports, running the evaluation only where a report is missing."""
+def row_results(row: Row, recipe: Recipe, run_dir: Path, shots: tuple[str, ...]) -> dict[str, Any]:
+    """Our numbers for a row's columns, from the reports its sweep point wrote."""
     folders = report_folders(recipe, row, shots)
-    missing = tuple(shot for shot, name in folders.items() if not (run_dir / "eval" / name / "eval.json").is_file())
-    if missing:
-        linear_eval(run_dir, device=device, precision=precision, overrides={"protocol": row.protocol},
-                    shots=missing if row.protocol == "bcl" else ("full",), random_init=random_init)
-    documents = {shot: json.loads((run_dir / "eval" / name / "eval.json").read_text(encoding="utf-8"))
+    documents = {shot: json.loads(read_text(run_dir / "eval" / name / "eval.json",
+                                            missing=f"{run_dir}: no {name} report; run `fastlt linear-eval` on it"))
                  for shot, name in folders.items()}
     values: dict[str, Any] = {"_reports": [str(run_dir / "eval" / name) for name in folders.values()]}
     if row.protocol == "ts":
@@ -157,10 +109,39 @@ def evaluate_row(row: Row, recipe: Recipe, run_dir: Path, shots: tuple[str, ...]
     return values
 
 
+def table_shots(table_name: str) -> tuple[str, ...]:
+    """The BCL probe's columns: full, 100- and 50-shot; the digits table (no few-shot lists) full only."""
+    return BCL_COLUMNS if table_name != "digits" else ("full",)
+
+
+def reproduction_plan(table_name: str, store: Path, splits: tuple[int, ...], epochs: int | None,
+                      overrides: tuple[str, ...], precision: str) -> SweepPlan:
+    """The table's runs as a sweep: each row's shipped recipe on each split, named ``<recipe>-split<N>``."""
+    table = TABLES[table_name]
+    points = []
+    for split in splits:
+        for row in table.rows:
+            recipe_path = find_recipe(f"{table.folder}/{row.recipe}").resolve()
+            settings = [f"data.store={json.dumps(str(store.resolve()))}", f"train.precision={json.dumps(precision)}",
+                        f"eval.protocol={json.dumps(row.protocol)}", *overrides]
+            if table.split_file:
+                split_path = (recipe_path.parent / table.split_file.format(split=split)).resolve()
+                settings.append(f"data.split={json.dumps(str(split_path))}")
+            if epochs is not None:
+                settings.append(f"train.epochs={epochs}")
+            point = SweepPoint(f"{row.recipe}-split{split}", recipe_path, tuple(as_override(s) for s in settings),
+                               {"method": row.recipe, "setting": "-", "split": str(split)},
+                               table_shots(table_name) if row.protocol == "bcl" else ("full",),
+                               random_init=table.baseline and row == table.rows[0])
+            point.recipe()  # every run's recipe checked before any starts
+            points.append(point)
+    return SweepPlan(Path(f"fastlt reproduce {table_name}"), tuple(points))
+
+
 def reproduce(table_name: str, store: Path, out_dir: Path, splits: tuple[int, ...] = (1,), epochs: int | None = None,
-              overrides: tuple[str, ...] = (), device: str = "auto", precision: str = "auto") -> Path:
-    """Pretrain, evaluate and tabulate ``table_name`` (cifar100, cifar10, imagenet100, digits); returns the
-    Markdown file."""
+              overrides: tuple[str, ...] = (), engine: Engine | None = None, precision: str = "auto") -> Path:
+    """Pretrain, evaluate and tabulate ``table_name`` (cifar100, cifar10, imagenet100, digits) as a sweep on
+    ``engine`` (default: every GPU, else the CPU); returns the Markdown file."""
     if table_name not in TABLES:
         raise FastltError(f"reproduce: unknown table {table_name!r} (expected one of {', '.join(TABLES)})")
     table = TABLES[table_name]
@@ -168,41 +149,25 @@ def reproduce(table_name: str, store: Path, out_dir: Path, splits: tuple[int, ..
         raise FastltError(f"reproduce {table_name}: has one split only, got --splits {','.join(map(str, splits))}")
     if not (store / "meta.json").is_file():
         raise FastltError(f"{store}: not a fastlt store (no meta.json); convert the data set first")
-    eval_device = resolve_device(device, f"--device {device}")  # before the recipes, which take both as they are
-    eval_precision = resolve_precision(precision, eval_device, f"--precision {precision}").name
-    runs_dir = out_dir / table.folder / "runs"
-    shots = BCL_COLUMNS if table_name != "digits" else ("full",)
-    plan = []
-    for split in splits:
-        for row in table.rows:
-            recipe_path = find_recipe(f"{table.folder}/{row.recipe}")
-            settings = [f"data.store={json.dumps(str(store.resolve()))}", f"train.device={json.dumps(device)}",
-                        f"train.precision={json.dumps(precision)}", *overrides]
-            if table.split_file:
-                split_path = (recipe_path.parent / table.split_file.format(split=split)).resolve()
-                settings.append(f"data.split={json.dumps(str(split_path))}")
-            if epochs is not None:
-                settings.append(f"train.epochs={epochs}")
-            recipe = load_recipe(recipe_path, settings)
-            plan.append((split, row, recipe_path, settings, recipe, runs_dir / f"{row.recipe}-split{split}"))
-
-    clock = Clock()
+    engine = engine or Engine.of(None, None, 1, None)
+    plan = reproduction_plan(table_name, store, splits, epochs, overrides, precision)
+    sweep_dir = out_dir / table.folder
     started = time.perf_counter()
+    try:
+        run_plan(plan, sweep_dir, engine)
+    except RunStopped as stop:  # the same command picks up every stage where it stopped
+        raise RunStopped(stop.what, f"run the same `fastlt reproduce {table_name}` command again to continue "
+                                    "(finished runs and reports are kept)", stop.signum) from None
     results: dict[tuple[int, str], dict[str, Any]] = {}
-    for index, (split, row, recipe_path, settings, recipe, run_dir) in enumerate(plan):
-        later = sum(entry[4].train.epochs for entry in plan[index + 1:])
-        try:
-            train_row(recipe_path, run_dir, settings, recipe.train.epochs, clock, later)
-        except RunStopped as stop:  # the same command picks up every stage where it stopped
-            raise RunStopped(stop.what, f"run the same `fastlt reproduce {table_name}` command again to continue "
-                                        "(finished runs and reports are kept)", stop.signum) from None
-        results[(split, row.recipe)] = evaluate_row(row, recipe, run_dir, shots, str(eval_device), eval_precision,
-                                                    random_init=table.baseline and row == table.rows[0])
-        epochs_logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        results[(split, row.recipe)] |= {"_epochs": len(epochs_logged),
-                                         "_seconds": sum(entry["epoch_seconds"] for entry in epochs_logged)}
+    shots = table_shots(table_name)
+    for point, (split, row) in zip(plan.points, ((s, r) for s in splits for r in table.rows)):
+        run_dir = run_dir_of(sweep_dir, point.name)
+        results[(split, row.recipe)] = row_results(row, point.recipe(), run_dir, shots)
+        logged = epochs_logged(run_dir)
+        results[(split, row.recipe)] |= {"_epochs": len(logged), "_seconds": sum(logged)}
     # The table and its plots are rebuilt from the runs on every invocation: running again is how it resumes.
-    plots = plot_runs([entry[5] for entry in plan], out_dir / table.folder / "plots", overwrite=True)
+    plots = plot_runs([run_dir_of(sweep_dir, point.name) for point in plan.points], sweep_dir / "plots",
+                      overwrite=True)
     markdown = results_markdown(table_name, table, splits, results, shots, time.perf_counter() - started)
     markdown += plots_markdown(plots, out_dir, results)
     out = out_dir / f"{table.folder}.md"

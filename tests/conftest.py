@@ -71,7 +71,7 @@ def launch() -> ModuleType:
 
 # Whole trainings, compiles and processes started: `make test-quick` (pytest -m "not slow") leaves them out.
 SLOW_FILES = {"test_demo.py", "test_reproduce.py", "test_packaging.py", "test_compile.py", "test_faults.py",
-              "test_distributed.py", "test_distributed_runs.py", "test_presets.py"}
+              "test_distributed.py", "test_distributed_runs.py", "test_presets.py", "test_sweep_runs.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,9 +16,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastlt"
 TIERS: list[set[str]] = [
     {"__main__"},  # `python -m fastlt`
     {"cli"},
-    {"reproduce", "bench"},  # whole runs: pretrain, then evaluate, for `fastlt reproduce` / `fastlt bench`
+    {"reproduce", "bench"},  # published tables (a sweep of their presets) and `fastlt bench`
+    {"sweep"},  # many runs, each pretrained then evaluated, on a node's devices or as Slurm jobs
     {"train", "evaluate"},  # siblings: neither stands on the other
-    {"methods", "measure"},  # measure: features, kNN and accuracy shared by the training monitor and evaluate
+    {"methods", "measure", "wandb_log"},  # measure: features, kNN and accuracy shared by the training monitor and
+    # evaluate; wandb_log: the run's W&B run, which training logs to and evaluate adds its reports to
     {"recipe"},  # methods read their recipe; the recipe names views (augment) and store lists (data)
     {"objectives", "models", "augment"},
     {"data"},

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,16 @@ import pytest
 
 from conftest import ILSVRC_LT_PER_CLASS
 from fastlt.data.store import Store, StorePart, write_native_store
-from fastlt.errors import FastltError, RunStopped
+from fastlt.errors import FastltError
 from fastlt.reproduce import TABLES, reproduce
-from fastlt.progress import Progress
+from fastlt.sweep import Engine
 from fastlt.train.trainer import pretrain
 from fastlt.recipe import find_recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ("model.width=4", "model.projector_hidden=16", "model.projector_out=8", "views.size=8", "train.batch_size=256",
         "train.progress=false", "eval.epochs=2", "eval.knn=[1]")
+TWO_CPU_JOBS = Engine.of("cpu", 2, 1, None)
 
 
 def cell(markdown: str, label: str) -> list[str]:
@@ -41,7 +43,8 @@ def test_cifar100_table_uses_the_published_split_protocols_and_numbers(tmp_path,
         "train": StorePart(rng.integers(0, 256, (len(labels), 2, 2, 3), dtype=np.uint8), labels),
         "test": StorePart(rng.integers(0, 256, (len(test_labels), 2, 2, 3), dtype=np.uint8), test_labels)},
         {"dataset": "true labels, random 2x2 pixels"})
-    out = reproduce("cifar100", store, tmp_path / "results", epochs=1, overrides=TINY, device="cpu", precision="fp32")
+    out = reproduce("cifar100", store, tmp_path / "results", epochs=1, overrides=TINY, engine=TWO_CPU_JOBS,
+                    precision="fp32")
     assert out == tmp_path / "results" / "cifar100_lt.md"
     markdown = out.read_text()
     runs = tmp_path / "results" / "cifar100_lt" / "runs"
@@ -61,22 +64,24 @@ def test_cifar100_table_uses_the_published_split_protocols_and_numbers(tmp_path,
     assert not (runs / "simclr-ts-split1" / "eval" / "bcl-linear-cifar100_trainIdxList").exists()
 
 
-def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_store, capsys):
+def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_store):
     settings = [f"data.store={json.dumps(str(digits_store))}", f"train.out_dir={json.dumps(str(tmp_path / 'r' / 'digits_lt' / 'runs'))}",
                 "train.name=\"sdclr-split1\"", "train.epochs=2", *TINY]
     # A run stopped after its first epoch (as an interrupted invocation leaves it).
     pretrain(load_recipe(find_recipe("digits_lt/sdclr"), settings), until_epoch=1)
-    out = reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, device="cpu", precision="fp32")
-    runs = tmp_path / "r" / "digits_lt" / "runs"
-    said = capsys.readouterr().err
-    # a run this invocation started goes on after its timing epoch; the one stopped before is resumed
-    assert f"{runs / 'simclr-split1'}: continuing at epoch 2 of 2\n" in said
-    assert f"{runs / 'sdclr-split1'}: resuming at epoch 2 of 2\n" in said
-    assert said.count("resuming") == 1
-    # 2 epochs are fewer than the digits recipes' 5 of warm-up: each of the 4 runs said so when it started
-    assert said.count("warning: optim.warmup_epochs 5 >= train.epochs 2: the whole run is the lr's linear warm-up, "
-                      "which peaks at the end at best and never decays; give fewer with --set "
-                      "optim.warmup_epochs=N (N < 2)\n") == 4
+    out = reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, engine=TWO_CPU_JOBS,
+                    precision="fp32")
+    runs, logs = tmp_path / "r" / "digits_lt" / "runs", tmp_path / "r" / "digits_lt" / "logs"
+    said = {path.stem: path.read_text() for path in logs.glob("*.log")}
+    assert sorted(said) == ["bcl-d-split1", "bcl-i-split1", "sdclr-split1", "simclr-split1"]
+    # the run stopped before is resumed, the others start; nothing starts twice
+    assert f"{runs / 'sdclr-split1'}: resuming at epoch 2 of 2\n" in said["sdclr-split1"]
+    assert sum(log.count("resuming") for log in said.values()) == 1
+    # 2 epochs are fewer than the digits recipes' 5 of warm-up: each run this invocation started said so
+    warning = ("warning: optim.warmup_epochs 5 >= train.epochs 2: the whole run is the lr's linear warm-up, which "
+               "peaks at the end at best and never decays; give fewer with --set optim.warmup_epochs=N (N < 2)\n")
+    assert [name for name, log in sorted(said.items()) if warning in log] == ["bcl-d-split1", "bcl-i-split1",
+                                                                            "simclr-split1"]
     resumed = json.loads((runs / "sdclr-split1" / "run.json").read_text())["resumes"]
     assert [entry["from_epoch"] for entry in resumed] == [1]
     first = out.read_text()
@@ -89,9 +94,13 @@ def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_
     assert "digits_lt/plots/loss.png" in links and "digits_lt/plots/bcl_weights.png" in links
     assert "digits_lt/runs/simclr-split1/eval/bcl-linear-all-train/per_class.png" in links
     assert all((tmp_path / "r" / link).is_file() for link in links)
+    # the sweep's own table of the same runs, beside the reproduction's
+    sweep_table = (tmp_path / "r" / "digits_lt" / "table.md").read_text()
+    assert f"| simclr | - | bcl-linear | linear | 1 | 2 | {simclr['linear']['overall']:.2f} |" in sweep_table
 
     stamps = {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()}
-    again = reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, device="cpu", precision="fp32")
+    again = reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, engine=TWO_CPU_JOBS,
+                      precision="fp32")
     assert {p: p.stat().st_mtime_ns for p in runs.rglob("*") if p.is_file()} == stamps  # nothing trained or evaluated
     assert cell(again.read_text(), "SimCLR") == cell(first, "SimCLR")
 
@@ -101,20 +110,27 @@ def test_digits_reproduction_resumes_and_skips_finished_stages(tmp_path, digits_
         reproduce("cifar10", tmp_path / "nowhere", tmp_path / "r")
 
 
-def test_a_stopped_reproduction_says_to_run_the_same_command_again(tmp_path, digits_store, monkeypatch):
-    real_step = Progress.step
-
-    def step_then_signal(progress: Progress) -> None:  # SIGTERM during the first run's timing epoch
-        real_step(progress)
-        signal.raise_signal(signal.SIGTERM)
-
-    monkeypatch.setattr(Progress, "step", step_then_signal)
-    with pytest.raises(RunStopped) as stop:
-        reproduce("digits", digits_store, tmp_path / "r", epochs=2, overrides=TINY, device="cpu", precision="fp32")
-    assert str(stop.value) == ("SIGTERM: stopped at epoch 1, after batch 1; checkpoint saved; run the same "
-                               "`fastlt reproduce digits` command again to continue (finished runs and reports "
-                               "are kept)")
-    assert stop.value.signum == signal.SIGTERM
+def test_a_stopped_reproduction_says_to_run_the_same_command_again(tmp_path, digits_store):
+    """SIGTERM to `fastlt reproduce` while its runs train: passed to the workers, which stop at a step with a
+    checkpoint; the command says how to go on and exits 128 + 15; run again, the stopped runs resume."""
+    command = [sys.executable, "-m", "fastlt", "reproduce", "digits", "--store", str(digits_store), "--out",
+               str(tmp_path / "r"), "--epochs", "200", "--jobs", "2", "--precision", "fp32",
+               *(f"--set={setting}" for setting in TINY)]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "r" / "digits_lt" / "runs"
+    deadline = time.monotonic() + 120
+    while not any(runs.glob("*/metrics.jsonl")) and time.monotonic() < deadline:  # a run is past its first epoch
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert stderr.splitlines()[-1] == ("SIGTERM: the sweep's running runs stopped at a step with a checkpoint; run the "
+                                       "same `fastlt reproduce digits` command again to continue (finished runs and "
+                                       "reports are kept)")
+    states = {path.stem: json.loads(path.read_text())["state"] for path in (tmp_path / "r" / "digits_lt" / "state").glob("*.json")}
+    assert sorted(states.values()) == ["stopped", "stopped"], states  # the two running runs; none started after
+    for name in states:
+        assert (runs / name / "checkpoints" / "last.pt").is_file()
 
 
 def test_make_reproduce_imagenet100_converts_pretrains_and_tabulates_the_ts_row(tmp_path, ilsvrc):

@@ -14,7 +14,7 @@ import click
 from fastlt.choices import EVAL_EXITS, PROTOCOL_CHOICES
 from fastlt.cli.shared import (
     DEVICE_HELP, PRECISION_CHOICES, PRECISION_HELP, CommaList, DeviceName, overwrite_option, positive_ints,
-    user_errors,
+    engine_options, user_errors,
 )
 from fastlt.files import check_free
 
@@ -167,15 +167,19 @@ def export(target: Path, out: Path, overwrite: bool) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), help="Pretraining epochs (default: the recipes', the papers').")
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a value in every run's recipe.")
-@click.option("--device", type=DeviceName(), default="auto", show_default=True, help=DEVICE_HELP)
 @click.option("--precision", default="auto", show_default=True, help=PRECISION_HELP)
+@engine_options
 @user_errors
 def reproduce(table: str, store_path: Path, out: Path, split_ids: tuple[int, ...], epochs: int | None,
-              overrides: tuple[str, ...], device: str, precision: str) -> None:
+              overrides: tuple[str, ...], precision: str, devices: str | None, per_device: int, jobs: int | None,
+              slurm: str | None) -> None:
     """Pretrain and evaluate the presets of a published table, and write our numbers beside the paper's.
 
-    Stopped and run again, it resumes: finished runs and reports are kept.
+    The runs are a sweep (see `fastlt sweep`): on every GPU at once by default. Stopped and run again, it
+    resumes: finished runs and reports are kept.
     """
     from fastlt.reproduce import reproduce as run_reproduction
+    from fastlt.sweep import Engine
 
-    click.echo(str(run_reproduction(table, store_path, out, split_ids, epochs, overrides, device, precision)))
+    engine = Engine.of(devices, jobs, per_device, slurm)
+    click.echo(str(run_reproduction(table, store_path, out, split_ids, epochs, overrides, engine, precision)))

@@ -83,6 +83,26 @@ PRECISION_CHOICES = "auto (bf16 where the device runs it natively, else fp16 on 
 PRECISION_HELP = PRECISION_CHOICES + " fp16 training scales the loss."
 
 
+def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--devices, --per-device, --jobs and --slurm: where the runs of a sweep (or a reproduction) go."""
+    options = [
+        click.option("--devices", metavar="auto|cpu|cuda:0,cuda:1,...",
+                     help="GPUs to run on, one run per GPU at a time (auto: every visible one; on a machine "
+                          "without CUDA, the CPU).  [default: auto]"),
+        click.option("--per-device", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Runs at once on each GPU (small runs that leave a large GPU idle)."),
+        click.option("--jobs", type=click.IntRange(min=1),
+                     help="On the CPU: runs at once, the cores divided between them (default 1)."),
+        click.option("--slurm", metavar="partition=P,gpus=G,time=MIN,...",
+                     help="Submit each run as a Slurm job through submitit (a job array; multi-GPU runs under "
+                          "torchrun; requeued runs resume); other keys go to Slurm as slurm_<key>; "
+                          "cluster=local runs the jobs here."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 def overwrite_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """--overwrite, alike on every command that writes a path the user named: without it, an existing one is
     refused before any work (fastlt.files.check_free)."""

@@ -66,6 +66,8 @@ class Comparison:
     rows: list[Row]
     shots: list[str]
     left_out: dict[str, str] = field(default_factory=dict)  # a RUN without reports, and why
+    label_columns: tuple[str, ...] = LABEL_COLUMNS  # what tells the rows apart (a sweep's table has its own)
+    caption: str = CAPTION
 
     def left_out_line(self) -> str | None:
         """One line naming the runs left out and why, or None when none was."""
@@ -73,26 +75,26 @@ class Comparison:
 
     def markdown(self) -> str:
         """A Markdown table (values to 2 decimals, "-" where a report lacks one) and its caption."""
-        header = [*LABEL_COLUMNS, *(c.replace("_", " ") for c in ACCURACY_COLUMNS), *(f"{s}-shot" for s in self.shots)]
-        lines = ["| " + " | ".join(header) + " |",
-                 "|" + "---|" * len(LABEL_COLUMNS) + "---:|" * (len(header) - len(LABEL_COLUMNS))]
+        labels = self.label_columns
+        header = [*labels, *(c.replace("_", " ") for c in ACCURACY_COLUMNS), *(f"{s}-shot" for s in self.shots)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(labels) + "---:|" * (len(header) - len(labels))]
         for row in self.rows:
-            cells = ["-" if row.labels[c] is None else str(row.labels[c]) for c in LABEL_COLUMNS]
+            cells = ["-" if row.labels[c] is None else str(row.labels[c]) for c in labels]
             cells += [_formatted(*_measure(row.full, c)) for c in ACCURACY_COLUMNS]
             cells += [_formatted(*_measure(row.few_shot.get(s), "overall")) for s in self.shots]
             lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines) + f"\n\n{CAPTION}\n"
+        return "\n".join(lines) + f"\n\n{self.caption}\n"
 
     def csv(self) -> str:
         """The same table as CSV with full-precision numbers, each few-shot std in its own column, "" where missing."""
-        header = [*LABEL_COLUMNS, *ACCURACY_COLUMNS]
+        header = [*self.label_columns, *ACCURACY_COLUMNS]
         for shots in self.shots:
             header += [f"{shots}-shot", f"{shots}-shot std"]
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(header)
         for row in self.rows:
-            values = [row.labels[c] for c in LABEL_COLUMNS] + [_measure(row.full, c)[0] for c in ACCURACY_COLUMNS]
+            values = [row.labels[c] for c in self.label_columns] + [_measure(row.full, c)[0] for c in ACCURACY_COLUMNS]
             for shots in self.shots:
                 values += _measure(row.few_shot.get(shots), "overall")
             writer.writerow(["" if value is None else value for value in values])

@@ -58,6 +58,7 @@ from fastlt.methods import build_method
 from fastlt.models.multi_exit import BackboneExit, EnsembleExit
 from fastlt.recipe import EvalConfig, Recipe, recipe_from_dict, with_store_lists
 from fastlt.checkpoint import CHECKPOINTS, LAST, load_checkpoint, load_model_state, load_run_checkpoint
+from fastlt.wandb_log import log_reports, require_wandb
 from fastlt.progress import Stages, say
 from fastlt.hardware import PRECISION_TYPES
 
@@ -602,6 +603,8 @@ def linear_eval(
                 raise FastltError(f"knn k = {too_large[0]}: larger than the "
                                   f"{len(plan.probe_lists[0].indices)} samples of the memory bank")
         check_report_free(plan.folder, overwrite)
+    if recipe.train.wandb:
+        require_wandb()
 
     test_part = store.part(settings.test_part)
     train_counts = class_counts(pretrain_indices, train_part.labels, store.num_classes)
@@ -684,4 +687,6 @@ def linear_eval(
                      overwrite, HEADLINES.get(plan.protocol, "overall"), figure)
         folders[plan.key] = plan.folder
         tables.append(f"## {title}\n\n{markdown_table(rows[plan.key], HEADLINES.get(plan.protocol, 'overall'))}")
+    if recipe.train.wandb:  # the reports join the run's W&B run
+        log_reports(run_dir, recipe, {plan.folder.name: rows[plan.key] for plan in plans})
     return EvalResult(rows, folders, "\n".join(tables))

@@ -17,6 +17,7 @@ CHANGEABLE_ON_RESUME = {
     "train.progress", "train.log_every", "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_every",
     "train.out_dir", "train.name",
     "train.monitor_every", "train.tensorboard",  # watching: the held-out kNN and TensorBoard read, never write
+    "train.wandb", "train.wandb_project", "train.wandb_mode", "train.wandb_group",  # watching, as TensorBoard
     "train.device",  # another device of the recorded type (cuda:1 for cuda:0); the type itself is checked
     "train.compile", "train.compile_views", "train.memory_format",  # the same maths, other kernels (float rounding may differ)
     "data.store", "data.split",  # moved files: their contents are compared with the checkpoint's record

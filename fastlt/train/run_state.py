@@ -39,6 +39,7 @@ from fastlt.recipe import OptimConfig, Recipe, with_store_lists
 from fastlt.train.distributed import Ranks, StopVote, launched_ranks
 from fastlt.train.lars import Lars
 from fastlt.train.monitor import Monitor, require_tensorboard
+from fastlt.wandb_log import require_wandb
 
 
 @dataclass(frozen=True)
@@ -225,8 +226,10 @@ def seeded_method(recipe: Recipe, data_size: int, sample_groups: torch.Tensor | 
 
 
 def check_watchers(recipe: Recipe, data: TrainingData, method: ContrastiveMethod) -> None:
-    """What the monitor and TensorBoard need, checked before anything is written: the eval.exit, the package."""
+    """What the monitor, TensorBoard and W&B need, checked before anything is written: the eval.exit, the packages."""
     if data.monitor is not None:
         method.feature_extractor(data.monitor.exit)  # a one-line error for an exit the method lacks
     if recipe.train.tensorboard:
         require_tensorboard()
+    if recipe.train.wandb:
+        require_wandb()

@@ -11,7 +11,8 @@ disagree whenever the process dies. ``resume_run`` continues a run exactly, also
 middle of an epoch: model, optimiser, loss scaler, method state (e.g. BCL memory), every RNG
 and the hardware choices recorded at the start. With
 ``train.monitor_every`` an epoch's record also holds the held-out kNN accuracy
-(fastlt.train.monitor); with ``train.tensorboard`` every record also goes to RUN/tensorboard.
+(fastlt.train.monitor); with ``train.tensorboard`` every record also goes to RUN/tensorboard, and with
+``train.wandb`` to the run's Weights & Biases run (fastlt.wandb_log).
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ from fastlt.train.runinfo import run_record
 from fastlt.train.schedule import peak_lr, warmup_cosine_lr
 from fastlt.train.snapshot import checkpoint_payload, own_generator_states, recorded_hardware, restore, resume_device
 from fastlt.train.stopping import StopRequest, stop_now, stopped
+from fastlt.wandb_log import WandbLog
 
 
 def pretrain_or_resume(recipe: Recipe, recipe_path: str, overrides: Sequence[str | Override] = (),
@@ -124,12 +126,8 @@ def warn_all_warmup(recipe: Recipe) -> None:
             f"optim.warmup_epochs=N (N < {epochs})")
 
 
-def resume_run(run_dir: Path, overrides: Sequence[str | Override] = (), until_epoch: int | None = None,
-               continuing: bool = False) -> Path:
-    """Continue a run from its last checkpoint with the choices it recorded; refuse changes to its history.
-
-    ``continuing``: this process started the run and carries on after an ``until_epoch`` (reproduce's timing
-    epoch), so the line says "continuing" rather than "resuming"."""
+def resume_run(run_dir: Path, overrides: Sequence[str | Override] = (), until_epoch: int | None = None) -> Path:
+    """Continue a run from its last checkpoint with the choices it recorded; refuse changes to its history."""
     checkpoint, payload = load_run_checkpoint(run_dir, say)
     recipe = recipe_with_overrides(json.loads(json.dumps(payload["recipe"])), overrides, str(checkpoint))
     where = f"{run_dir}"
@@ -158,7 +156,7 @@ def resume_run(run_dir: Path, overrides: Sequence[str | Override] = (), until_ep
         restore(state, payload, checkpoint)
         if ranks.main:
             within = f", batch {state.partial.batches + 1} of {len(data.loader)}" if state.partial is not None else ""
-            say(f"{run_dir}: {'continuing' if continuing else 'resuming'} at epoch {epochs_done + 1} of "
+            say(f"{run_dir}: resuming at epoch {epochs_done + 1} of "
                 f"{recipe.train.epochs}{within}")
             keep_metrics_until(run_dir / "metrics.jsonl", epochs_done)
             write_json_atomic(run_dir / "config.json", recipe.to_dict())
@@ -199,7 +197,7 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
     progress = Progress(recipe.train.progress and main, recipe.train.epochs, last_epoch,
                         monitor.epochs(state.epoch + 1, last_epoch) if monitor else (),
                         monitor.label if monitor else "kNN")
-    tensorboard = TensorBoardLog(run_dir, state.epoch) if recipe.train.tensorboard and main else None
+    logs = metrics_logs(recipe, run_dir, state.epoch, choices) if main else []
     keep_every = recipe.train.keep_every
     # Every rank keeps the schedule (its saved_epoch is what a non-finite loss reports); rank 0 writes.
     schedule = CheckpointSchedule(recipe.train.checkpoint_every, recipe.train.checkpoint_minutes, state.epoch)
@@ -228,15 +226,26 @@ def train_epochs(state: RunState, data: TrainingData, recipe: Recipe, choices: H
                         held = writer.submit(run_dir, checkpoint_payload(state, recipe, choices, data.identity),
                                              milestone)
                     schedule.saved(epoch)
-                if tensorboard is not None:
-                    tensorboard.write(record)
+                for log in logs:
+                    log.write(record)
                 progress.end_epoch(record)
                 if stopping and epoch < last_epoch:
                     writer.wait()
                     raise stopped(run_dir, stop.signal or signal.SIGTERM, f"the end of epoch {epoch}")
     finally:
-        if tensorboard is not None:
-            tensorboard.close()
+        for log in logs:
+            log.close()
+
+
+def metrics_logs(recipe: Recipe, run_dir: Path, epochs_done: int,
+                 choices: HardwareChoices) -> list[TensorBoardLog | WandbLog]:
+    """Where the main process sends each metrics record besides metrics.jsonl: the recipe's optional loggers."""
+    logs: list[TensorBoardLog | WandbLog] = []
+    if recipe.train.tensorboard:
+        logs.append(TensorBoardLog(run_dir, epochs_done))
+    if recipe.train.wandb:
+        logs.append(WandbLog(run_dir, recipe, asdict(choices)))
+    return logs
 
 
 class NonFiniteLoss:

@@ -1,0 +1,114 @@
+"""``fastlt sweep``: many runs (recipes x a grid of settings x splits x seeds) on every device of a node or as
+Slurm jobs, each pretrained, evaluated, and tabulated with the others.
+
+plan (the sweep file read into named points) -> an engine runs the points not done (local: worker processes
+on devices or cores; slurm: submitit jobs), each through point.run_point -> table (mean +- std per method and
+setting, with the plots). state is the sweep folder's record of every run, which makes a second invocation
+skip finished runs, resume stopped ones and start the rest, and lets ``--status`` read a sweep running
+elsewhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastlt.errors import FastltError
+from fastlt.files import write_text_atomic
+from fastlt.progress import say
+from fastlt.sweep.local import Slot, cpu_slots, cuda_slots, run_local
+from fastlt.sweep.plan import SweepPlan, read_sweep
+from fastlt.sweep.slurm import run_slurm, slurm_executor, slurm_parameters
+from fastlt.sweep.state import recorded_state, sweep_status, write_plan
+from fastlt.sweep.table import TABLE_MD, write_sweep_table
+
+SOURCE_COPY = "sweep.toml"  # the sweep file as it was when this folder was last started
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where the runs go: ``slots`` on this machine, or Slurm (``slurm``: the --slurm text)."""
+
+    slots: tuple[Slot, ...] = ()
+    slurm: str = ""
+
+    @classmethod
+    def of(cls, devices: str | None, jobs: int | None, per_device: int, slurm: str | None) -> Engine:
+        """The engine the options name, checked: a device that does not exist is a one-line error here."""
+        if slurm is not None:
+            if devices is not None or jobs is not None:
+                raise FastltError("--slurm: the jobs' devices come from Slurm; leave out --devices and --jobs")
+            return cls(slurm=slurm)
+        if per_device < 1:
+            raise FastltError(f"--per-device {per_device}: must be >= 1")
+        if devices == "cpu" or (devices in (None, "auto") and not cuda_slots("auto", 1)):
+            return cls(tuple(cpu_slots(jobs or 1)))
+        if jobs is not None:
+            raise FastltError("--jobs divides the CPU cores; with GPUs use --per-device for runs per GPU")
+        return cls(tuple(cuda_slots(devices or "auto", per_device)))
+
+    @property
+    def gpus(self) -> int:
+        """GPUs per Slurm job (0: a CPU job)."""
+        return slurm_parameters(self.slurm)[1].get("gpus_per_node", 0) if self.slurm else 0
+
+    def executor(self, sweep_dir: Path) -> Any:
+        """submitit's executor for a Slurm engine (its options checked), None for this machine."""
+        return slurm_executor(self.slurm, sweep_dir) if self.slurm else None
+
+    def describe(self) -> str:
+        if self.slurm:
+            return f"Slurm ({self.slurm})"
+        labels = [slot.label for slot in self.slots]
+        threads = self.slots[0].environment.get("OMP_NUM_THREADS")
+        return f"{len(labels)} at once on {', '.join(dict.fromkeys(labels))}" + \
+            (f" ({threads} thread{'s' if threads != '1' else ''} each)" if threads else "")
+
+
+def run_sweep(sweep_file: Path, sweep_dir: Path, engine: Engine) -> Path:
+    """Run every point of ``sweep_file`` not done yet, then write the table; returns table.md."""
+    plan = read_sweep(sweep_file)
+    executor = engine.executor(sweep_dir)  # a bad --slurm option is refused before the folder is made
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(sweep_dir) / SOURCE_COPY, Path(sweep_file).read_text(encoding="utf-8"))
+    return run_plan(plan, sweep_dir, engine, executor)
+
+
+def run_plan(plan: SweepPlan, sweep_dir: Path, engine: Engine, executor: Any = None) -> Path:
+    """Run every point of ``plan`` not done yet in ``sweep_dir``, then write the table; returns table.md.
+
+    A run that fails is reported and the others go on; the table holds the runs that finished, and the
+    command then fails naming the ones that did not (the same command runs them again)."""
+    sweep_dir = Path(sweep_dir)
+    executor = executor or engine.executor(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_plan(sweep_dir, plan)
+    todo = [point for point in plan.points if recorded_state(sweep_dir, point.name)["state"] != "done"]
+    say(f"sweep {sweep_dir}: {len(plan.points)} runs, {len(plan.points) - len(todo)} done already; "
+        f"{engine.describe()}")
+
+    def announce(name: str, what: str, where: str, running: frozenset[str]) -> None:
+        status = sweep_status(sweep_dir, plan, running)
+        say(f"[{status.line(max(len(engine.slots), 1))}] {name}: {what} ({where})")
+
+    if not todo:
+        outcome = {}
+    elif engine.slurm:
+        outcome = run_slurm(sweep_dir, todo, executor, engine.gpus, announce)
+    else:
+        outcome = run_local(sweep_dir, todo, list(engine.slots), announce)
+    return _finish(sweep_dir, plan, outcome)
+
+
+def _finish(sweep_dir: Path, plan: SweepPlan, outcome: dict[str, str]) -> Path:
+    done = [p.name for p in plan.points if recorded_state(sweep_dir, p.name)["state"] == "done"]
+    if done:
+        for path in write_sweep_table(sweep_dir, plan, done):
+            say(f"wrote {path}")
+    failed = {name: what for name, what in outcome.items() if what != "done"}
+    if failed:
+        first = next(iter(failed.items()))
+        raise FastltError(f"sweep {sweep_dir}: {len(failed)} of {len(plan.points)} runs did not finish "
+                          f"({first[0]}: {first[1]}{'; ...' if len(failed) > 1 else ''}); logs in {sweep_dir}/logs; "
+                          "run the same command again to retry them")
+    return sweep_dir / TABLE_MD

@@ -1,0 +1,120 @@
+"""The runs of a sweep as Slurm jobs, through submitit: one job array, a job per run.
+
+``--slurm partition=gpu,gpus=4,time=240`` names the jobs' resources (partition, gpus per job, time in
+minutes, cpus, mem in GB, nodes; any other key goes to Slurm as submitit's ``slurm_<key>``, and one submitit
+does not know is refused before anything is submitted). ``cluster=local`` runs the same jobs through
+submitit's local executor, on this machine: the path the tests take, and a way to try a sweep file before
+queueing it.
+
+A job with several GPUs pretrains under torchrun (one process per GPU) and evaluates in the job's own
+process afterwards. On preemption or time-out, Slurm's warning signal makes submitit requeue the job
+(``checkpoint``), and the requeued job resumes the run from its last checkpoint (train.checkpoint_minutes
+bounds what is lost).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from fastlt.errors import FastltError
+from fastlt.sweep.plan import SweepPoint
+from fastlt.sweep.point import run_point
+from fastlt.sweep.state import recorded_state
+
+SLURM_FOLDER = "slurm"
+GENERIC = {"gpus": ("gpus_per_node", int), "time": ("timeout_min", int), "cpus": ("cpus_per_task", int),
+           "mem": ("mem_gb", float), "nodes": ("nodes", int)}
+POLL_SECONDS = 1.0
+
+
+def require_submitit() -> Any:
+    try:
+        import submitit
+    except ImportError:
+        raise FastltError("--slurm: the submitit package is not installed (pip install 'fastlt[slurm]')") from None
+    return submitit
+
+
+def slurm_parameters(text: str) -> tuple[str, dict[str, Any]]:
+    """``partition=gpu,gpus=4,time=240`` -> ("slurm", {"slurm_partition": "gpu", "gpus_per_node": 4, ...});
+    ``cluster=local`` picks submitit's local executor."""
+    cluster, parameters = "slurm", {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, equals, value = item.partition("=")
+        if not (equals and key and value):
+            raise FastltError(f"--slurm {text}: {item!r} is not key=value")
+        if key == "cluster":
+            cluster = value
+        elif key in GENERIC:
+            name, kind = GENERIC[key]
+            try:
+                parameters[name] = kind(value)
+            except ValueError:
+                raise FastltError(f"--slurm {text}: {key} must be a number, got {value!r}") from None
+        else:
+            parameters[f"slurm_{key}"] = int(value) if value.isdigit() else value
+    return cluster, parameters
+
+
+def slurm_executor(text: str, sweep_dir: Path) -> Any:
+    """The submitit executor for ``--slurm TEXT``, its options checked before any submission."""
+    submitit = require_submitit()
+    cluster, parameters = slurm_parameters(text)
+    with tempfile.TemporaryDirectory() as trial:  # submitit makes its folder at once: a refusal must leave none
+        for folder in (Path(trial), Path(sweep_dir) / SLURM_FOLDER):
+            try:
+                executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+                executor.update_parameters(name="fastlt-sweep", tasks_per_node=1, **parameters)
+            except (NameError, ValueError, AssertionError, RuntimeError) as error:
+                raise FastltError(f"--slurm {text}: {str(error).splitlines()[0]}") from None
+    return executor
+
+
+class SweepJob:
+    """What one Slurm job runs (a submitit checkpointable callable): the run to done, under torchrun when it
+    has several GPUs; requeued as the same call on preemption."""
+
+    def __call__(self, sweep_dir: str, point: SweepPoint, gpus: int) -> str:
+        device = "cuda" if gpus else "cpu"
+        if gpus > 1:
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                            "-m", "fastlt.sweep.worker", sweep_dir, point.name, device, "--train-only"], check=True)
+        return run_point(Path(sweep_dir), point, device, train=gpus <= 1)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """Requeue the same call: the run resumes from its checkpoint."""
+        return require_submitit().helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def run_slurm(sweep_dir: Path, points: list[SweepPoint], executor: Any, gpus: int,
+              announce: Callable[[str, str, str, frozenset[str]], None]) -> dict[str, str]:
+    """Submit ``points`` as one job array and follow the jobs to the end; returns each run's final state."""
+    with executor.batch():
+        jobs = {point.name: executor.submit(SweepJob(), str(sweep_dir), point, gpus) for point in points}
+    for name, job in jobs.items():
+        announce(name, "submitted", f"job {job.job_id}", frozenset())
+    outcome: dict[str, str] = {}
+    while len(outcome) < len(jobs):
+        time.sleep(POLL_SECONDS)
+        for name, job in jobs.items():
+            if name not in outcome and job.done():
+                outcome[name] = _ended(sweep_dir, name, job)
+                announce(name, outcome[name], f"job {job.job_id}", frozenset())
+    return outcome
+
+
+def _ended(sweep_dir: Path, name: str, job: Any) -> str:
+    """"done", or "failed: <why>" from the run's record (or the job's exception, for a job that never started)."""
+    record = recorded_state(sweep_dir, name)
+    if record["state"] == "done":
+        return "done"
+    if record["state"] == "failed":
+        return f"failed: {record.get('error', 'see ' + str(job.paths.stderr))}"
+    error = job.exception()
+    return f"failed: {str(error).strip().splitlines()[-1] if error else 'ended without a result'}"
+
+

@@ -1,0 +1,34 @@
+"""A worker process of a sweep: ``python -m fastlt.sweep.worker SWEEP_DIR NAME DEVICE [--train-only]`` brings the
+run NAME of the sweep folder to done (fastlt.sweep.point), and exits as a fastlt command does: 0, 1 with an
+``error:`` line, or 128 + the signal that stopped it. Its own module, which the package does not import, so
+that ``-m`` runs it once.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fastlt.errors import FastltError, RunStopped
+from fastlt.sweep.point import run_point, train_point
+from fastlt.sweep.state import read_plan
+
+
+def main(argv: list[str]) -> int:
+    """The worker's whole job; argv as in the module's docstring."""
+    sweep_dir, name, device = Path(argv[0]), argv[1], argv[2]
+    point = read_plan(sweep_dir).point(name)
+    try:
+        if "--train-only" in argv:  # a rank of torchrun inside a Slurm job: the job evaluates afterwards
+            train_point(sweep_dir, point, device)
+        else:
+            run_point(sweep_dir, point, device)
+    except FastltError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RunStopped as stop:  # the trainer has said where it stopped
+        return 128 + stop.signum
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
