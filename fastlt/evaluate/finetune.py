@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.linear import ClassifierTraining, seeded_linear
+from fastlt.evaluate.linear import SgdClassifierTraining, seeded_linear
 from fastlt.evaluate.probe_views import plain_pixels
 from fastlt.progress import Advance, unwatched
 
@@ -32,15 +32,13 @@ BATCH_NORM_MODES = ("train", "eval")
 
 
 @dataclass(frozen=True)
-class FinetuneConfig(ClassifierTraining):
+class FinetuneConfig(SgdClassifierTraining):
     """train_ft's settings: main.py's fc_* defaults."""
 
     protocol: ClassVar[str] = "finetune"
     patience: int = 5  # stop once this many epochs follow the best one; 0 = never stop early
     batch_norm: str = "train"  # "train": batch statistics when scoring too (the reference); "eval": running ones
     center_crop: int = 0  # the view of every image: its centre square of this side (0 = all of it)
-    momentum: float = 0.9
-    weight_decay: float = 0.0
     epochs: int = 100
     lr: float = 1.6
     batch_size: int = 4096

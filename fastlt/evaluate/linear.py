@@ -49,6 +49,15 @@ class ClassifierTraining:
 
 
 @dataclass(frozen=True)
+class SgdClassifierTraining(ClassifierTraining):
+    """Classifier training by SGD with momentum, as SupCon's, SelfCon's and FlatCLR's code does it (0.9, no weight
+    decay, unless a protocol says otherwise)."""
+
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass(frozen=True)
 class LinearProbeConfig(ClassifierTraining):
     """The BCL linear-probe protocol; defaults are the published ones."""
 

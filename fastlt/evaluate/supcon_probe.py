@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastlt.errors import FastltError
-from fastlt.evaluate.linear import ClassifierTraining, seeded_linear
+from fastlt.evaluate.linear import SgdClassifierTraining, seeded_linear
 from fastlt.evaluate.probe_views import frozen_features_epoch, resized_crop_views
 from fastlt.measure.features import evaluation_mode
 from fastlt.progress import Advance, unwatched
@@ -35,15 +35,13 @@ CROP_SCALE = (0.2, 1.0)  # main_linear.py's RandomResizedCrop(size, scale=(0.2, 
 
 
 @dataclass(frozen=True)
-class SupConProbeConfig(ClassifierTraining):
+class SupConProbeConfig(SgdClassifierTraining):
     """The classifiers' training; defaults are SelfCon's CIFAR scripts (scripts/*_represent.sh)."""
 
     protocol: ClassVar[str] = "supcon probe"
     decay_epochs: tuple[int, ...] = (60, 80)
     decay_rate: float = 0.1
     size: int = 32  # side of the training views (the test views' side)
-    momentum: float = 0.9
-    weight_decay: float = 0.0
     epochs: int = 100
     lr: float = 3.0
     batch_size: int = 512

@@ -26,16 +26,8 @@ class SelfCon(ContrastiveMethod):
     the other exit, so the image's other view is a negative. Every exit has its own head.
     """
 
-    def __init__(
-        self,
-        views: SimCLRViews,
-        encoder: MultiExitEncoder,
-        subnetwork_head: nn.Module,
-        head: nn.Module,
-        contrast: ContrastiveLoss,
-        boost: MemorisationBoost | None = None,
-        multiview: bool = False,
-    ):
+    def __init__(self, views: SimCLRViews, encoder: MultiExitEncoder, subnetwork_head: nn.Module, head: nn.Module,
+                 contrast: ContrastiveLoss, boost: MemorisationBoost | None = None, multiview: bool = False):
         super().__init__(views, contrast, boost)
         self.num_views = 2 if multiview else 1
         self.encoder = encoder
