@@ -18,7 +18,7 @@ from fastlt.files import write_text_atomic
 from fastlt.progress import say
 from fastlt.sweep.local import Slot, cpu_slots, cuda_slots, run_local
 from fastlt.sweep.plan import SweepPlan, read_sweep
-from fastlt.sweep.slurm import run_slurm, slurm_executor, slurm_parameters
+from fastlt.sweep.slurm import run_slurm, slurm_executor
 from fastlt.sweep.state import recorded_state, sweep_status, write_plan
 from fastlt.sweep.table import TABLE_MD, write_sweep_table
 
@@ -46,11 +46,6 @@ class Engine:
         if jobs is not None:
             raise FastltError("--jobs divides the CPU cores; with GPUs use --per-device for runs per GPU")
         return cls(tuple(cuda_slots(devices or "auto", per_device)))
-
-    @property
-    def gpus(self) -> int:
-        """GPUs per Slurm job (0: a CPU job)."""
-        return slurm_parameters(self.slurm)[1].get("gpus_per_node", 0) if self.slurm else 0
 
     def executor(self, sweep_dir: Path) -> Any:
         """submitit's executor for a Slurm engine (its options checked), None for this machine."""
@@ -94,7 +89,7 @@ def run_plan(plan: SweepPlan, sweep_dir: Path, engine: Engine, executor: Any = N
     if not todo:
         outcome = {}
     elif engine.slurm:
-        outcome = run_slurm(sweep_dir, todo, executor, engine.gpus, announce)
+        outcome = run_slurm(sweep_dir, todo, executor, engine.slurm, announce)
     else:
         outcome = run_local(sweep_dir, todo, list(engine.slots), announce)
     return _finish(sweep_dir, plan, outcome)

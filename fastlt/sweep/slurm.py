@@ -2,12 +2,13 @@
 
 ``--slurm partition=gpu,gpus=4,time=240`` names the jobs' resources (partition, gpus per job, time in
 minutes, cpus, mem in GB, nodes; any other key goes to Slurm as submitit's ``slurm_<key>``, and one submitit
-does not know is refused before anything is submitted). ``cluster=local`` runs the same jobs through
+does not know is refused before anything is submitted); ``processes=N`` trains each run in N processes
+(default: one per GPU). ``cluster=local`` runs the same jobs through
 submitit's local executor, on this machine: the path the tests take, and a way to try a sweep file before
 queueing it.
 
-A job with several GPUs pretrains under torchrun (one process per GPU) and evaluates in the job's own
-process afterwards. On preemption or time-out, Slurm's warning signal makes submitit requeue the job
+A job with several processes pretrains under torchrun and evaluates in the job's own process afterwards
+(on CPU jobs the processes talk over gloo: how the tests run this path). On preemption or time-out, Slurm's warning signal makes submitit requeue the job
 (``checkpoint``), and the requeued job resumes the run from its last checkpoint (train.checkpoint_minutes
 bounds what is lost).
 """
@@ -39,9 +40,10 @@ def require_submitit() -> Any:
     return submitit
 
 
-def slurm_parameters(text: str) -> tuple[str, dict[str, Any]]:
-    """``partition=gpu,gpus=4,time=240`` -> ("slurm", {"slurm_partition": "gpu", "gpus_per_node": 4, ...});
-    ``cluster=local`` picks submitit's local executor."""
+def slurm_parameters(text: str) -> tuple[str, dict[str, Any], int]:
+    """``partition=gpu,gpus=4,time=240`` -> ("slurm", {"slurm_partition": "gpu", "gpus_per_node": 4, ...}, 4): the
+    cluster (``cluster=local``: submitit's local executor), submitit's parameters, and the training processes of
+    each job (``processes=N``, by default one per GPU, one on a CPU job)."""
     cluster, parameters = "slurm", {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, equals, value = item.partition("=")
@@ -49,21 +51,24 @@ def slurm_parameters(text: str) -> tuple[str, dict[str, Any]]:
             raise FastltError(f"--slurm {text}: {item!r} is not key=value")
         if key == "cluster":
             cluster = value
-        elif key in GENERIC:
-            name, kind = GENERIC[key]
+        elif key in GENERIC or key == "processes":
+            name, kind = GENERIC.get(key, ("processes", int))
             try:
                 parameters[name] = kind(value)
             except ValueError:
                 raise FastltError(f"--slurm {text}: {key} must be a number, got {value!r}") from None
         else:
             parameters[f"slurm_{key}"] = int(value) if value.isdigit() else value
-    return cluster, parameters
+    processes = parameters.pop("processes", max(parameters.get("gpus_per_node", 0), 1))
+    if processes < 1:
+        raise FastltError(f"--slurm {text}: processes must be >= 1")
+    return cluster, parameters, processes
 
 
 def slurm_executor(text: str, sweep_dir: Path) -> Any:
     """The submitit executor for ``--slurm TEXT``, its options checked before any submission."""
     submitit = require_submitit()
-    cluster, parameters = slurm_parameters(text)
+    cluster, parameters, _ = slurm_parameters(text)
     with tempfile.TemporaryDirectory() as trial:  # submitit makes its folder at once: a refusal must leave none
         for folder in (Path(trial), Path(sweep_dir) / SLURM_FOLDER):
             try:
@@ -75,26 +80,29 @@ def slurm_executor(text: str, sweep_dir: Path) -> Any:
 
 
 class SweepJob:
-    """What one Slurm job runs (a submitit checkpointable callable): the run to done, under torchrun when it
-    has several GPUs; requeued as the same call on preemption."""
+    """What one Slurm job runs (a submitit checkpointable callable): the run to done, its pretraining under
+    torchrun when the job has several processes (one per GPU); requeued as the same call on preemption."""
 
-    def __call__(self, sweep_dir: str, point: SweepPoint, gpus: int) -> str:
-        device = "cuda" if gpus else "cpu"
-        if gpus > 1:
-            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-                            "-m", "fastlt.sweep.worker", sweep_dir, point.name, device, "--train-only"], check=True)
-        return run_point(Path(sweep_dir), point, device, train=gpus <= 1)
+    def __call__(self, sweep_dir: str, point: SweepPoint, device: str, processes: int) -> str:
+        if processes > 1:
+            subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            f"--nproc_per_node={processes}", "-m", "fastlt.sweep.worker", sweep_dir, point.name, device,
+                            "--train-only"], check=True)
+        return run_point(Path(sweep_dir), point, device, train=processes == 1)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """Requeue the same call: the run resumes from its checkpoint."""
         return require_submitit().helpers.DelayedSubmission(self, *args, **kwargs)
 
 
-def run_slurm(sweep_dir: Path, points: list[SweepPoint], executor: Any, gpus: int,
+def run_slurm(sweep_dir: Path, points: list[SweepPoint], executor: Any, slurm: str,
               announce: Callable[[str, str, str, frozenset[str]], None]) -> dict[str, str]:
-    """Submit ``points`` as one job array and follow the jobs to the end; returns each run's final state."""
+    """Submit ``points`` as one job array (``--slurm`` options ``slurm``) and follow the jobs to the end; returns
+    each run's final state."""
+    _, parameters, processes = slurm_parameters(slurm)
+    device = "cuda" if parameters.get("gpus_per_node", 0) else "cpu"
     with executor.batch():
-        jobs = {point.name: executor.submit(SweepJob(), str(sweep_dir), point, gpus) for point in points}
+        jobs = {point.name: executor.submit(SweepJob(), str(sweep_dir), point, device, processes) for point in points}
     for name, job in jobs.items():
         announce(name, "submitted", f"job {job.job_id}", frozenset())
     outcome: dict[str, str] = {}

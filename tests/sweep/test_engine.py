@@ -103,24 +103,26 @@ def test_conflicting_engine_options(cuda_count, options: tuple, fragments: tuple
     refused(lambda: Engine.of(*options), *fragments)
 
 
-def test_slurm_engine_keeps_its_text_and_gpus() -> None:
+def test_slurm_engine_keeps_its_text() -> None:
     engine = Engine.of(None, None, 1, "partition=gpu,gpus=4")
-    assert (engine.slots, engine.slurm, engine.gpus) == ((), "partition=gpu,gpus=4", 4)
+    assert (engine.slots, engine.slurm) == ((), "partition=gpu,gpus=4")
     assert engine.describe() == "Slurm (partition=gpu,gpus=4)"
-    assert Engine.of(None, None, 1, "cluster=local").gpus == 0
 
 
-def test_slurm_parameters_map_to_submitit_names() -> None:
+def test_slurm_parameters_map_to_submitit_names_and_processes_per_job() -> None:
     assert slurm_parameters("partition=gpu,gpus=4,time=240,mem=32,account=abc") == ("slurm", {
-        "slurm_partition": "gpu", "gpus_per_node": 4, "timeout_min": 240, "mem_gb": 32.0, "slurm_account": "abc"})
+        "slurm_partition": "gpu", "gpus_per_node": 4, "timeout_min": 240, "mem_gb": 32.0, "slurm_account": "abc"}, 4)
     assert slurm_parameters(" cluster=local , cpus=2,nodes=1,qos=7 ") == (
-        "local", {"cpus_per_task": 2, "nodes": 1, "slurm_qos": 7})
-    assert slurm_parameters("") == ("slurm", {})
+        "local", {"cpus_per_task": 2, "nodes": 1, "slurm_qos": 7}, 1)
+    assert slurm_parameters("") == ("slurm", {}, 1)
+    assert slurm_parameters("cluster=local,processes=2") == ("local", {}, 2)  # torchrun on a CPU job
+    assert slurm_parameters("gpus=2,processes=1")[2] == 1
 
 
 @pytest.mark.parametrize(("text", "fragments"), [
     ("gpus=four", ("gpus must be a number", "'four'")),
     ("mem=lots", ("mem must be a number",)),
+    ("processes=0", ("processes must be >= 1",)),
     ("partition", ("'partition' is not key=value",)),
     ("partition=gpu,time=", ("'time=' is not key=value",)),
 ])

@@ -131,3 +131,22 @@ def test_the_same_sweep_through_submitits_local_executor(tmp_path: Path, digits_
     again = subprocess.run(fastlt("sweep", str(grid), "--out", str(sweep_dir), "--slurm", "cluster=local"),
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "4 runs, 4 done already" in again.stderr and "submitted" not in again.stderr
+
+
+def test_a_job_with_several_processes_pretrains_under_torchrun_then_evaluates(
+        tmp_path: Path, digits_store: Path) -> None:
+    """--slurm processes=2 on CPU jobs: the job runs torchrun (two gloo ranks) for the pretraining and evaluates in
+    its own process, the path a multi-GPU job takes."""
+    grid = tmp_path / "one.toml"
+    grid.write_text(SWEEP.format(store=digits_store, epochs=2).replace(
+        'recipes = ["digits_lt/simclr", "digits_lt/bcl-d"]\nseeds = [1, 2]', 'recipes = ["digits_lt/simclr"]'))
+    sweep_dir = tmp_path / "sweep"
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(fastlt("sweep", str(grid), "--out", str(sweep_dir), "--slurm", "cluster=local,processes=2"),
+                          capture_output=True, text=True, timeout=300, env=one_thread)
+    assert done.returncode == 0, done.stderr
+    run = sweep_dir / "runs" / "simclr"
+    assert json.loads((run / "run.json").read_text())["distributed"]["world"] == 2
+    assert json.loads((sweep_dir / "state" / "simclr.json").read_text())["state"] == "done"
+    assert table_cells((sweep_dir / "table.md").read_text())[("simclr", "linear")][0] == \
+        f"{json.loads(next((run / 'eval').glob('*/eval.json')).read_text())['reports']['linear']['overall']:.2f}"
