@@ -110,23 +110,7 @@ def _list_of(document: dict[str, Any], key: str, kind: type, where: str) -> list
 def read_sweep(path: Path) -> SweepPlan:
     """The points of the sweep file at ``path``, every one's recipe loaded and checked."""
     path = Path(path)
-    try:
-        document = tomllib.loads(read_text(path, missing=f"{path}: no such sweep file"))
-    except tomllib.TOMLDecodeError as error:
-        raise FastltError(f"{path}: not valid TOML ({error})") from None
-    unknown = sorted(set(document) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise FastltError(f"{path}: unknown key {unknown[0]!r} (a sweep file has {', '.join(sorted(TOP_LEVEL_KEYS))})")
-    recipes = _list_of(document, "recipes", str, str(path))
-    if not recipes:
-        raise FastltError(f"{path}: names no recipes (recipes = [\"digits_lt/simclr\", ...])")
-    seeds, splits = _list_of(document, "seeds", int, str(path)), _list_of(document, "splits", str, str(path))
-    shots = tuple(str(s) for s in document.get("shots", ["full"]))
-    if not isinstance(document.get("shots", []), list) or not all(s == "full" or s.isdigit() for s in shots):
-        raise FastltError(f"{path}: shots must be a list of \"full\" and numbers of shots, got {document['shots']!r}")
-    random_init = document.get("random_init", False)
-    if not isinstance(random_init, bool):
-        raise FastltError(f"{path}: random_init must be true or false, got {random_init!r}")
+    document = _document(path)
     folder = path.parent
     common = [_override(key, _absolute(key, value, folder), f"{path}: [set] {key}")
               for key, value in flat_settings(document.get("set", {}), f"{path}: [set]").items()]
@@ -134,17 +118,11 @@ def read_sweep(path: Path) -> SweepPlan:
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise FastltError(f"{path}: [grid] {key} must be a non-empty list of values, got {values!r}")
-    for split in splits:
-        split_file = Path(_absolute("data.split", split, folder))
-        if not split.startswith(STORE_LIST) and not split_file.is_file():
-            raise FastltError(f"{path}: splits: {split_file}: no such split file")
-
-    recipe_paths = {name: _recipe_path(name, folder, path) for name in recipes}
-    stems = [p.stem for p in recipe_paths.values()]
+    recipe_paths = [_recipe_path(name, folder, path) for name in document["recipes"]]
+    stems = [p.stem for p in set(recipe_paths)]
     points = []
-    for recipe_name, values, split, seed in itertools.product(
-            recipes, itertools.product(*grid.values()), splits or [None], seeds or [None]):
-        recipe_path = recipe_paths[recipe_name]
+    for recipe_path, values, split, seed in itertools.product(recipe_paths, itertools.product(*grid.values()),
+                                                              document["splits"] or [None], document["seeds"] or [None]):
         method = recipe_path.stem if stems.count(recipe_path.stem) == 1 else f"{recipe_path.parent.name}-{recipe_path.stem}"
         setting = dict(zip(grid, values))
         overrides = [*common, *(_override(k, _absolute(k, v, folder), f"{path}: [grid] {k} = {v!r}")
@@ -156,7 +134,8 @@ def read_sweep(path: Path) -> SweepPlan:
         if seed is not None:
             overrides.append(_override("train.seed", seed, f"{path}: seeds {seed}"))
             parts.append(f"seed{seed}")
-        point = SweepPoint("_".join(parts), recipe_path, tuple(overrides), shots=shots, random_init=random_init)
+        point = SweepPoint("_".join(parts), recipe_path, tuple(overrides), shots=document["shots"],
+                           random_init=document["random_init"])
         recipe = point.recipe()  # every point checked before anything runs
         labels = {"method": method, "setting": ", ".join(f"{k}={_short(v)}" for k, v in setting.items()) or "-",
                   "split": split_name(recipe.data.split), "seed": str(recipe.train.seed)}
@@ -166,6 +145,33 @@ def read_sweep(path: Path) -> SweepPlan:
         twice = next(name for name in names if names.count(name) > 1)
         raise FastltError(f"{path}: two runs would be named {twice!r} (a recipe, split or seed listed twice?)")
     return SweepPlan(path, tuple(points))
+
+
+def _document(path: Path) -> dict[str, Any]:
+    """The sweep file's top level, checked: its keys, its lists, its split files (which must exist)."""
+    try:
+        document = tomllib.loads(read_text(path, missing=f"{path}: no such sweep file"))
+    except tomllib.TOMLDecodeError as error:
+        raise FastltError(f"{path}: not valid TOML ({error})") from None
+    unknown = sorted(set(document) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise FastltError(f"{path}: unknown key {unknown[0]!r} (a sweep file has {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    for key, kind in (("recipes", str), ("seeds", int), ("splits", str)):
+        document[key] = _list_of(document, key, kind, str(path))
+    if not document["recipes"]:
+        raise FastltError(f"{path}: names no recipes (recipes = [\"digits_lt/simclr\", ...])")
+    shots = document.get("shots", ["full"])
+    if not isinstance(shots, list) or not all(str(s) == "full" or str(s).isdigit() for s in shots):
+        raise FastltError(f"{path}: shots must be a list of \"full\" and numbers of shots, got {shots!r}")
+    document["shots"] = tuple(str(s) for s in shots)
+    document.setdefault("random_init", False)
+    if not isinstance(document["random_init"], bool):
+        raise FastltError(f"{path}: random_init must be true or false, got {document['random_init']!r}")
+    for split in document["splits"]:
+        split_file = Path(_absolute("data.split", split, path.parent))
+        if not split.startswith(STORE_LIST) and not split_file.is_file():
+            raise FastltError(f"{path}: splits: {split_file}: no such split file")
+    return document
 
 
 def _recipe_path(name: str, folder: Path, sweep_file: Path) -> Path:

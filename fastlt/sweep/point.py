@@ -17,7 +17,6 @@ from fastlt.hardware import resolve_device, resolve_precision
 from fastlt.recipe import Override
 from fastlt.sweep.plan import SweepPoint
 from fastlt.sweep.state import RUNS_FOLDER, mark, recorded_state, run_dir_of
-from fastlt.train.distributed import launched_ranks
 from fastlt.train.trainer import pretrain_or_resume
 
 
@@ -57,8 +56,7 @@ def run_point(sweep_dir: Path, point: SweepPoint, device: str, train: bool = Tru
     mark(sweep_dir, point.name, "running", device=device)
     try:
         run_dir = train_point(sweep_dir, point, device) if train else run_dir_of(sweep_dir, point.name)
-        if launched_ranks().main:
-            evaluate_point(run_dir, point, device)
+        evaluate_point(run_dir, point, device)
     except RunStopped:
         mark(sweep_dir, point.name, "stopped", device=device)
         raise
