@@ -42,6 +42,9 @@ class Engine:
         if per_device < 1:
             raise FastltError(f"--per-device {per_device}: must be >= 1")
         if devices == "cpu" or (devices in (None, "auto") and not cuda_slots("auto", 1)):
+            if per_device > 1:
+                raise FastltError(f"--per-device {per_device}: runs per GPU, and the runs go to the CPU here; "
+                                  "use --jobs N for N runs at once on the CPU")
             return cls(tuple(cpu_slots(jobs or 1)))
         if jobs is not None:
             raise FastltError("--jobs divides the CPU cores; with GPUs use --per-device for runs per GPU")

@@ -137,3 +137,8 @@ def test_slurm_options_submitit_refuses(tmp_path: Path, text: str) -> None:
     assert message.startswith(f"--slurm {text}: "), message
     if "bogus_key" in text:
         assert "bogus_key" in message
+
+
+def test_runs_per_gpu_on_a_machine_without_one_is_refused(cuda_count) -> None:
+    cuda_count(0)
+    refused(lambda: Engine.of(None, None, 2, None), "--per-device 2", "use --jobs N")
