@@ -105,3 +105,69 @@ def test_every_fenced_fastlt_line_names_a_real_command_and_options():
 def test_the_fenced_line_check_catches_a_wrong_command_or_option(line):
     with pytest.raises(AssertionError):
         check_line(line)
+
+
+# A measured time (`12.5 s`, `3 min 58 s`, `21.2 ms`, `60-210 us`, `1.5 h`) or rate (`9,884 images/s`).
+MEASURED = re.compile(r"(?<![\w.])\d[\d,]*(?:\.\d+)?(?:\s?-\s?\d[\d,]*(?:\.\d+)?)?\s?"
+                      r"(?:ms|us|µs|s|min|h|seconds?|minutes?|hours?|(?:images|img|batches|views|steps|samples)/s)\b")
+# A time that is a setting or a limit, not a result: "within 5 seconds", "every 10 ms", "default 450 s",
+# "timeout 30 minutes", "budget: 30 min", "its 200 s limit", "30 s by default".
+SETTING = re.compile(r"\b(?:within|every|default|timeout|budget:?)\s+(?:its\s+)?~?$|^\s*(?:limit|by default)\b")
+MACHINE = re.compile(r"\b(?:Xeon|EPYC|Zen ?\d|Sapphire Rapids|Ryzen|Threadripper|Core i[3579]|Apple M\d|"
+                     r"[AHLV]100|H200|A10G?|L4|T4|RTX ?\w+|MI\d{3}X?)\b")
+COMMIT = re.compile(r"\bcommits? [0-9a-f]{7,40}\b|\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*\d)[0-9a-f]{7,40}\b")
+
+
+def prose_units(text: str) -> list[str]:
+    """The page's statements, each of which must carry its own provenance: fenced blocks and the generated
+    command reference (the commands' help, checked against the code above) dropped; a paragraph; a
+    Markdown table or a block of footnote definitions joined with the paragraph right before it; a list
+    item joined with the lines that lead into its list, so "Measured on X at Y:" covers every item."""
+    if command_reference.BEGIN in text:
+        text = text[:text.index(command_reference.BEGIN)] + text[text.index(command_reference.END):]
+    text = re.sub(r"^[ \t]*(```|~~~).*?^[ \t]*\1", "", text, flags=re.S | re.M)  # indented in a list too
+    units: list[str] = []
+    for block in re.split(r"\n\s*\n", text):
+        if block.lstrip().startswith(("|", "[^")) and units:
+            units[-1] += "\n" + block
+            continue
+        lead, *items = re.split(r"^(?=[-*+] |\d+\. )", block, flags=re.M)
+        units += [lead + item for item in items] if items else [lead]
+    return units
+
+
+def measured_numbers(unit: str) -> list[str]:
+    """The measured times and rates a unit states. Not counted: inline code, "double-quoted" text and
+    `[default: ...]` (commands, example output, options), and a time that the words around it make a setting
+    or a limit (SETTING)."""
+    prose = re.sub(r'`[^`]*`|"[^"\n]*"|\[default: [^]]*\]', " ", unit)
+    return [found.group(0) for found in MEASURED.finditer(prose)
+            if not SETTING.search(prose[:found.start()][-30:]) and not SETTING.search(prose[found.end():][:20])]
+
+
+def unmeasured_claims(text: str) -> list[str]:
+    """The units that state a measured number but name no machine (a CPU or GPU model) or no commit: a
+    number the reader cannot place is one nobody can check again."""
+    return [unit for unit in prose_units(text) if measured_numbers(unit)
+            and not (MACHINE.search(unit) and COMMIT.search(unit))]
+
+
+def test_every_measured_number_in_the_docs_names_its_machine_and_commit():
+    """A measured time or rate in the README or docs/ (outside fenced blocks, inline code and option
+    defaults; not a setting such as "within 5 seconds") stands in a unit (paragraph, table with its lead-in,
+    list item with its lead-in) that names the CPU or GPU model and the 7-40 hex digit commit it came from."""
+    failures = [f"{page.relative_to(ROOT)}: {measured_numbers(unit)[:3]} in: {' '.join(unit.split())[:160]}"
+                for page in PAGES for unit in unmeasured_claims(page.read_text())]
+    assert not failures, "\n".join(failures)
+
+
+def test_the_provenance_check_catches_a_number_without_its_machine_or_commit():
+    """The check is not vacuous: a timing without its commit, a table or list item without its machine, is
+    caught; with both it passes, and a setting or an option default is no measurement."""
+    assert unmeasured_claims("An epoch took 12.5 s on an AMD EPYC Zen 5.")
+    assert unmeasured_claims("At commit 0433e66:\n\n| run | rate |\n|---|---:|\n| BCL-D | 9,884 images/s |")
+    assert unmeasured_claims("Measured at commit 0433e66:\n- views: 21.2 ms\n- step: 3 min 58 s")
+    assert not unmeasured_claims("An epoch took 12.5 s on an AMD EPYC Zen 5 at commit 0433e66.")
+    assert not unmeasured_claims("On an H200 at 03b9ba6:\n\n| run | rate |\n|---|---:|\n| BCL-D | 9,884 images/s |")
+    assert not unmeasured_claims("Measured on an Intel Xeon at commit cef2bf4:\n- views: 21.2 ms\n- step: 3 min 58 s")
+    assert not unmeasured_claims("The same signal within 5 seconds is one request (`--grace 30s`, [default: 40 s]).")
