@@ -1,4 +1,5 @@
 """The exceptions the CLI turns into a one-line message and a non-zero exit, instead of a traceback."""
+import signal
 
 
 class FastltError(Exception):
@@ -30,4 +31,13 @@ class SecondSignal(KeyboardInterrupt):
     def __init__(self, name: str, signum: int):
         super().__init__(f"{name} while stopping: ended at once, before its checkpoint was complete; "
                          "the last complete checkpoint stays")
+        self.signum = signum
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM to a process outside a training loop (a sweep's worker while it loads or evaluates): it
+    ends at once, and what it was doing is redone when the same command runs again."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"{signal.Signals(signum).name}: interrupted")
         self.signum = signum

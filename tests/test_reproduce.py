@@ -124,7 +124,7 @@ def test_a_stopped_reproduction_says_to_run_the_same_command_again(tmp_path, dig
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert stderr.splitlines()[-1] == ("SIGTERM: the sweep's running runs stopped at a step with a checkpoint; run the "
+    assert stderr.splitlines()[-1] == ("SIGTERM: the sweep stopped, its running runs at their last checkpoints; run the "
                                        "same `fastlt reproduce digits` command again to continue (finished runs and "
                                        "reports are kept)")
     states = {path.stem: json.loads(path.read_text())["state"] for path in (tmp_path / "r" / "digits_lt" / "state").glob("*.json")}

@@ -9,6 +9,11 @@ elsewhere.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +22,13 @@ from fastlt.errors import FastltError
 from fastlt.files import write_text_atomic
 from fastlt.progress import say
 from fastlt.sweep.local import Slot, cpu_slots, cuda_slots, run_local
-from fastlt.sweep.plan import SweepPlan, read_sweep
+from fastlt.sweep.plan import SweepPlan, check_stores, read_sweep
 from fastlt.sweep.slurm import run_slurm, slurm_executor
-from fastlt.sweep.state import recorded_state, sweep_status, write_plan
+from fastlt.sweep.state import RUNS_FOLDER, check_plan_change, recorded_state, sweep_status, write_plan
 from fastlt.sweep.table import TABLE_MD, write_sweep_table
 
 SOURCE_COPY = "sweep.toml"  # the sweep file as it was when this folder was last started
+LOCK_FILE = ".lock"  # held by the fastlt sweep working on the folder
 
 
 @dataclass(frozen=True)
@@ -66,24 +72,38 @@ class Engine:
 def run_sweep(sweep_file: Path, sweep_dir: Path, engine: Engine) -> Path:
     """Run every point of ``sweep_file`` not done yet, then write the table; returns table.md."""
     plan = read_sweep(sweep_file)
-    executor = engine.executor(sweep_dir)  # a bad --slurm option is refused before the folder is made
-    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(sweep_dir) / SOURCE_COPY, Path(sweep_file).read_text(encoding="utf-8"))
-    return run_plan(plan, sweep_dir, engine, executor)
+    return run_plan(plan, sweep_dir, engine, source=Path(sweep_file).read_text(encoding="utf-8"))
 
 
-def run_plan(plan: SweepPlan, sweep_dir: Path, engine: Engine, executor: Any = None) -> Path:
+def run_plan(plan: SweepPlan, sweep_dir: Path, engine: Engine, source: str | None = None) -> Path:
     """Run every point of ``plan`` not done yet in ``sweep_dir``, then write the table; returns table.md.
+    ``source``: the sweep file's text, kept beside the runs.
 
-    A run that fails is reported and the others go on; the table holds the runs that finished, and the
-    command then fails naming the ones that did not (the same command runs them again)."""
+    Everything is checked before the folder is made or changed: the engine (a bad --slurm option), and that
+    the runs already in the folder were made with the recipes the plan now gives them. A run that fails is
+    reported and the others go on; the table holds the runs that finished, and the command then fails naming
+    the ones that did not (the same command runs them again)."""
     sweep_dir = Path(sweep_dir)
-    executor = executor or engine.executor(sweep_dir)
+    executor = engine.executor(sweep_dir)
+    check_stores(plan)
+    check_plan_change(sweep_dir, plan, apply=False)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    write_plan(sweep_dir, plan)
+    with sweep_lock(sweep_dir):
+        extended = check_plan_change(sweep_dir, plan, apply=True)
+        write_plan(sweep_dir, plan, max(len(engine.slots), 1))
+        if source is not None:
+            write_text_atomic(sweep_dir / SOURCE_COPY, source)
+        return _run(sweep_dir, plan, engine, executor, extended)
+
+
+def _run(sweep_dir: Path, plan: SweepPlan, engine: Engine, executor: Any, extended: list[str]) -> Path:
     todo = [point for point in plan.points if recorded_state(sweep_dir, point.name)["state"] != "done"]
-    say(f"sweep {sweep_dir}: {len(plan.points)} runs, {len(plan.points) - len(todo)} done already; "
-        f"{engine.describe()}")
+    say(f"sweep {sweep_dir}: {_count(len(plan.points), 'run')}, {len(plan.points) - len(todo)} done already"
+        f"{f' ({len(extended)} of them to train for more epochs)' if extended else ''}; {engine.describe()}")
+    others = sorted(set(path.name for path in (sweep_dir / RUNS_FOLDER).glob("*")) - {p.name for p in plan.points})
+    if others:
+        say(f"{_count(len(others), 'run')} in {sweep_dir / RUNS_FOLDER} not in this sweep file (left out of its "
+            f"table): {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}")
 
     def announce(name: str, what: str, where: str, running: frozenset[str]) -> None:
         status = sweep_status(sweep_dir, plan, running)
@@ -96,6 +116,27 @@ def run_plan(plan: SweepPlan, sweep_dir: Path, engine: Engine, executor: Any = N
     else:
         outcome = run_local(sweep_dir, todo, list(engine.slots), announce)
     return _finish(sweep_dir, plan, outcome)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+@contextlib.contextmanager
+def sweep_lock(sweep_dir: Path) -> Iterator[None]:
+    """One ``fastlt sweep`` at a time on a folder: a second would start the same runs twice."""
+    with open(sweep_dir / LOCK_FILE, "a+", encoding="utf-8") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            raise FastltError(f"{sweep_dir}: another fastlt sweep is running on this folder ({lock.read().strip()}); "
+                              "follow it with --status") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
 
 
 def _finish(sweep_dir: Path, plan: SweepPlan, outcome: dict[str, str]) -> Path:

@@ -114,7 +114,7 @@ def run_local(sweep_dir: Path, points: list[SweepPoint], slots: list[Slot],
                 announce(worker.point.name, state, worker.slot.label, _names(running))
         if signals.signum is not None:
             name = signal.Signals(signals.signum).name
-            raise RunStopped(f"{name}: the sweep's running runs stopped at a step with a checkpoint",
+            raise RunStopped(f"{name}: the sweep stopped, its running runs at their last checkpoints",
                              "run the same `fastlt sweep` command again to continue", signals.signum)
     return outcome
 
@@ -140,6 +140,9 @@ def _ended(sweep_dir: Path, worker: Worker) -> str:
     if record["state"] == "failed":
         return f"failed: {record.get('error', f'exit code {code}')}"
     if code >= 128 and record["state"] == "stopped":
+        return "stopped"
+    if -code in (signal.SIGINT, signal.SIGTERM):  # ended by a stop request before it could say so
+        mark(sweep_dir, worker.point.name, "stopped", device=worker.slot.label)
         return "stopped"
     why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
     mark(sweep_dir, worker.point.name, "failed", device=worker.slot.label, error=f"{why}; see its log")

@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from fastlt.data.splits import split_name
-from fastlt.data.store import STORE_LIST
+from fastlt.data.store import STORE_LIST, Store
 from fastlt.errors import FastltError
 from fastlt.files import read_text
+from fastlt.methods import resolve_axes
 from fastlt.recipe import RECIPE_RELATIVE_PATHS, Override, Recipe, find_recipe, load_recipe
 
 TOP_LEVEL_KEYS = {"recipes", "seeds", "splits", "shots", "random_init", "set", "grid"}
@@ -74,12 +75,13 @@ def flat_settings(table: dict[str, Any], where: str, prefix: str = "") -> dict[s
     flat: dict[str, Any] = {}
     for key, value in table.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat |= flat_settings(value, where, f"{dotted}.")
-        elif dotted.count(".") != 1:
-            raise FastltError(f"{where}: {dotted!r} is not a section.key recipe setting")
-        else:
-            flat[dotted] = value
+        found = flat_settings(value, where, f"{dotted}.") if isinstance(value, dict) else {dotted: value}
+        for name in found:
+            if name.count(".") != 1:
+                raise FastltError(f"{where}: {name!r} is not a section.key recipe setting")
+            if name in flat:  # "train.epochs" beside [set.train] epochs: which wins is nobody's guess
+                raise FastltError(f"{where}: {name} is given twice; say it in one place")
+        flat |= found
     return flat
 
 
@@ -112,31 +114,44 @@ def read_sweep(path: Path) -> SweepPlan:
     path = Path(path)
     document = _document(path)
     folder = path.parent
-    common = [_override(key, _absolute(key, value, folder), f"{path}: [set] {key}")
-              for key, value in flat_settings(document.get("set", {}), f"{path}: [set]").items()]
+    settings = flat_settings(document.get("set", {}), f"{path}: [set]")
     grid = flat_settings(document.get("grid", {}), f"{path}: [grid]")
+    sources = [("[set]", set(settings)), ("[grid]", set(grid)),
+               ("seeds", {"train.seed"} if document["seeds"] else set()),
+               ("splits", {"data.split"} if document["splits"] else set())]
+    for (one, keys), (other, other_keys) in itertools.combinations(sources, 2):
+        if keys & other_keys:  # which would win is nobody's guess from the file
+            raise FastltError(f"{path}: {min(keys & other_keys)} is set by {one} and by {other}; say it in one place")
+    common = [_override(key, _absolute(key, value, folder), f"{path}: [set] {key}") for key, value in settings.items()]
     for key, values in grid.items():
         if not isinstance(values, list) or not values:
             raise FastltError(f"{path}: [grid] {key} must be a non-empty list of values, got {values!r}")
     recipe_paths = [_recipe_path(name, folder, path) for name in document["recipes"]]
     stems = [p.stem for p in set(recipe_paths)]
     points = []
-    for recipe_path, values, split, seed in itertools.product(recipe_paths, itertools.product(*grid.values()),
-                                                              document["splits"] or [None], document["seeds"] or [None]):
-        method = recipe_path.stem if stems.count(recipe_path.stem) == 1 else f"{recipe_path.parent.name}-{recipe_path.stem}"
+    product = itertools.product(recipe_paths, itertools.product(*grid.values()), document["splits"] or [None],
+                                document["seeds"] or [None])
+    for recipe_path, values, split, seed in product:
+        method = recipe_path.stem if stems.count(recipe_path.stem) == 1 else \
+            f"{recipe_path.parent.name}-{recipe_path.stem}"
         setting = dict(zip(grid, values))
         overrides = [*common, *(_override(k, _absolute(k, v, folder), f"{path}: [grid] {k} = {v!r}")
                                 for k, v in setting.items())]
         parts = [method, *(f"{key.partition('.')[2]}={_short(value)}" for key, value in setting.items())]
         if split is not None:
-            overrides.append(_override("data.split", _absolute("data.split", split, folder), f"{path}: splits {split!r}"))
+            overrides.append(_override("data.split", _absolute("data.split", split, folder),
+                                       f"{path}: splits {split!r}"))
             parts.append(f"split-{_short(split_name(split))}")
         if seed is not None:
             overrides.append(_override("train.seed", seed, f"{path}: seeds {seed}"))
             parts.append(f"seed{seed}")
         point = SweepPoint("_".join(parts), recipe_path, tuple(overrides), shots=document["shots"],
                            random_init=document["random_init"])
-        recipe = point.recipe()  # every point checked before anything runs
+        recipe = point.recipe()  # every point checked before anything runs: its keys, values and method
+        try:
+            resolve_axes(recipe)
+        except FastltError as error:
+            raise FastltError(f"{path}: run {point.name}: {error}") from None
         labels = {"method": method, "setting": ", ".join(f"{k}={_short(v)}" for k, v in setting.items()) or "-",
                   "split": split_name(recipe.data.split), "seed": str(recipe.train.seed)}
         points.append(replace(point, labels=labels))
@@ -172,6 +187,15 @@ def _document(path: Path) -> dict[str, Any]:
         if not split.startswith(STORE_LIST) and not split_file.is_file():
             raise FastltError(f"{path}: splits: {split_file}: no such split file")
     return document
+
+
+def check_stores(plan: SweepPlan) -> None:
+    """Every store the runs read exists and is one (checked once, before anything starts)."""
+    for store in sorted({point.recipe().data.store for point in plan.points}):
+        try:
+            Store.open(Path(store))
+        except FastltError as error:
+            raise FastltError(f"{plan.source}: data.store: {error}") from None
 
 
 def _recipe_path(name: str, folder: Path, sweep_file: Path) -> Path:

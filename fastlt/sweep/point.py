@@ -8,6 +8,7 @@ A run that is done is left alone; one stopped mid-way resumes from its checkpoin
 from __future__ import annotations
 
 import json
+import time
 import traceback
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from fastlt.evaluate.protocol import linear_eval
 from fastlt.hardware import resolve_device, resolve_precision
 from fastlt.recipe import Override
 from fastlt.sweep.plan import SweepPoint
-from fastlt.sweep.state import RUNS_FOLDER, mark, recorded_state, run_dir_of
+from fastlt.sweep.state import RUNS_FOLDER, epochs_logged, mark, recorded_state, run_dir_of
 from fastlt.train.trainer import pretrain_or_resume
 
 
@@ -53,18 +54,20 @@ def run_point(sweep_dir: Path, point: SweepPoint, device: str, train: bool = Tru
     """
     if recorded_state(sweep_dir, point.name)["state"] == "done":
         return "done"
-    mark(sweep_dir, point.name, "running", device=device)
+    logged = len(epochs_logged(run_dir_of(sweep_dir, point.name)))
+    run = {"device": device, "started": time.time(), "from_epoch": logged}  # for the sweep's time left
+    mark(sweep_dir, point.name, "running", **run)
     try:
         run_dir = train_point(sweep_dir, point, device) if train else run_dir_of(sweep_dir, point.name)
         evaluate_point(run_dir, point, device)
-    except RunStopped:
-        mark(sweep_dir, point.name, "stopped", device=device)
+    except (RunStopped, KeyboardInterrupt):  # a stop request, however it came: to be continued
+        mark(sweep_dir, point.name, "stopped", **run)
         raise
     except BaseException as error:
-        mark(sweep_dir, point.name, "failed", device=device,
+        mark(sweep_dir, point.name, "failed", **run,
              error=str(error).splitlines()[0] if isinstance(error, FastltError) and str(error)
              else traceback.format_exception_only(error)[-1].strip())
         raise
-    mark(sweep_dir, point.name, "done", device=device)
+    mark(sweep_dir, point.name, "done", **run)
     return "done"
 

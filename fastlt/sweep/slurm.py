@@ -8,18 +8,21 @@ submitit's local executor, on this machine: the path the tests take, and a way t
 queueing it.
 
 A job with several processes pretrains under torchrun and evaluates in the job's own process afterwards
-(on CPU jobs the processes talk over gloo: how the tests run this path). On preemption or time-out, Slurm's warning signal makes submitit requeue the job
-(``checkpoint``), and the requeued job resumes the run from its last checkpoint (train.checkpoint_minutes
-bounds what is lost).
+(on CPU jobs the processes talk over gloo: how the tests run this path). On preemption or time-out,
+Slurm's warning signal makes submitit requeue the job (``checkpoint``), and the requeued job resumes the
+run from its last checkpoint (train.checkpoint_minutes bounds what is lost).
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from fastlt.errors import FastltError
 from fastlt.sweep.plan import SweepPoint
@@ -83,7 +86,13 @@ class SweepJob:
     """What one Slurm job runs (a submitit checkpointable callable): the run to done, its pretraining under
     torchrun when the job has several processes (one per GPU); requeued as the same call on preemption."""
 
-    def __call__(self, sweep_dir: str, point: SweepPoint, device: str, processes: int) -> str:
+    def __call__(self, sweep_dir: str, point: SweepPoint, device: str, processes: int, cpus: int) -> str:
+        # The job's cores (Slurm's allocation, or what the sweep gave a local job) shared by its processes: torch
+        # would otherwise start a thread per core of the whole node.
+        cores = int(os.environ.get("SLURM_CPUS_PER_TASK") or cpus)
+        if cores:
+            os.environ["OMP_NUM_THREADS"] = str(max(1, cores // processes))
+            torch.set_num_threads(max(1, cores // processes))
         if processes > 1:
             subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                             f"--nproc_per_node={processes}", "-m", "fastlt.sweep.worker", sweep_dir, point.name, device,
@@ -99,10 +108,14 @@ def run_slurm(sweep_dir: Path, points: list[SweepPoint], executor: Any, slurm: s
               announce: Callable[[str, str, str, frozenset[str]], None]) -> dict[str, str]:
     """Submit ``points`` as one job array (``--slurm`` options ``slurm``) and follow the jobs to the end; returns
     each run's final state."""
-    _, parameters, processes = slurm_parameters(slurm)
+    cluster, parameters, processes = slurm_parameters(slurm)
     device = "cuda" if parameters.get("gpus_per_node", 0) else "cpu"
+    # cpus=, else a local job's share of this machine's cores (0: torch's own choice on a Slurm node).
+    share = max(1, len(os.sched_getaffinity(0)) // len(points)) if cluster == "local" else 0
+    cpus = parameters.get("cpus_per_task") or share
     with executor.batch():
-        jobs = {point.name: executor.submit(SweepJob(), str(sweep_dir), point, device, processes) for point in points}
+        jobs = {point.name: executor.submit(SweepJob(), str(sweep_dir), point, device, processes, cpus)
+                for point in points}
     for name, job in jobs.items():
         announce(name, "submitted", f"job {job.job_id}", frozenset())
     outcome: dict[str, str] = {}

@@ -8,6 +8,7 @@ process id where it can (the same host) and calls it stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from fastlt.files import write_json_atomic
 from fastlt.progress import format_duration
 from fastlt.recipe import Override
 from fastlt.sweep.plan import SweepPlan, SweepPoint
+from fastlt.train.resume import CHANGEABLE_ON_RESUME, flatten
 
 PLAN_FILE = "plan.json"
 STATE_FOLDER = "state"
@@ -35,25 +37,66 @@ def run_dir_of(sweep_dir: Path, name: str) -> Path:
     return Path(sweep_dir) / RUNS_FOLDER / name
 
 
-def write_plan(sweep_dir: Path, plan: SweepPlan) -> None:
-    """The points as JSON, for the workers and for ``--status`` (which need not read the sweep file again)."""
-    points = [{**asdict(point), "recipe_path": str(point.recipe_path),
+def write_plan(sweep_dir: Path, plan: SweepPlan, slots: int = 1) -> None:
+    """The points as JSON, for the workers and for ``--status`` (which need not read the sweep file again), with
+    each point's whole recipe (what a later invocation compares with) and the runs at once (for the time left)."""
+    points = [{**asdict(point), "recipe_path": str(point.recipe_path), "recipe": point.recipe().to_dict(),
                "overrides": [[o.assignment, o.typed] for o in point.overrides]} for point in plan.points]
-    write_json_atomic(Path(sweep_dir) / PLAN_FILE, {"source": str(plan.source), "points": points})
+    write_json_atomic(Path(sweep_dir) / PLAN_FILE, {"source": str(plan.source), "slots": slots, "points": points})
+
+
+def _plan_document(sweep_dir: Path) -> dict[str, Any]:
+    path = Path(sweep_dir) / PLAN_FILE
+    if Path(sweep_dir).is_file():
+        raise FastltError(f"{sweep_dir}: a file; --status reads the sweep folder (by default sweeps/<file name>)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FastltError(f"{sweep_dir}: not a sweep folder (no {PLAN_FILE}; start one with `fastlt sweep FILE`)") \
+            from None
+    except (OSError, ValueError) as error:
+        raise FastltError(f"{path}: unreadable ({error})") from None
+
+
+def check_plan_change(sweep_dir: Path, plan: SweepPlan, apply: bool) -> list[str]:
+    """Compare ``plan`` with the one this folder's runs were made with: a run whose recipe changed (the sweep file
+    or the recipe file edited) is refused in one line, since its results would no longer be what the file says;
+    a finished run given more epochs (and nothing else) is set to resume where ``apply``. Returns those runs."""
+    if not (Path(sweep_dir) / PLAN_FILE).is_file():
+        return []
+    recorded = {p["name"]: p.get("recipe", {}) for p in _plan_document(sweep_dir)["points"]}
+    extended = []
+    for point in plan.points:
+        run_dir = run_dir_of(sweep_dir, point.name)
+        if point.name not in recorded or not run_dir.exists():
+            continue
+        old, new = flatten(recorded[point.name]), flatten(point.recipe().to_dict())
+        changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in CHANGEABLE_ON_RESUME]
+        if changed == ["train.epochs"] and new["train.epochs"] > old["train.epochs"]:
+            if apply and recorded_state(sweep_dir, point.name)["state"] == "done":
+                mark(sweep_dir, point.name, "stopped", extended_to=new["train.epochs"])
+            extended.append(point.name)
+        elif changed:
+            key = changed[0]
+            raise FastltError(f"{sweep_dir}: run {point.name} was made with {key} = {old.get(key)!r} and the sweep "
+                              f"now says {new.get(key)!r}; give the sweep another --out, or remove {run_dir} to run it "
+                              "anew")
+    return extended
 
 
 def read_plan(sweep_dir: Path) -> SweepPlan:
     """The plan a sweep folder was started with; a one-line error for a folder that is not one."""
-    path = Path(sweep_dir) / PLAN_FILE
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FastltError(f"{sweep_dir}: not a sweep folder (no {PLAN_FILE}; start one with `fastlt sweep FILE`)") from None
-    except (OSError, ValueError) as error:
-        raise FastltError(f"{path}: unreadable ({error})") from None
-    points = tuple(SweepPoint(**{**p, "recipe_path": Path(p["recipe_path"]), "shots": tuple(p["shots"]),
-                                 "overrides": tuple(Override(*o) for o in p["overrides"])}) for p in document["points"])
+    document = _plan_document(sweep_dir)
+    fields = {f.name for f in dataclasses.fields(SweepPoint)}
+    points = tuple(SweepPoint(**{**{k: v for k, v in p.items() if k in fields}, "recipe_path": Path(p["recipe_path"]),
+                                 "shots": tuple(p["shots"]), "overrides": tuple(Override(*o) for o in p["overrides"])})
+                   for p in document["points"])
     return SweepPlan(Path(document["source"]), points)
+
+
+def planned_slots(sweep_dir: Path) -> int:
+    """How many runs the sweep in this folder runs at once (1 for Slurm: the queue decides)."""
+    return int(_plan_document(sweep_dir).get("slots", 1))
 
 
 def mark(sweep_dir: Path, name: str, state: str, **details: Any) -> None:
@@ -73,6 +116,8 @@ def recorded_state(sweep_dir: Path, name: str) -> dict[str, Any]:
         record["state"] = "stopped"
     if record["state"] == "new" and (run_dir_of(sweep_dir, name) / "checkpoints").is_dir():
         record["state"] = "stopped"
+    if record["state"] == "done" and not run_dir_of(sweep_dir, name).exists():  # its run folder removed: anew
+        record = {"state": "new"}
     return record
 
 
@@ -118,17 +163,24 @@ class SweepStatus:
 
 
 def sweep_status(sweep_dir: Path, plan: SweepPlan, active: frozenset[str] = frozenset()) -> SweepStatus:
-    """Each run's state and the time left: the mean measured epoch time times the epochs not yet trained.
+    """Each run's state and the time left: the mean measured epoch time times the epochs not yet trained, plus
+    for each run not done the mean time a finished run spent outside its epochs (starting, evaluating).
     ``active``: the runs an engine knows to be running, whose workers may not have said so yet."""
-    states = {point.name: "running" if point.name in active else recorded_state(sweep_dir, point.name)["state"]
-              for point in plan.points}
-    seconds, epochs_left = [], 0
+    records = {point.name: recorded_state(sweep_dir, point.name) for point in plan.points}
+    states = {name: "running" if name in active else record["state"] for name, record in records.items()}
+    seconds, epochs_left, outside = [], 0, []
     for point in plan.points:
         logged = epochs_logged(run_dir_of(sweep_dir, point.name))
         seconds += logged
+        record = records[point.name]
         if states[point.name] != "done":
             epochs_left += max(point.recipe().train.epochs - len(logged), 0)
-    eta = float(np.mean(seconds)) * epochs_left if seconds else None
+        elif "started" in record:  # its last invocation's wall time less the epochs it trained then
+            outside.append(max(record["time"] - record["started"] - sum(logged[record.get("from_epoch", 0):]), 0.0))
+    if not seconds:
+        return SweepStatus(states, None)
+    runs_left = sum(1 for state in states.values() if state != "done")
+    eta = float(np.mean(seconds)) * epochs_left + (float(np.mean(outside)) * runs_left if outside else 0.0)
     return SweepStatus(states, eta)
 
 
@@ -136,11 +188,12 @@ def status_report(sweep_dir: Path) -> str:
     """``fastlt sweep --status``: the summary line, then one line per run."""
     plan = read_plan(sweep_dir)
     status = sweep_status(sweep_dir, plan)
-    lines = [f"{sweep_dir}: {status.line()}"]
+    lines = [f"{sweep_dir}: {status.line(planned_slots(sweep_dir))}"]
     for point in plan.points:
         record = recorded_state(sweep_dir, point.name)
         logged = len(epochs_logged(run_dir_of(sweep_dir, point.name)))
-        where = f" on {record['device']} ({record['host']})" if record["state"] == "running" and "device" in record else ""
+        running = record["state"] == "running" and "device" in record
+        where = f" on {record['device']} ({record['host']})" if running else ""
         why = f": {record['error']}" if record["state"] == "failed" and record.get("error") else ""
         lines.append(f"  {point.name}: {record['state']}{where}, {logged} epochs logged{why}")
     return "\n".join(lines)

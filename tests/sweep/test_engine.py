@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fastlt.errors import FastltError
-from fastlt.sweep import Engine
+from fastlt.sweep import LOCK_FILE, Engine, sweep_lock
 from fastlt.sweep.local import cpu_slots, cuda_slots
 from fastlt.sweep.slurm import slurm_executor, slurm_parameters
 
@@ -142,3 +142,16 @@ def test_slurm_options_submitit_refuses(tmp_path: Path, text: str) -> None:
 def test_runs_per_gpu_on_a_machine_without_one_is_refused(cuda_count) -> None:
     cuda_count(0)
     refused(lambda: Engine.of(None, None, 2, None), "--per-device 2", "use --jobs N")
+
+
+def test_one_sweep_at_a_time_on_a_folder(tmp_path: Path) -> None:
+    """A second sweep on the same folder would start the same runs twice: it is refused while the first holds
+    the lock (flock on its own open file, so a second lock in this process conflicts as another process's would),
+    and the folder is free again once the first is done."""
+    with sweep_lock(tmp_path):
+        message = refused(lambda: sweep_lock(tmp_path).__enter__(), str(tmp_path), "another fastlt sweep",
+                          f"process {os.getpid()}")
+        assert message.startswith(f"{tmp_path}: "), message
+    assert (tmp_path / LOCK_FILE).is_file()
+    with sweep_lock(tmp_path):
+        pass

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fastlt.errors import FastltError
-from fastlt.sweep.plan import SweepPlan, read_sweep
+from fastlt.sweep.plan import SweepPlan, check_stores, read_sweep
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_SPLIT = ROOT / "splits" / "digits_lt" / "ratio10_seed1.npy"
@@ -147,3 +147,44 @@ def test_shots_are_read_as_a_list(tmp_path: Path) -> None:
 def test_shots_that_are_not_a_list_are_refused(tmp_path: Path) -> None:
     """shots = "100" must not become the shots "1", "0", "0" (found only at evaluation, after pretraining)."""
     refused(tmp_path, 'recipes = ["digits_lt/simclr"]\nshots = "100"\n', "shots")
+
+
+@pytest.mark.parametrize(("text", "key", "one", "other"), [
+    (RECIPES + '[set]\n"optim.lr" = 0.5\n[grid]\n"optim.lr" = [0.5, 1.0]\n', "optim.lr", "[set]", "[grid]"),
+    (RECIPES + 'seeds = [1]\n[set]\n"train.seed" = 3\n', "train.seed", "[set]", "seeds"),
+    (RECIPES + 'seeds = [1]\n[grid]\n"train.seed" = [3, 4]\n', "train.seed", "[grid]", "seeds"),
+    (RECIPES + f'splits = ["{DIGITS_SPLIT}"]\n[set]\n"data.split" = "{DIGITS_SPLIT}"\n', "data.split", "[set]",
+     "splits"),
+], ids=["set and grid", "seeds and set", "seeds and grid", "splits and set"])
+def test_a_setting_given_in_two_places_is_refused(tmp_path: Path, text: str, key: str, one: str, other: str) -> None:
+    """Which of two places would win is not in the file: the user is asked to say it once."""
+    refused(tmp_path, text, f"{key} is set by {one} and by {other}; say it in one place")
+
+
+def test_a_grid_value_naming_an_unknown_method_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    """The method is resolved for every point by read_sweep, so a typo in the grid is not found mid-sweep."""
+    refused(tmp_path, RECIPES + '[grid]\n"method.name" = ["simclr", "bcld"]\n', "_name=bcld", "unknown method")
+
+
+@pytest.mark.parametrize("store", ["nowhere", "empty"], ids=["missing", "not a store"])
+def test_check_stores_refuses_a_store_that_is_not_one(tmp_path: Path, store: str) -> None:
+    """A bad data.store is one line naming the sweep file, before any worker starts (and fails on it)."""
+    (tmp_path / "empty").mkdir()
+    plan = read(tmp_path, f'recipes = ["digits_lt/simclr"]\n[set]\n"data.store" = "{store}"\n')
+    with pytest.raises(FastltError) as caught:
+        check_stores(plan)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{plan.source}: data.store:"), message
+    assert str(tmp_path / store) in message, message
+
+
+def test_check_stores_passes_a_real_store(tmp_path: Path, digits_store: Path) -> None:
+    check_stores(read(tmp_path, RECIPES + f'[set]\n"data.store" = "{digits_store}"\n'))
+
+
+def test_a_key_given_twice_in_set_is_refused(tmp_path: Path) -> None:
+    """"train.epochs" beside [set.train] epochs is valid TOML, and one of them would silently win."""
+    sweep = tmp_path / "twice.toml"
+    sweep.write_text('recipes = ["digits_lt/simclr"]\n[set]\n"train.epochs" = 2\n[set.train]\nepochs = 3\n')
+    with pytest.raises(FastltError, match=r"^.*twice\.toml: \[set\]: train\.epochs is given twice; say it in one place$"):
+        read_sweep(sweep)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -10,10 +11,13 @@ from typing import Any
 
 import pytest
 
-from fastlt.errors import FastltError
+import fastlt.sweep.point
+from fastlt.errors import FastltError, Interrupted, SecondSignal
 from fastlt.sweep.plan import SweepPlan, read_sweep
-from fastlt.sweep.state import (PLAN_FILE, SweepStatus, read_plan, recorded_state, run_dir_of, status_report,
-                                sweep_status, write_plan)
+from fastlt.sweep.point import run_point
+from fastlt.sweep.state import (PLAN_FILE, SweepStatus, check_plan_change, mark, planned_slots, read_plan,
+                                recorded_state, run_dir_of, status_report, sweep_status, write_plan)
+from fastlt.train.resume import CHANGEABLE_ON_RESUME
 
 EPOCHS = 4
 
@@ -96,9 +100,16 @@ def test_running_record_from_another_host_is_taken_at_its_word(tmp_path: Path) -
 
 def test_done_and_failed_records_are_read_as_written(tmp_path: Path) -> None:
     record(tmp_path, "a", state="done", pid=dead_pid())
+    run_dir_of(tmp_path, "a").mkdir(parents=True)
     record(tmp_path, "b", state="failed", error="boom")
     assert recorded_state(tmp_path, "a")["state"] == "done"
     assert recorded_state(tmp_path, "b")["error"] == "boom"
+
+
+def test_a_done_run_whose_folder_was_removed_is_new_again(tmp_path: Path) -> None:
+    """What a refused plan change tells the user to do: remove the run folder, and the run starts anew."""
+    record(tmp_path, "a", state="done")
+    assert recorded_state(tmp_path, "a") == {"state": "new"}
 
 
 @pytest.mark.parametrize(("states", "eta", "slots", "line"), [
@@ -144,3 +155,135 @@ def test_status_report_lines(tmp_path: Path) -> None:
 def test_status_report_of_a_folder_that_is_not_a_sweep(tmp_path: Path) -> None:
     with pytest.raises(FastltError, match="not a sweep folder"):
         status_report(tmp_path / "nowhere")
+
+
+def edited_plan(folder: Path, settings: str) -> SweepPlan:
+    """small_plan's sweep file edited: its [set] table replaced by ``settings`` (read, not written to the folder)."""
+    path = folder / "edited.toml"
+    path.write_text(f'recipes = ["digits_lt/simclr"]\nseeds = [1, 2]\n[set]\n{settings}\n')
+    return read_sweep(path)
+
+
+def test_a_folder_without_a_plan_has_nothing_to_compare(tmp_path: Path) -> None:
+    plan = edited_plan(tmp_path, f'"train.epochs" = {EPOCHS}')
+    assert check_plan_change(tmp_path, plan, apply=True) == []
+    assert not (tmp_path / PLAN_FILE).exists()
+
+
+def test_a_run_whose_recipe_changed_is_refused(tmp_path: Path) -> None:
+    """Its results would no longer be what the sweep file says: one line naming the run, key, old and new value."""
+    small_plan(tmp_path)
+    run_dir_of(tmp_path, "simclr_seed1").mkdir(parents=True)
+    plan = edited_plan(tmp_path, f'"train.epochs" = {EPOCHS}\n"optim.lr" = 0.123')
+    old_lr = read_plan(tmp_path).points[0].recipe().optim.lr
+    assert old_lr != 0.123
+    for apply in (False, True):
+        with pytest.raises(FastltError) as caught:
+            check_plan_change(tmp_path, plan, apply=apply)
+        message = str(caught.value)
+        assert "\n" not in message, message
+        for fragment in ("simclr_seed1", "optim.lr", repr(old_lr), "0.123", str(tmp_path)):
+            assert fragment in message, message
+
+
+def test_a_changed_run_that_was_never_started_is_not_refused(tmp_path: Path) -> None:
+    """No run folder, no results to contradict: the new plan simply replaces the old."""
+    small_plan(tmp_path)
+    plan = edited_plan(tmp_path, f'"train.epochs" = {EPOCHS}\n"optim.lr" = 0.123')
+    assert check_plan_change(tmp_path, plan, apply=True) == []
+
+
+@pytest.mark.parametrize("apply", [False, True])
+def test_more_epochs_for_a_done_run_resumes_it_where_applied(tmp_path: Path, apply: bool) -> None:
+    small_plan(tmp_path)
+    run_dir_of(tmp_path, "simclr_seed1").mkdir(parents=True)
+    mark(tmp_path, "simclr_seed1", "done")
+    plan = edited_plan(tmp_path, f'"train.epochs" = {EPOCHS + 2}')
+    assert check_plan_change(tmp_path, plan, apply=apply) == ["simclr_seed1"]  # seed2 has no run folder
+    state = recorded_state(tmp_path, "simclr_seed1")
+    assert state["state"] == ("stopped" if apply else "done")
+    if apply:
+        assert state["extended_to"] == EPOCHS + 2
+
+
+def test_fewer_epochs_for_a_started_run_is_refused(tmp_path: Path) -> None:
+    """Its checkpoints are past the new last epoch: shortening cannot be honoured by a resume."""
+    small_plan(tmp_path)
+    run_dir_of(tmp_path, "simclr_seed1").mkdir(parents=True)
+    mark(tmp_path, "simclr_seed1", "done")
+    with pytest.raises(FastltError, match=f"train.epochs = {EPOCHS}.* now says {EPOCHS - 1}"):
+        check_plan_change(tmp_path, edited_plan(tmp_path, f'"train.epochs" = {EPOCHS - 1}'), apply=True)
+    assert recorded_state(tmp_path, "simclr_seed1")["state"] == "done"
+
+
+def test_a_change_that_a_resume_allows_is_not_refused(tmp_path: Path) -> None:
+    """How a run is watched (train.log_every) does not change its results."""
+    assert "train.log_every" in CHANGEABLE_ON_RESUME
+    small_plan(tmp_path)
+    run_dir_of(tmp_path, "simclr_seed1").mkdir(parents=True)
+    plan = edited_plan(tmp_path, f'"train.epochs" = {EPOCHS}\n"train.log_every" = 7')
+    assert plan.points[0].recipe().train.log_every == 7
+    assert check_plan_change(tmp_path, plan, apply=True) == []
+
+
+def test_planned_slots_are_read_back(tmp_path: Path) -> None:
+    """--status divides the time left by the runs at once that the sweep was started with."""
+    write_plan(tmp_path, small_plan(tmp_path), slots=3)
+    assert planned_slots(tmp_path) == 3
+
+
+def test_status_report_of_a_file_says_it_reads_the_folder(tmp_path: Path) -> None:
+    """--status given the sweep file (an easy slip) says what it wants instead of 'not a sweep folder'."""
+    small_plan(tmp_path)
+    with pytest.raises(FastltError) as caught:
+        status_report(tmp_path / "s.toml")
+    message = str(caught.value)
+    assert "\n" not in message and str(tmp_path / "s.toml") in message and "reads the sweep folder" in message
+
+
+@pytest.fixture
+def train_point_raises(monkeypatch: pytest.MonkeyPatch):
+    """Replace run_point's training by one that raises the given exception, recording each call."""
+    calls = []
+
+    def install(error: BaseException) -> list:
+        def train_point(*args: Any) -> Path:
+            calls.append(args)
+            raise error
+
+        monkeypatch.setattr(fastlt.sweep.point, "train_point", train_point)
+        return calls
+
+    return install
+
+
+@pytest.mark.parametrize("stop", [Interrupted(signal.SIGTERM), SecondSignal("SIGINT", signal.SIGINT)],
+                         ids=["outside-training", "second-signal"])
+def test_a_signal_to_a_run_is_recorded_as_stopped_not_failed(tmp_path: Path, train_point_raises,
+                                                              stop: KeyboardInterrupt) -> None:
+    """An interrupted run is resumed by the next invocation, not reported as broken."""
+    plan = small_plan(tmp_path)
+    calls = train_point_raises(stop)
+    with pytest.raises(type(stop)):
+        run_point(tmp_path, plan.points[0], "cpu")
+    assert len(calls) == 1
+    assert recorded_state(tmp_path, "simclr_seed1")["state"] == "stopped"
+
+
+def test_a_failing_run_is_recorded_with_its_one_line_reason(tmp_path: Path, train_point_raises) -> None:
+    plan = small_plan(tmp_path)
+    train_point_raises(FastltError("x: broken"))
+    with pytest.raises(FastltError, match="x: broken"):
+        run_point(tmp_path, plan.points[0], "cpu")
+    state = recorded_state(tmp_path, "simclr_seed1")
+    assert (state["state"], state["error"]) == ("failed", "x: broken")
+
+
+def test_a_done_run_is_not_trained_again(tmp_path: Path, train_point_raises) -> None:
+    plan = small_plan(tmp_path)
+    mark(tmp_path, "simclr_seed1", "done")
+    run_dir_of(tmp_path, "simclr_seed1").mkdir(parents=True)
+    calls = train_point_raises(AssertionError("a done run was trained again"))
+    assert run_point(tmp_path, plan.points[0], "cpu") == "done"
+    assert calls == []
+    assert recorded_state(tmp_path, "simclr_seed1")["state"] == "done"

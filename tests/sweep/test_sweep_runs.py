@@ -114,12 +114,14 @@ def test_the_same_sweep_through_submitits_local_executor(tmp_path: Path, digits_
     """The --slurm engine end to end without a cluster: a job array of four, each job a run to its report."""
     sweep_dir = tmp_path / "sweep"
     grid = sweep_file(tmp_path, digits_store)
-    # The local executor starts all four jobs at once: one torch thread each, or they fight over the cores (89 s
-    # against 27 s with 2 cores).
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # The local executor starts all four jobs at once, each with its share of the cores (with all of them each,
+    # the jobs fought over 2 cores: 89 s against 27 s).
+    everything = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
     done = subprocess.run(fastlt("sweep", str(grid), "--out", str(sweep_dir), "--slurm", "cluster=local,time=20"),
-                          capture_output=True, text=True, timeout=600, env=one_thread)
+                          capture_output=True, text=True, timeout=600, env=everything)
     assert done.returncode == 0, done.stderr
+    threads = {json.loads((sweep_dir / "runs" / name / "run.json").read_text())["device"]["threads"] for name in NAMES}
+    assert threads == {max(1, len(os.sched_getaffinity(0)) // 4)}, threads
     submitted = [line for line in done.stderr.splitlines() if ": submitted (job " in line]
     assert sorted(line.split("] ")[1].split(":")[0] for line in submitted) == sorted(NAMES)
     for name in NAMES:
@@ -141,9 +143,8 @@ def test_a_job_with_several_processes_pretrains_under_torchrun_then_evaluates(
     grid.write_text(SWEEP.format(store=digits_store, epochs=2).replace(
         'recipes = ["digits_lt/simclr", "digits_lt/bcl-d"]\nseeds = [1, 2]', 'recipes = ["digits_lt/simclr"]'))
     sweep_dir = tmp_path / "sweep"
-    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(fastlt("sweep", str(grid), "--out", str(sweep_dir), "--slurm", "cluster=local,processes=2"),
-                          capture_output=True, text=True, timeout=300, env=one_thread)
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     run = sweep_dir / "runs" / "simclr"
     assert json.loads((run / "run.json").read_text())["distributed"]["world"] == 2
