@@ -21,7 +21,7 @@ from fastlt.errors import FastltError, RunStopped
 from fastlt.evaluate.plots import PlotResult, plot_runs
 from fastlt.evaluate.report import PER_CLASS_PNG
 from fastlt.files import read_text, write_text_atomic
-from fastlt.recipe import Recipe, as_override, find_recipe
+from fastlt.recipe import Recipe, as_override, find_recipe, option_overrides
 from fastlt.sweep import Engine, run_plan
 from fastlt.sweep.plan import SweepPlan, SweepPoint
 from fastlt.sweep.state import epochs_logged, run_dir_of
@@ -122,8 +122,8 @@ def reproduction_plan(table_name: str, store: Path, splits: tuple[int, ...], epo
     for split in splits:
         for row in table.rows:
             recipe_path = find_recipe(f"{table.folder}/{row.recipe}").resolve()
-            settings = [f"data.store={json.dumps(str(store.resolve()))}", f"train.precision={json.dumps(precision)}",
-                        f"eval.protocol={json.dumps(row.protocol)}", *overrides]
+            settings = [f"data.store={json.dumps(str(store.resolve()))}", f"eval.protocol={json.dumps(row.protocol)}",
+                        *option_overrides({"--precision": ("train.precision", precision)}), *overrides]
             if table.split_file:
                 split_path = (recipe_path.parent / table.split_file.format(split=split)).resolve()
                 settings.append(f"data.split={json.dumps(str(split_path))}")

@@ -366,9 +366,12 @@ BAD_INPUTS = [
     ("compare {out}/no-run", 1, "no-run"),
     ("plot {out}/no-run --out {out}/plots", 1, "no-run"),
     ("reproduce cifar10 --store {out}/nostore", 1, "nostore: not a fastlt store"),
-    ("reproduce cifar10 --store {cifar10} --out {out}/r --precision fp8", 1, "--precision fp8: unknown precision"),
-    ("reproduce cifar10 --store {cifar10} --out {out}/r --device gpu", 2, "Invalid value for '--device': 'gpu'"),
-    ("reproduce cifar10 --store {cifar10} --out {out}/r --device cuda", 1, "--device cuda: CUDA is not available"),
+    ("reproduce cifar10 --store {cifar10} --out {out}/r --precision fp8", 1,
+     "--precision fp8: train.precision: must be one of auto, bf16, fp16, fp32, got 'fp8'"),
+    ("reproduce cifar10 --store {cifar10} --out {out}/r --devices gpu", 1,
+     "--devices gpu: 'gpu' is not a CUDA device (cuda:N, or auto)"),
+    ("reproduce cifar10 --store {cifar10} --out {out}/r --devices cuda:0", 1,
+     "--devices cuda:0: no device cuda:0 (this machine has 0 CUDA devices)"),
     ("bench train --device cuda:", 2, "Invalid value for '--device': 'cuda:'"),
     ("bench train --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
     ("bench views --no-bcl --device cuda", 1, "--device cuda: CUDA is not available on this machine"),
@@ -548,7 +551,9 @@ def test_help_names_the_closed_choices_and_what_precision_does_in_evaluation():
     assert "loss scaling" not in evaluation and "Autocast of the backbone as it extracts features" in evaluation
     bench = " ".join(run("bench", "linear-eval", "--help").output.split())
     assert "loss scaling" not in bench and "Autocast of the backbone as it extracts features" in bench
-    for command in (["pretrain"], ["reproduce"], ["linear-eval"], ["bench", "views"], ["bench", "train"],
+    for command in (["reproduce"], ["sweep"]):  # runs on every GPU, or on the cores, or as Slurm jobs
+        assert "--devices auto|cpu|cuda:0,cuda:1,..." in run(*command, "--help").output, command
+    for command in (["pretrain"], ["linear-eval"], ["bench", "views"], ["bench", "train"],
                     ["bench", "loader"], ["bench", "linear-eval"]):
         assert "--device DEVICE" in run(*command, "--help").output, command
 
