@@ -21,6 +21,7 @@ def recipe(store, out_dir, name, method=None, **train):
         {
             "data": {"store": str(store)},
             "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
+            "views": {"size": 16},  # a quarter of the pixels: what is tested here is the same at any size
             # A cosine temperature starts near temperature_max; at 1.0 a few epochs of a width-4 network barely
             # move the loss, so the schedule presets run from 0.3 here (constant presets are unaffected).
             "method": {"name": name, "pruning_ratio": 0.5, "temperature_max": 0.3, **(method or {})},

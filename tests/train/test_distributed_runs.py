@@ -31,7 +31,7 @@ def run_args(store: Path, out: Path, name: str, **train: object) -> list[str]:
     """`fastlt pretrain` arguments: BCL-D on digits-LT (pruning masks, a memory, and U drawn from each rank's view
     generator), width 8, 3 epochs of 8 global batches of 64, a checkpoint every epoch."""
     settings = {"data.store": str(store), "train.out_dir": str(out), "train.name": name, "model.width": 8,
-                "model.projector_hidden": 16, "model.projector_out": 8, "train.batch_size": 64,
+                "model.projector_hidden": 16, "model.projector_out": 8, "views.size": 16, "train.batch_size": 64,
                 "train.epochs": 3, "train.progress": False, "train.precision": "fp32", "train.device": "cpu",
                 "train.checkpoint_every": 1, **{f"train.{key}": value for key, value in train.items()}}
     return ["digits_lt/bcl-d", *[arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]]

@@ -33,6 +33,7 @@ def recipe(store: Path, out_dir: Path, name: str, method: str = "bcl-d", **train
     return recipe_from_dict({
         "data": {"store": str(store)},
         "model": {"width": 4, "projector_hidden": 32, "projector_out": 16},
+        "views": {"size": 16},
         "method": {"name": method},
         "optim": {"lr": 0.1, "warmup_epochs": 1},
         "train": {"epochs": 3, "batch_size": 128, "out_dir": str(out_dir), "progress": False, "name": name,

@@ -70,6 +70,7 @@ def tiny_recipe(store, out_dir, name, offset, optimizer="sgd", scaling="none"):
     return recipe_from_dict({
         "data": {"store": str(store)},
         "model": {"width": 4, "projector_hidden": 16, "projector_out": 8},
+        "views": {"size": 16},
         "optim": {"name": optimizer, "lr": 0.3, "warmup_epochs": 1.5, "final_lr": 1e-3, "lr_step_offset": offset,
                   "lr_scaling": scaling},
         "train": {"epochs": 3, "batch_size": 128, "out_dir": str(out_dir), "progress": False, "precision": "fp32",
