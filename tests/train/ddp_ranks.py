@@ -5,6 +5,8 @@ DDP-wrapped method, and what it computed, saved for the test to compare with one
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import sys
 
 import torch
@@ -40,6 +42,7 @@ def inputs(count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.
 
 def main(method_name: str, sizes: tuple[int, ...], out: str, compiled: bool) -> None:
     dist.init_process_group("gloo")
+    atexit.register(gc.collect)  # as fastlt.train.distributed.join: DDP's cycles go before the interpreter does
     rank = dist.get_rank()
     try:
         method = tiny_method(method_name)

@@ -2,6 +2,7 @@
 batch's uneven shares, BCL's memory on every rank, and a real torchrun run resumed in one process."""
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import subprocess
@@ -116,19 +117,24 @@ def test_settling_the_gradient_buckets_leaves_weights_buffers_and_gradients_as_t
     afterwards nothing it could have touched differs, and DDP's buckets are rebuilt."""
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        method = tiny_method(method_name)
-        method.on_epoch_start(1)
-        method.enable_distributed(torch.device("cpu"))
-        before = {name: value.clone() for name, value in method.state_dict().items()}
-        method.settle_gradient_buckets((6,), 0, ddp_ranks.STEP)
-        after = method.state_dict()
-        assert before.keys() == after.keys() and all(torch.equal(before[key], after[key]) for key in before)
-        assert all(parameter.grad is None for parameter in method.parameters())
-        view1, view2, labels, indices = inputs(6)
-        method.step((view1, view2), labels, ddp_ranks.STEP)  # the first real step's forward rebuilds them
-        assert method._ddp._has_rebuilt_buckets
+        settle_and_check(method_name)
     finally:
+        gc.collect()  # DDP's reducer and gloo's threads go now, not at the worker's exit (an abort there)
         torch.distributed.destroy_process_group()
+
+
+def settle_and_check(method_name: str) -> None:
+    method = tiny_method(method_name)
+    method.on_epoch_start(1)
+    method.enable_distributed(torch.device("cpu"))
+    before = {name: value.clone() for name, value in method.state_dict().items()}
+    method.settle_gradient_buckets((6,), 0, ddp_ranks.STEP)
+    after = method.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[key], after[key]) for key in before)
+    assert all(parameter.grad is None for parameter in method.parameters())
+    view1, view2, labels, indices = inputs(6)
+    method.step((view1, view2), labels, ddp_ranks.STEP)  # the first real step's forward rebuilds them
+    assert method._ddp._has_rebuilt_buckets
 
 
 def test_ranks_take_disjoint_shares_of_every_global_batch_and_never_repeat_a_sample():
