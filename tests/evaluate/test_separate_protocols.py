@@ -16,27 +16,25 @@ from fastlt.checkpoint import load_checkpoint
 from fastlt.train.trainer import pretrain
 
 
+def one_epoch_run(tmp_path_factory, store: Path, recipe: str, width: int) -> Path:
+    """One epoch of a shipped digits recipe, narrow and quick."""
+    out = tmp_path_factory.mktemp(f"{recipe.replace('/', '-')}-width{width}")
+    return pretrain(load_recipe(find_recipe(recipe), [
+        f"data.store={store}", f"train.out_dir={out}", "train.epochs=1", "train.name=tiny", f"model.width={width}",
+        "model.projector_hidden=32", "model.projector_out=16", "train.batch_size=64", "train.progress=false",
+        "train.precision=fp32", "train.device=cpu", "optim.warmup_epochs=1"]))
+
+
 @pytest.fixture(scope="module")
 def selfcon_run(tmp_path_factory, digits_store) -> Path:
-    """A one-epoch width-4 SelfCon run of the digits recipe."""
-    out = tmp_path_factory.mktemp("selfcon-runs")
-    recipe = load_recipe(find_recipe("digits_lt/selfcon"), [
-        f"data.store={digits_store}", f"train.out_dir={out}", "train.epochs=1", "train.name=tiny", "model.width=4",
-        "model.projector_hidden=32", "model.projector_out=16", "train.batch_size=64", "train.progress=false",
-        "train.precision=fp32", "train.device=cpu", "optim.warmup_epochs=1"])
-    return pretrain(recipe)
+    return one_epoch_run(tmp_path_factory, digits_store, "digits_lt/selfcon", width=4)
 
 
 @pytest.fixture(scope="module")
 def width8_run(tmp_path_factory, digits_store) -> Path:
-    """A one-epoch width-8 SimCLR run, for the protocol that trains the whole network: with 4 channels, oneDNN's
-    AVX2 convolution backward crashed the process (a segfault with one torch thread, ONEDNN_MAX_CPU_ISA=AVX2)."""
-    out = tmp_path_factory.mktemp("width8-runs")
-    recipe = load_recipe(find_recipe("digits_lt/simclr"), [
-        f"data.store={digits_store}", f"train.out_dir={out}", "train.epochs=1", "train.name=tiny", "model.width=8",
-        "model.projector_hidden=32", "model.projector_out=16", "train.batch_size=64", "train.progress=false",
-        "train.precision=fp32", "train.device=cpu", "optim.warmup_epochs=1"])
-    return pretrain(recipe)
+    """For the protocol that trains the whole network: with 4 channels, oneDNN's AVX2 convolution backward crashed
+    the process (a segfault with one torch thread, ONEDNN_MAX_CPU_ISA=AVX2)."""
+    return one_epoch_run(tmp_path_factory, digits_store, "digits_lt/simclr", width=8)
 
 
 def report(folder: Path) -> dict:
