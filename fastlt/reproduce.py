@@ -18,7 +18,7 @@ import numpy as np
 
 from fastlt.data.splits import split_name
 from fastlt.errors import FastltError, RunStopped
-from fastlt.evaluate.plots import PlotResult, plot_runs
+from fastlt.evaluate.plots import PlotResult
 from fastlt.evaluate.report import PER_CLASS_PNG
 from fastlt.files import read_text, write_text_atomic
 from fastlt.recipe import Recipe, as_override, find_recipe, option_overrides
@@ -154,7 +154,7 @@ def reproduce(table_name: str, store: Path, out_dir: Path, splits: tuple[int, ..
     sweep_dir = out_dir / table.folder
     started = time.perf_counter()
     try:
-        run_plan(plan, sweep_dir, engine)
+        swept = run_plan(plan, sweep_dir, engine)
     except RunStopped as stop:  # the same command picks up every stage where it stopped
         raise RunStopped(stop.what, f"run the same `fastlt reproduce {table_name}` command again to continue "
                                     "(finished runs and reports are kept)", stop.signum) from None
@@ -165,11 +165,10 @@ def reproduce(table_name: str, store: Path, out_dir: Path, splits: tuple[int, ..
         results[(split, row.recipe)] = row_results(row, point.recipe(), run_dir, shots)
         logged = epochs_logged(run_dir)
         results[(split, row.recipe)] |= {"_epochs": len(logged), "_seconds": sum(logged)}
-    # The table and its plots are rebuilt from the runs on every invocation: running again is how it resumes.
-    plots = plot_runs([run_dir_of(sweep_dir, point.name) for point in plan.points], sweep_dir / "plots",
-                      overwrite=True)
+    # The table and its plots (the sweep's, of every run) are rebuilt on every invocation: running again is how it
+    # resumes.
     markdown = results_markdown(table_name, table, splits, results, shots, time.perf_counter() - started)
-    markdown += plots_markdown(plots, out_dir, results)
+    markdown += plots_markdown(swept.plots, out_dir, results)
     out = out_dir / f"{table.folder}.md"
     write_text_atomic(out, markdown)
     return out

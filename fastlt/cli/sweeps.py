@@ -37,4 +37,4 @@ def sweep(target: Path, out: Path | None, show_status: bool, devices: str | None
     if target.is_dir():
         raise FastltError(f"{target}: a folder; pass a sweep file (TOML), or --status to read a sweep folder")
     engine = Engine.of(devices, jobs, per_device, slurm)
-    click.echo(str(run_sweep(target, out or Path("sweeps") / target.stem, engine)))
+    click.echo(str(run_sweep(target, out or Path("sweeps") / target.stem, engine).table))

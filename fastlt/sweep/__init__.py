@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastlt.errors import FastltError
+from fastlt.evaluate.plots import PlotResult
 from fastlt.files import write_text_atomic
 from fastlt.progress import say
 from fastlt.sweep.local import Slot, cpu_slots, cuda_slots, run_local
@@ -29,6 +30,14 @@ from fastlt.sweep.table import TABLE_MD, write_sweep_table
 
 SOURCE_COPY = "sweep.toml"  # the sweep file as it was when this folder was last started
 LOCK_FILE = ".lock"  # held by the fastlt sweep working on the folder
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a finished sweep wrote: its table.md, and its plots (None when no run finished)."""
+
+    table: Path
+    plots: PlotResult | None
 
 
 @dataclass(frozen=True)
@@ -69,13 +78,13 @@ class Engine:
             (f" ({threads} thread{'s' if threads != '1' else ''} each)" if threads else "")
 
 
-def run_sweep(sweep_file: Path, sweep_dir: Path, engine: Engine) -> Path:
+def run_sweep(sweep_file: Path, sweep_dir: Path, engine: Engine) -> SweepResult:
     """Run every point of ``sweep_file`` not done yet, then write the table; returns table.md."""
     plan = read_sweep(sweep_file)
     return run_plan(plan, sweep_dir, engine, source=Path(sweep_file).read_text(encoding="utf-8"))
 
 
-def run_plan(plan: SweepPlan, sweep_dir: Path, engine: Engine, source: str | None = None) -> Path:
+def run_plan(plan: SweepPlan, sweep_dir: Path, engine: Engine, source: str | None = None) -> SweepResult:
     """Run every point of ``plan`` not done yet in ``sweep_dir``, then write the table; returns table.md.
     ``source``: the sweep file's text, kept beside the runs.
 
@@ -96,7 +105,7 @@ def run_plan(plan: SweepPlan, sweep_dir: Path, engine: Engine, source: str | Non
         return _run(sweep_dir, plan, engine, executor, extended)
 
 
-def _run(sweep_dir: Path, plan: SweepPlan, engine: Engine, executor: Any, extended: list[str]) -> Path:
+def _run(sweep_dir: Path, plan: SweepPlan, engine: Engine, executor: Any, extended: list[str]) -> SweepResult:
     todo = [point for point in plan.points if recorded_state(sweep_dir, point.name)["state"] != "done"]
     say(f"sweep {sweep_dir}: {_count(len(plan.points), 'run')}, {len(plan.points) - len(todo)} done already"
         f"{f' ({len(extended)} of them to train for more epochs)' if extended else ''}; {engine.describe()}")
@@ -139,10 +148,12 @@ def sweep_lock(sweep_dir: Path) -> Iterator[None]:
         yield
 
 
-def _finish(sweep_dir: Path, plan: SweepPlan, outcome: dict[str, str]) -> Path:
+def _finish(sweep_dir: Path, plan: SweepPlan, outcome: dict[str, str]) -> SweepResult:
     done = [p.name for p in plan.points if recorded_state(sweep_dir, p.name)["state"] == "done"]
+    plots = None
     if done:
-        for path in write_sweep_table(sweep_dir, plan, done):
+        written, plots = write_sweep_table(sweep_dir, plan, done)
+        for path in [*written, *plots.written]:
             say(f"wrote {path}")
     failed = {name: what for name, what in outcome.items() if what != "done"}
     if failed:
@@ -150,4 +161,4 @@ def _finish(sweep_dir: Path, plan: SweepPlan, outcome: dict[str, str]) -> Path:
         raise FastltError(f"sweep {sweep_dir}: {len(failed)} of {len(plan.points)} runs did not finish "
                           f"({first[0]}: {first[1]}{'; ...' if len(failed) > 1 else ''}); logs in {sweep_dir}/logs; "
                           "run the same command again to retry them")
-    return sweep_dir / TABLE_MD
+    return SweepResult(sweep_dir / TABLE_MD, plots)

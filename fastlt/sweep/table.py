@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastlt.evaluate.compare import Comparison, Row, compare_runs, write_comparison
-from fastlt.evaluate.plots import plot_runs
+from fastlt.evaluate.plots import PlotResult, plot_runs
 from fastlt.evaluate.report import summarise_subsets
 from fastlt.sweep.plan import SweepPlan
 from fastlt.sweep.state import run_dir_of
@@ -49,11 +49,12 @@ def _over_runs(reports: list[dict]) -> dict | None:
     return summarise_subsets(reports)
 
 
-def write_sweep_table(sweep_dir: Path, plan: SweepPlan, names: list[str]) -> list[Path]:
-    """table.md, table.csv and plots/ in the sweep folder, from the finished runs ``names``."""
+def write_sweep_table(sweep_dir: Path, plan: SweepPlan, names: list[str]) -> tuple[list[Path], PlotResult]:
+    """table.md, table.csv and plots/ in the sweep folder, from the finished runs ``names``: the table's files,
+    and the plots (which a reproduction links from its own table)."""
     sweep_dir = Path(sweep_dir)
     written = write_comparison(sweep_table(sweep_dir, plan, names), sweep_dir / TABLE_CSV, sweep_dir / TABLE_MD)
-    plots = plot_runs([run_dir_of(sweep_dir, name) for name in names], sweep_dir / PLOTS_FOLDER, overwrite=True)
-    return written + list(plots.written)
+    return written, plot_runs([run_dir_of(sweep_dir, name) for name in names], sweep_dir / PLOTS_FOLDER,
+                              overwrite=True)
 
 
